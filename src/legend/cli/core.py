@@ -1,0 +1,204 @@
+"""Core commands: induce, direction, annotate, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from legend.cli import app, user_errors
+from legend.cli.options import (
+    BatchSize,
+    Device,
+    Dtype,
+    Limit,
+    MaxBatchTokens,
+    MaxLength,
+    Model,
+    OutFile,
+    Quiet,
+    TrustRemoteCode,
+)
+
+console = Console(stderr=False)
+
+
+def _load(model: Optional[str], dtype: str, device: Optional[str], trust_remote_code: bool):
+    from legend.models import load_model
+
+    return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+
+
+def _parse_floats(text: Optional[str]) -> Optional[tuple[float, ...]]:
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--level-values: expected comma-separated numbers, got {text!r}") from None
+
+
+def print_margin_summary(summary: dict[str, Any], out: Path | None = None) -> None:
+    """The short table every annotation prints: rows, distribution, share positive, time."""
+    raw, binned = summary["margin_raw"], summary["margin"]
+    table = Table(title=f"legend annotate: {summary['rows']} rows ({summary['layout']} layout)", show_header=False)
+    table.add_row("rows written", str(summary["rows"]))
+    table.add_row("identical chosen/rejected (margin 0)", str(summary["identical_pairs"]))
+    table.add_row("texts truncated from the left", str(summary["truncated_texts"]))
+    if raw.get("n"):
+        table.add_row("share of positive margins", f"{raw['share_positive']:.3f}")
+        table.add_row("margin_raw mean ± std", f"{raw['mean']:.4g} ± {raw['std']:.4g}")
+        table.add_row("margin_raw p10 / median / p90", f"{raw['p10']:.4g} / {raw['median']:.4g} / {raw['p90']:.4g}")
+    table.add_row("margin levels (value: count)", ", ".join(f"{k}: {v}" for k, v in binned.get("level_counts", {}).items()))
+    table.add_row("time", f"{summary['seconds']:.1f} s ({summary['pairs_per_second'] or 0:.2f} pairs/s)")
+    if out is not None:
+        table.add_row("output", str(out))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def induce(
+    questions: Annotated[Path, typer.Option(help="CSV/JSONL/JSON of harmful questions (AdvBench's `goal` works as is).")],
+    out: OutFile,
+    model: Model = None,
+    column: Annotated[Optional[str], typer.Option(help="Question column (auto: question, goal, prompt, instruction, ...).")] = None,
+    prefill_column: Annotated[Optional[str], typer.Option(
+        help="Column whose text starts each answer (e.g. AdvBench `target`), so an aligned model continues instead of refusing.")] = None,
+    refusal: Annotated[Optional[list[str]], typer.Option(
+        help="Harmless answer template; repeat to give several (used in turn). Default: \"I can't answer that.\"")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    limit: Limit = None,
+    batch_size: BatchSize = 16,
+    dtype: Dtype = "float32",
+    device: Device = None,
+    trust_remote_code: TrustRemoteCode = False,
+    quiet: Quiet = False,
+) -> None:
+    """Generate contrast pairs {question, harmful, harmless}: a greedy answer by the model and a refusal template."""
+    from legend.induce import DEFAULT_REFUSALS, GenerationConfig
+    from legend.pipeline import induce_file
+
+    report = induce_file(
+        questions, out, _load(model, dtype, device, trust_remote_code), column=column, prefill_column=prefill_column,
+        refusals=tuple(refusal) if refusal else DEFAULT_REFUSALS, limit=limit,
+        generation=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=not quiet),
+    )
+    console.print(f"wrote {report['pairs']} pairs to {out} in {report['seconds']:.1f} s "
+                  f"({report['harmful_refused']} generated answers look like refusals: flagged `harmful_refused`)")
+
+
+@app.command()
+@user_errors
+def direction(
+    pairs: Annotated[Path, typer.Option(help="Contrast pairs with columns question, harmful, harmless.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the direction artifact.")],
+    model: Model = None,
+    layer: Annotated[int, typer.Option(help="Hidden-state index: 0 embeddings .. L last (after the final norm); negative counts from the end.")] = -1,
+    pooling: Annotated[str, typer.Option(help="last (last token, as the paper) | mean (mean over the answer tokens).")] = "last",
+    estimator: Annotated[str, typer.Option(help="mean_difference (the paper) | pca | logistic.")] = "mean_difference",
+    name: Annotated[str, typer.Option(help="Concept name stored in the artifact.")] = "safety",
+    template: Annotated[str, typer.Option(help="auto (chat template when the tokenizer has one) | chat | plain.")] = "auto",
+    question_column: str = "question",
+    harmful_column: str = "harmful",
+    harmless_column: str = "harmless",
+    keep_refused: Annotated[bool, typer.Option(help="Keep pairs flagged harmful_refused by `legend induce`.")] = False,
+    test_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of pairs held out to measure separation.")] = 0.2,
+    seed: int = 0,
+    limit: Limit = None,
+    max_length: MaxLength = 2048,
+    batch_size: BatchSize = 16,
+    dtype: Dtype = "float32",
+    device: Device = None,
+    trust_remote_code: TrustRemoteCode = False,
+    quiet: Quiet = False,
+) -> None:
+    """Build a concept direction (the paper's Standard Margin Vector by default) and save it as a folder."""
+    from legend.pipeline import build_direction_from_file
+
+    built, report = build_direction_from_file(
+        pairs, _load(model, dtype, device, trust_remote_code), question=question_column, harmful=harmful_column,
+        harmless=harmless_column, drop_refused=not keep_refused, limit=limit, layer=layer, pooling=pooling,
+        estimator=estimator, template=template, max_length=max_length, batch_size=batch_size,
+        test_fraction=test_fraction, seed=seed, name=name, progress=not quiet,
+    )
+    built.save(out)
+    heldout = built.heldout
+    acc = f"{heldout['accuracy']:.3f} (AUC {heldout['auc']:.3f}, {heldout['n_test']} held-out pairs)" if "accuracy" in heldout else "n/a"
+    console.print(f"direction {built.name!r}: layer {built.layer}/{built.num_layers}, pooling {built.pooling}, "
+                  f"{built.estimator}, {report['pairs_used']} pairs ({report['left_out_refused']} refused left out); "
+                  f"held-out separation accuracy {acc}; saved to {out}")
+
+
+@app.command()
+@user_errors
+def annotate(
+    direction: Annotated[Path, typer.Option(help="Direction folder from `legend direction`.")],
+    data: Annotated[str, typer.Option(help="Preference data: .jsonl/.json/.parquet/.csv, a saved `datasets` folder, or a Hub name.")],
+    out: OutFile,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model to use; default: the one the direction was built with.")] = None,
+    split: Annotated[str, typer.Option(help="Split to read from a Hub dataset or DatasetDict folder.")] = "train",
+    levels: Annotated[int, typer.Option(min=1, help="Number of margin levels.")] = 4,
+    level_values: Annotated[Optional[str], typer.Option(help="Comma-separated value of each level (default 0,1,2,...).")] = None,
+    bins_from: Annotated[Optional[Path], typer.Option(help="Re-use the bin edges of an earlier run (its .legend.json sidecar).")] = None,
+    prompt_column: Optional[str] = None,
+    chosen_column: Optional[str] = None,
+    rejected_column: Optional[str] = None,
+    limit: Limit = None,
+    max_length: Annotated[Optional[int], typer.Option(min=2, help="Default: the direction's.")] = None,
+    batch_size: BatchSize = 16,
+    max_batch_tokens: MaxBatchTokens = 16384,
+    dtype: Dtype = "float32",
+    device: Device = None,
+    trust_remote_code: TrustRemoteCode = False,
+    summary_json: Annotated[bool, typer.Option(help="Print the summary as JSON instead of a table.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Add `margin_raw` (projection) and `margin` (binned, what TRL reads) to every row; write a .legend.json sidecar."""
+    from legend.data import ColumnNames
+    from legend.directions import Direction
+    from legend.margins import Binning
+    from legend.pipeline import AnnotateSettings, annotate_file
+
+    loaded_direction = Direction.load(direction)
+    lm = _load(model or loaded_direction.model_id, dtype, device, trust_remote_code)
+    settings = AnnotateSettings(
+        levels=levels, level_values=_parse_floats(level_values), binning=Binning.load(bins_from) if bins_from else None,
+        batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_length=max_length,
+        columns=ColumnNames(prompt=prompt_column, chosen=chosen_column, rejected=rejected_column), progress=not quiet,
+    )
+    result = annotate_file(data, direction, out, lm, settings, split=split, limit=limit)
+    if summary_json:
+        typer.echo(json.dumps(result.summary, indent=2))
+    else:
+        print_margin_summary(result.summary, out)
+
+
+@app.command()
+@user_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option(help="Folder for the pairs, the direction and the annotated file.")] = Path("runs/demo"),
+    model: Annotated[str, typer.Option("--model", "-m")] = "default",
+    dtype: Dtype = "bfloat16",
+    questions: Annotated[int, typer.Option(min=2, help="AdvBench questions to induce pairs from.")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
+    pairs: Annotated[int, typer.Option(min=1, help="hh-rlhf harmless pairs to annotate (bundled sample, 1,101 rows).")] = 200,
+    batch_size: BatchSize = 16,
+    quiet: Quiet = False,
+) -> None:
+    """The main job on the embedded default: induce pairs (AdvBench) -> direction -> annotate the hh-rlhf sample."""
+    from legend.pipeline import DemoSettings, run_demo
+
+    report = run_demo(DemoSettings(out_dir=out_dir, model=model, dtype=dtype, questions=questions,
+                                   max_new_tokens=max_new_tokens, pairs=pairs, batch_size=batch_size,
+                                   progress=not quiet))
+    heldout = report["direction"]["heldout"]
+    console.print(f"induced {report['induce']['pairs']} pairs ({report['induce']['harmful_refused']} refusals flagged) "
+                  f"in {report['induce']['seconds']:.1f} s; direction held-out accuracy "
+                  f"{heldout.get('accuracy', float('nan')):.3f} on {heldout.get('n_test', 0)} pairs")
+    print_margin_summary(report["annotate"], Path(report["outputs"]["annotated"]))
+    console.print(f"total {report['total_seconds']:.1f} s; outputs in {out_dir}")

@@ -1,0 +1,870 @@
+"""Reading preference data and writing results.
+
+Everything that touches user files lives here, so that the rest of the package
+only ever sees two things: a `datasets.Dataset` (as read, rows untouched) and a
+list of `PairView`s (the prompt / chosen / rejected texts of each row, whatever
+the layout of the source). Every problem with the user's data is reported as a
+`DataError` whose text is one line naming the file, the row and the field.
+
+Supported preference layouts (see `detect_layout`):
+
+* ``explicit``       string columns ``prompt``, ``chosen``, ``rejected``;
+* ``conversational`` TRL chat format: ``chosen``/``rejected`` are lists of
+  ``{"role", "content"}`` messages, with an optional ``prompt`` column;
+* ``hh``             Anthropic hh-rlhf: ``chosen``/``rejected`` hold the whole
+  ``\\n\\nHuman: ... \\n\\nAssistant: ...`` transcript;
+* ``pku``            PKU-SafeRLHF: ``prompt``, ``response_0``, ``response_1``,
+  ``safer_response_id``;
+* ``implicit``       string ``chosen``/``rejected`` sharing a common prefix
+  that is the prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+
+Message = dict[str, str]
+"""One chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
+
+Layout = Literal["explicit", "conversational", "hh", "pku", "implicit"]
+
+# Rows are read in batches of this size: far faster than `ds[i]` per row and
+# bounded in memory.
+_BATCH_ROWS = 4096
+
+# Input file suffixes -> `datasets` packaged builder.
+_INPUT_FORMATS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# Text formats may also come gzip-compressed (hh-rlhf ships .jsonl.gz).
+_COMPRESSED_SUFFIXES = (".gz",)
+_OUTPUT_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
+
+_HH_ASSISTANT = "\n\nAssistant:"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+# A Hugging Face Hub dataset id: "name" or "namespace/name".
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+# "Goal" before "Behavior": in JailbreakBench, Goal is the request and Behavior a
+# short label ("Defamation"); HarmBench has only Behavior (the request).
+_QUESTION_COLUMNS = ("question", "goal", "prompt", "instruction", "forbidden_prompt", "Goal", "Behavior", "behavior")
+_PKU_COLUMNS = ("response_0", "response_1", "safer_response_id")
+_COLUMN_FLAGS = "--prompt-column/--chosen-column/--rejected-column"
+
+
+class DataError(ValueError):
+    """One-line, user-facing error naming the file, the row and the field.
+
+    ``str(err)`` reads e.g.
+    ``"data/x.jsonl: row 12: field 'chosen': expected a non-empty string, got int"``.
+    Rows are 1-based data records; ``line`` is a 1-based line of the file (used
+    for malformed JSON). The parts are also kept as attributes, and ``reason``
+    is the bare message, so a caller can re-raise it with more location.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        row: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.source = source
+        self.line = line
+        self.row = row
+        self.field = field
+        parts = [
+            source,
+            None if line is None else f"line {line}",
+            None if row is None else f"row {row}",
+            None if field is None else f"field '{field}'",
+            reason,
+        ]
+        super().__init__(": ".join(p for p in parts if p is not None))
+
+
+@dataclass(frozen=True)
+class PairView:
+    """The texts of one preference pair, independent of the source layout."""
+
+    prompt: tuple[Message, ...]
+    """The conversation before the response (may be empty)."""
+    chosen: str
+    """The chosen (preferred / safer) assistant response."""
+    rejected: str
+    """The rejected assistant response."""
+
+
+@dataclass(frozen=True)
+class ContrastPair:
+    """A question with one harmful and one harmless answer (direction building)."""
+
+    question: str
+    harmful: str
+    harmless: str
+
+
+@dataclass(frozen=True)
+class ColumnNames:
+    """User overrides of the column names; ``None`` means auto-detect."""
+
+    prompt: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_table(source: str | os.PathLike[str], split: str = "train") -> datasets.Dataset:
+    """Read a table through the `datasets` library, rows unchanged.
+
+    ``source`` may be a ``.jsonl``/``.json``/``.parquet``/``.csv`` file (text
+    formats may be ``.gz``-compressed; a ``.json`` file may hold a list of
+    records or JSON Lines), a folder written by ``Dataset.save_to_disk`` or
+    ``DatasetDict.save_to_disk`` (then ``split`` is taken), a folder of data
+    files, or - when it is no existing local path - a Hugging Face Hub dataset
+    name, loaded with ``datasets.load_dataset(name, split=split)``.
+
+    Local data is loaded fully into memory, with a throw-away cache, so that
+    nothing is ever written next to the user's files and no stale cache can be
+    returned after the file changes.
+
+    Raises DataError for a missing or unreadable file, an unknown file type,
+    malformed JSON (naming the line), a table with no rows, or an unreachable
+    / unknown Hub dataset.
+    """
+    name = os.fspath(source)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        ds = _load_folder(path, name, split)
+    elif path.exists():
+        ds = _load_file(path, name)
+    elif _looks_like_hub_id(name):
+        ds = _load_hub(name, split)
+    else:
+        raise DataError("no such file", source=name)
+    if ds.num_rows == 0:
+        raise DataError("no rows", source=name)
+    return ds
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    # "data/pairs.jsonl" matches the id pattern too, but a missing file is the
+    # likelier meaning when the name ends like a data file.
+    lowered = name.lower()
+    if any(lowered.endswith(ext + comp) for ext in _INPUT_FORMATS for comp in ("", *_COMPRESSED_SUFFIXES)):
+        return False
+    return _HUB_ID.fullmatch(name) is not None
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Silence `datasets` progress bars and log lines, restoring them after."""
+    # The bars are noise for local files, and on a parse failure `datasets`
+    # logs its own error line before raising; we report a better one.
+    bars_were_off = datasets.are_progress_bars_disabled()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            datasets.enable_progress_bars()
+
+
+def _input_format(path: Path) -> str | None:
+    """The `datasets` builder for a file name, or None when unknown."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED_SUFFIXES:
+        suffixes = suffixes[:-1]
+        if suffixes and suffixes[-1] == ".parquet":
+            return None  # parquet compresses internally; .parquet.gz is not readable
+    return _INPUT_FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def _load_file(path: Path, name: str) -> datasets.Dataset:
+    builder = _input_format(path)
+    if builder is None:
+        raise DataError(
+            f"unknown file type '{''.join(path.suffixes) or path.name}'; expected .jsonl, .json, .parquet or .csv "
+            "(.jsonl/.json/.csv may be .gz-compressed), a dataset folder, or a Hugging Face Hub dataset name",
+            source=name,
+        )
+    if not os.access(path, os.R_OK):
+        raise DataError("file is not readable (permission denied)", source=name)
+    if path.stat().st_size == 0:
+        raise DataError("file is empty (no rows)", source=name)
+    try:
+        with _quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
+            data_file = _records_as_json_lines(path, Path(cache)) or path
+            # data_files is a glob pattern for `datasets`: escape [, *, ? in names.
+            return datasets.load_dataset(
+                builder,
+                data_files=glob.escape(str(data_file)),
+                split="train",
+                cache_dir=cache,
+                keep_in_memory=True,
+            )
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one DataError line
+        raise _explain_read_failure(path, name, builder, exc) from exc
+
+
+def _records_as_json_lines(path: Path, folder: Path) -> Path | None:
+    """Copy a .json list of records to JSON Lines in ``folder``; None for other files.
+
+    `datasets` turns a JSON list into JSON Lines through pandas' encoder, which
+    keeps 10 decimals of each float (0.12345678901234567 -> 0.123456789);
+    converting it ourselves keeps full precision (and datasets' handling of
+    mixed-type columns, which a `Dataset.from_list` would lose).
+    """
+    if not path.name.lower().endswith((".json", ".json.gz")):
+        return None
+    with _open_text(path) as handle:
+        head = handle.read(4096).lstrip("\ufeff \t\r\n")
+        if not head.startswith("["):
+            return None
+        document = json.loads(head + handle.read())
+    if not document or not all(isinstance(record, dict) for record in document):
+        return None  # empty, or a list of strings: datasets' own reading is right
+    lines = folder / "records.jsonl"
+    with open(lines, "w", encoding="utf-8") as out:
+        for record in document:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return lines
+
+
+def _load_folder(path: Path, name: str, split: str) -> datasets.Dataset:
+    try:
+        if (path / "dataset_dict.json").is_file():
+            # keep_in_memory: a later `.map()` must not write cache files into the user's folder.
+            loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
+            if split not in loaded:
+                raise DataError(f"no split '{split}'; splits found: {', '.join(loaded)}", source=name)
+            return loaded[split]
+        if (path / "state.json").is_file():
+            return datasets.load_from_disk(str(path), keep_in_memory=True)
+        # A plain folder of data files: let `datasets` infer the format.
+        with _quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
+            return datasets.load_dataset(str(path), split=split, cache_dir=cache, keep_in_memory=True)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(
+            f"could not read the folder as a dataset (from save_to_disk, or a folder of data files): {_root_message(exc)}",
+            source=name,
+        ) from exc
+
+
+def _load_hub(name: str, split: str) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown name, unknown split, ...
+        raise DataError(
+            "no such local file or folder, and the Hugging Face Hub dataset could not be loaded "
+            f"(hub unreachable or dataset not found): {_root_message(exc)}",
+            source=name,
+        ) from exc
+    if not isinstance(loaded, datasets.Dataset):  # e.g. an IterableDataset from a custom script
+        raise DataError(f"expected a table, got {type(loaded).__name__}", source=name)
+    return loaded
+
+
+def _root_message(exc: BaseException) -> str:
+    """First line of the innermost cause: the useful part of a `datasets` error chain."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    for candidate in reversed(seen):
+        text = str(candidate).strip()
+        if text:
+            return text.splitlines()[0]
+    return type(exc).__name__
+
+
+def _explain_read_failure(path: Path, name: str, builder: str, exc: Exception) -> DataError:
+    """Turn a `datasets` read failure into one precise DataError (failure path only)."""
+    if isinstance(exc, StopIteration) or "corresponds to no data" in str(exc):
+        return DataError("no rows", source=name)
+    if builder == "json":
+        located = _locate_json_problem(path, name)
+        if located is not None:
+            return located
+    return DataError(f"could not read as {builder}: {_root_message(exc)}", source=name)
+
+
+def _open_text(path: Path) -> Any:
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _locate_json_problem(path: Path, name: str) -> DataError | None:
+    """Find the line (JSON Lines) or position (JSON document) that is malformed."""
+    try:
+        with _open_text(path) as handle:
+            text = handle.read()
+    except UnicodeDecodeError as exc:
+        return DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=name)
+    except OSError as exc:
+        return DataError(f"could not read: {exc}", source=name)
+    if path.name.lower().endswith((".json", ".json.gz")):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if not _first_line_is_object(text):
+                return DataError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=name, line=exc.lineno)
+            # Otherwise it is JSON Lines stored under a .json name: scan it by line.
+        else:
+            return _check_json_document(document, name)
+    return _scan_json_lines(text, name)
+
+
+def _first_line_is_object(text: str) -> bool:
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                return isinstance(json.loads(line), dict)
+            except json.JSONDecodeError:
+                return False
+    return False
+
+
+def _scan_json_lines(text: str, name: str) -> DataError | None:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return DataError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=name, line=number)
+        if not isinstance(record, dict):
+            return DataError(f"expected a JSON object, got {_describe(record)}", source=name, line=number)
+    return None
+
+
+def _check_json_document(document: Any, name: str) -> DataError | None:
+    if not isinstance(document, list):
+        return DataError(f"expected a JSON list of records, got {_describe(document)}", source=name)
+    for row, record in enumerate(document, start=1):
+        if not isinstance(record, dict):
+            return DataError(f"expected a JSON object, got {_describe(record)}", source=name, row=row)
+    return None
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def detect_layout(ds: datasets.Dataset, columns: ColumnNames = ColumnNames(), *, source: str = "<data>") -> Layout:
+    """Recognise the preference layout of ``ds`` (see the module docstring).
+
+    Column names given in ``columns`` take precedence over the usual names.
+    When a table has both ``chosen``/``rejected`` and the PKU columns, the
+    ``chosen``/``rejected`` columns win. Raises DataError naming ``source``,
+    the columns found and the ones expected when nothing fits.
+    """
+    found = list(ds.column_names)
+    _check_named_columns(columns, found, source)
+    prompt, chosen, rejected = _resolve_columns(columns)
+    if chosen in found and rejected in found:
+        if _column_kind(ds, chosen) == "messages" or _column_kind(ds, rejected) == "messages":
+            return "conversational"
+        if prompt in found:
+            return "explicit"
+        if _looks_like_hh(ds, chosen):
+            return "hh"
+        return "implicit"
+    if prompt in found and all(c in found for c in _PKU_COLUMNS) and columns.chosen is None and columns.rejected is None:
+        return "pku"
+    raise DataError(
+        f"cannot recognise the preference layout; columns found: {', '.join(found) or '(none)'}; expected "
+        "'prompt', 'chosen', 'rejected' (texts or chat messages), or 'chosen', 'rejected' alone "
+        "(hh-rlhf transcripts or texts sharing the prompt), or 'prompt', 'response_0', 'response_1', "
+        f"'safer_response_id' (PKU-SafeRLHF); name your columns with {_COLUMN_FLAGS}",
+        source=source,
+    )
+
+
+def _check_named_columns(columns: ColumnNames, found: Sequence[str], source: str) -> None:
+    for option, column in (("prompt", columns.prompt), ("chosen", columns.chosen), ("rejected", columns.rejected)):
+        if column is not None and column not in found:
+            raise DataError(
+                f"no column '{column}' (given as the {option} column); columns found: {', '.join(found)}",
+                source=source,
+            )
+
+
+def _resolve_columns(columns: ColumnNames) -> tuple[str, str, str]:
+    return (columns.prompt or "prompt", columns.chosen or "chosen", columns.rejected or "rejected")
+
+
+def _column_kind(ds: datasets.Dataset, column: str) -> Literal["string", "messages", "other"]:
+    """Classify a column from its features, peeking at values only when untyped."""
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Value):
+        if feature.dtype in ("string", "large_string"):
+            return "string"
+        if feature.dtype != "null":
+            return "other"
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, dict):
+        return "messages" if {"role", "content"} <= set(inner) else "other"
+    # Untyped (e.g. datasets' Json feature for mixed-type columns, or all null): peek.
+    for value in ds.select(range(min(ds.num_rows, 100)))[column]:
+        if value is None:
+            continue
+        if isinstance(value, str):
+            return "string"
+        if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
+            return "messages"
+        return "other"
+    return "string"
+
+
+def _looks_like_hh(ds: datasets.Dataset, column: str) -> bool:
+    """True when the first texts of ``column`` are hh-rlhf transcripts."""
+    sample = [v for v in ds.select(range(min(ds.num_rows, 20)))[column] if isinstance(v, str)]
+    return bool(sample) and all(_HH_ASSISTANT in v and "Human:" in v for v in sample)
+
+
+def split_hh_transcript(text: str) -> tuple[tuple[Message, ...], str]:
+    """Split an hh-rlhf transcript into (prompt messages, final response).
+
+    The split is at the LAST ``"\\n\\nAssistant:"``; the text after it is the
+    response (stripped; it may be empty - hh-rlhf has a few such rows). The
+    text before it is parsed into messages at each ``"\\n\\nHuman:"`` (user) and
+    ``"\\n\\nAssistant:"`` (assistant); contents are stripped. A ``Human:`` that
+    is not preceded by a blank line is part of the content, as in the data.
+    Text before the first marker, if any, becomes a user message. Consecutive
+    turns of the same role are joined (with a blank line) so that the prompt
+    alternates; the prompt may still end with an assistant turn when the
+    transcript has two assistant turns at its end (3 of 1,101 harmless-base
+    test rows).
+
+    Raises DataError (no location; the caller adds row and field) when the
+    transcript has no ``"\\n\\nAssistant:"``.
+    """
+    cut = text.rfind(_HH_ASSISTANT)
+    if cut < 0:
+        raise DataError("not an hh-rlhf transcript: no '\\n\\nAssistant:' turn")
+    response = text[cut + len(_HH_ASSISTANT) :].strip()
+    head = text[:cut]
+    if not head.startswith("\n\n") and head.lstrip().startswith(("Human:", "Assistant:")):
+        head = "\n\n" + head.lstrip()  # tolerate a transcript that starts without the blank line
+    pieces = _HH_TURN.split(head)
+    # re.split with one group: [before, role, content, role, content, ...]
+    turns = [("user", pieces[0].strip())] if pieces[0].strip() else []
+    turns += [(_HH_ROLES[role], content.strip()) for role, content in zip(pieces[1::2], pieces[2::2])]
+    messages: list[Message] = []
+    for role, content in turns:
+        if messages and messages[-1]["role"] == role:
+            # hh-rlhf has a few repeated turns ("Assistant: ...\n\nAssistant: ...");
+            # chat templates want alternating roles, so join them as one message.
+            messages[-1] = {"role": role, "content": f"{messages[-1]['content']}\n\n{content}"}
+        else:
+            messages.append({"role": role, "content": content})
+    return tuple(messages), response
+
+
+def pair_views(
+    ds: datasets.Dataset,
+    layout: Layout,
+    columns: ColumnNames = ColumnNames(),
+    source: str = "<data>",
+) -> list[PairView]:
+    """Return one PairView per row of ``ds``, in order; no row is ever dropped.
+
+    Raises DataError naming ``source``, the 1-based row and the field for a
+    chosen/rejected value that is missing, not a string (or messages), or
+    empty after stripping. Layout specifics:
+
+    * hh: the chosen transcript's prompt is used when the rejected one differs
+      (a few hh-rlhf rows); an empty final response is kept (hh-rlhf has some),
+      only an empty transcript is an error.
+    * conversational: the response is the last message (it must be from the
+      assistant); the prompt is the ``prompt`` column's messages (explicit) or
+      the chosen messages before the response (implicit), the chosen side
+      winning if the rejected side differs. A string ``prompt`` column (as in
+      UltraFeedback) is used only when the chosen messages hold no prompt.
+    * pku: chosen is ``response_{safer_response_id}``, rejected the other.
+    * implicit: the longest common prefix of chosen and rejected, cut back to a
+      whitespace boundary, is the prompt (one user message); the rest, stripped,
+      are the responses.
+    """
+    _check_named_columns(columns, ds.column_names, source)
+    prompt_col, chosen_col, rejected_col = _resolve_columns(columns)
+    if layout == "pku":
+        wanted = [prompt_col, *_PKU_COLUMNS]
+    elif layout == "explicit" or (layout == "conversational" and prompt_col in ds.column_names):
+        wanted = [prompt_col, chosen_col, rejected_col]
+    else:
+        wanted = [chosen_col, rejected_col]
+    missing = [c for c in wanted if c not in ds.column_names]
+    if missing:
+        raise DataError(
+            f"layout '{layout}' needs column(s) {', '.join(missing)}; columns found: {', '.join(ds.column_names)}",
+            source=source,
+        )
+    make_view = _VIEW_MAKERS[layout]
+    names = _Names(prompt_col, chosen_col, rejected_col)
+    views: list[PairView] = []
+    table = ds.select_columns(wanted).with_format(None)  # plain Python values whatever ds's format
+    for batch in table.iter(batch_size=_BATCH_ROWS):
+        for values in zip(*(batch[c] for c in wanted)):
+            row = len(views) + 1
+            views.append(make_view(dict(zip(wanted, values)), names, _Where(source, row)))
+    return views
+
+
+@dataclass(frozen=True)
+class _Names:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class _Where:
+    source: str
+    row: int
+
+    def error(self, field: str, reason: str) -> DataError:
+        return DataError(reason, source=self.source, row=self.row, field=field)
+
+
+def _describe(value: Any) -> str:
+    """How a bad value is named in error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "an empty string" if not value.strip() else "a string"
+    return type(value).__name__
+
+
+def _text(record: dict[str, Any], field: str, where: _Where, *, allow_empty: bool = False) -> str:
+    value = record[field]
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        adjective = "string" if allow_empty else "non-empty string"
+        raise where.error(field, f"expected a {adjective}, got {_describe(value)}")
+    return value
+
+
+def _messages(value: Any, field: str, where: _Where) -> tuple[Message, ...]:
+    if not isinstance(value, list):
+        raise where.error(field, f"expected a list of chat messages, got {_describe(value)}")
+    messages: list[Message] = []
+    for number, message in enumerate(value, start=1):
+        if not isinstance(message, dict):
+            raise where.error(field, f"message {number}: expected a {{role, content}} object, got {_describe(message)}")
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise where.error(
+                field, f"message {number}: expected string 'role' and 'content', got {_describe(role)} and {_describe(content)}"
+            )
+        messages.append({"role": role, "content": content})  # drop extra keys (name, tool_calls, ...)
+    return tuple(messages)
+
+
+def _user_prompt(text: str) -> tuple[Message, ...]:
+    return ({"role": "user", "content": text},) if text.strip() else ()
+
+
+def _explicit_view(record: dict[str, Any], names: _Names, where: _Where) -> PairView:
+    prompt = _text(record, names.prompt, where, allow_empty=True)
+    return PairView(
+        prompt=_user_prompt(prompt),
+        chosen=_text(record, names.chosen, where),
+        rejected=_text(record, names.rejected, where),
+    )
+
+
+def _hh_split(record: dict[str, Any], field: str, where: _Where) -> tuple[tuple[Message, ...], str]:
+    try:
+        return split_hh_transcript(_text(record, field, where))
+    except DataError as err:
+        if err.row is not None:
+            raise
+        raise where.error(field, err.reason) from None
+
+
+def _hh_view(record: dict[str, Any], names: _Names, where: _Where) -> PairView:
+    prompt, chosen = _hh_split(record, names.chosen, where)
+    _, rejected = _hh_split(record, names.rejected, where)  # a differing rejected prompt is ignored
+    return PairView(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def _final_response(messages: tuple[Message, ...], field: str, where: _Where) -> str:
+    if not messages:
+        raise where.error(field, "expected at least one chat message, got an empty list")
+    last = messages[-1]
+    if last["role"] != "assistant":
+        raise where.error(field, f"the last message must be the assistant's response, got role '{last['role']}'")
+    if not last["content"].strip():
+        raise where.error(field, "the assistant's response is an empty string")
+    return last["content"]
+
+
+def _conversational_view(record: dict[str, Any], names: _Names, where: _Where) -> PairView:
+    chosen = _messages(record[names.chosen], names.chosen, where)
+    rejected = _messages(record[names.rejected], names.rejected, where)
+    chosen_text = _final_response(chosen, names.chosen, where)
+    rejected_text = _final_response(rejected, names.rejected, where)
+    prompt = chosen[:-1]  # implicit prompt; the chosen side wins if the rejected one differs
+    if names.prompt in record:
+        given = record[names.prompt]
+        if isinstance(given, list):
+            prompt = _messages(given, names.prompt, where) + prompt
+        elif not prompt:
+            # A string prompt (UltraFeedback style) only matters when the
+            # chosen messages do not repeat it.
+            prompt = _user_prompt(_text(record, names.prompt, where, allow_empty=True))
+    return PairView(prompt=prompt, chosen=chosen_text, rejected=rejected_text)
+
+
+def _pku_view(record: dict[str, Any], names: _Names, where: _Where) -> PairView:
+    prompt = _text(record, names.prompt, where, allow_empty=True)
+    safer = record["safer_response_id"]
+    if isinstance(safer, str) and safer.strip() in ("0", "1"):
+        safer = int(safer)
+    if isinstance(safer, bool) or safer not in (0, 1):
+        raise where.error("safer_response_id", f"expected 0 or 1, got {safer!r}")
+    chosen_field, rejected_field = ("response_0", "response_1") if safer == 0 else ("response_1", "response_0")
+    return PairView(
+        prompt=_user_prompt(prompt),
+        chosen=_text(record, chosen_field, where),
+        rejected=_text(record, rejected_field, where),
+    )
+
+
+def _common_prompt_length(chosen: str, rejected: str) -> int:
+    """Length of the shared prefix of two texts, cut back to a whitespace boundary."""
+    length = len(os.path.commonprefix([chosen, rejected]))
+    at_boundary = (
+        length == 0
+        or chosen[length - 1].isspace()
+        or (length < len(chosen) and length < len(rejected) and chosen[length].isspace() and rejected[length].isspace())
+    )
+    if at_boundary:
+        return length
+    # Do not split a word: "... Sure" vs "... Surely" share "Sure" but it is a response.
+    last_space = max((i for i in range(length) if chosen[i].isspace()), default=-1)
+    return last_space + 1
+
+
+def _implicit_view(record: dict[str, Any], names: _Names, where: _Where) -> PairView:
+    chosen = _text(record, names.chosen, where)
+    rejected = _text(record, names.rejected, where)
+    cut = _common_prompt_length(chosen, rejected)
+    chosen_text, rejected_text = chosen[cut:].strip(), rejected[cut:].strip()
+    for field, text in ((names.chosen, chosen_text), (names.rejected, rejected_text)):
+        if not text:
+            raise where.error(field, "nothing is left after the prompt shared by chosen and rejected")
+    return PairView(prompt=_user_prompt(chosen[:cut].strip()), chosen=chosen_text, rejected=rejected_text)
+
+
+_VIEW_MAKERS: dict[str, Callable[[dict[str, Any], _Names, _Where], PairView]] = {
+    "explicit": _explicit_view,
+    "conversational": _conversational_view,
+    "hh": _hh_view,
+    "pku": _pku_view,
+    "implicit": _implicit_view,
+}
+
+
+# --------------------------------------------------------------------------- questions and contrast pairs
+
+
+def read_contrast_pairs(
+    source: str | os.PathLike[str],
+    question: str = "question",
+    harmful: str = "harmful",
+    harmless: str = "harmless",
+) -> list[ContrastPair]:
+    """Read (question, harmful answer, harmless answer) rows from any table ``load_table`` reads.
+
+    Raises DataError naming the missing column(s) and the columns found, or
+    the row and field of a value that is not a non-empty string.
+    """
+    name = os.fspath(source)
+    ds = load_table(source)
+    wanted = [question, harmful, harmless]
+    missing = [c for c in wanted if c not in ds.column_names]
+    if missing:
+        raise DataError(
+            f"missing column(s) {', '.join(repr(c) for c in missing)}; columns found: {', '.join(ds.column_names)}",
+            source=name,
+        )
+    pairs: list[ContrastPair] = []
+    for batch in ds.select_columns(wanted).with_format(None).iter(batch_size=_BATCH_ROWS):
+        for values in zip(*(batch[c] for c in wanted)):
+            record, where = dict(zip(wanted, values)), _Where(name, len(pairs) + 1)
+            pairs.append(ContrastPair(*(_text(record, c, where) for c in wanted)))
+    return pairs
+
+
+def read_questions(source: str | os.PathLike[str], column: str | None = None) -> list[str]:
+    """Read a list of questions (harmful behaviours, instructions, ...), stripped.
+
+    Accepts any table ``load_table`` reads - the column is ``column`` or the
+    first found of ``question``, ``goal`` (AdvBench), ``prompt``,
+    ``instruction``, ``forbidden_prompt`` (StrongREJECT), ``Goal``
+    (JailbreakBench), ``Behavior`` (HarmBench), ``behavior`` - and a JSON list
+    of plain strings (TDC 2023).
+    """
+    name = os.fspath(source)
+    strings = _json_string_list(Path(name).expanduser())
+    if strings is not None:
+        for row, item in enumerate(strings, start=1):
+            if not isinstance(item, str) or not item.strip():
+                raise DataError(f"expected a non-empty string, got {_describe(item)}", source=name, row=row)
+        return [item.strip() for item in strings]
+    ds = load_table(source)
+    if column is None:
+        column = next((c for c in _QUESTION_COLUMNS if c in ds.column_names), None)
+        if column is None:
+            raise DataError(
+                f"no question column; columns found: {', '.join(ds.column_names)}; expected one of "
+                f"{', '.join(_QUESTION_COLUMNS)} (or name the column explicitly)",
+                source=name,
+            )
+    elif column not in ds.column_names:
+        raise DataError(f"no column '{column}'; columns found: {', '.join(ds.column_names)}", source=name)
+    questions: list[str] = []
+    for batch in ds.select_columns([column]).with_format(None).iter(batch_size=_BATCH_ROWS):
+        for value in batch[column]:
+            where = _Where(name, len(questions) + 1)
+            questions.append(_text({column: value}, column, where).strip())
+    return questions
+
+
+def _json_string_list(path: Path) -> list[Any] | None:
+    """The items of a .json file holding a list of plain strings, else None."""
+    # `datasets` would turn such a list into a column named "text"; reading it
+    # directly keeps the intent (and the row numbers) obvious.
+    if not path.is_file() or not path.name.lower().endswith((".json", ".json.gz")):
+        return None
+    try:
+        with _open_text(path) as handle:
+            document = json.load(handle)
+    except (OSError, ValueError):
+        return None  # let load_table produce the precise error
+    if isinstance(document, list) and document and not any(isinstance(item, dict) for item in document):
+        return document
+    return None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_table(ds: datasets.Dataset, path: str | os.PathLike[str]) -> None:
+    """Write ``ds`` atomically; the format follows the extension.
+
+    ``.jsonl`` (one JSON object per line), ``.json`` (a JSON list of records),
+    ``.parquet`` or ``.csv``. Unicode is written as is and floats keep full
+    precision. Nested columns (chat messages) round-trip in jsonl/json/parquet;
+    CSV cannot hold them and is refused. Parent folders are created. The data
+    goes to a temporary file in the same folder, renamed over ``path`` only
+    when complete: on any failure no output (and no temporary file) is left.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in _OUTPUT_FORMATS:
+        raise DataError(
+            f"unknown output file type '{target.suffix or '(none)'}'; use .jsonl, .json, .parquet or .csv",
+            source=str(path),
+        )
+    if suffix == ".csv":
+        nested = [c for c, f in ds.features.items() if not isinstance(f, (datasets.Value, datasets.ClassLabel))]
+        if nested:
+            raise DataError(
+                f"CSV cannot hold nested column(s) {', '.join(nested)}; write .jsonl, .json or .parquet instead",
+                source=str(path),
+            )
+    with _atomic_path(target) as temporary:
+        if suffix == ".jsonl":
+            _write_json_records(ds, temporary, as_list=False)
+        elif suffix == ".json":
+            _write_json_records(ds, temporary, as_list=True)
+        elif suffix == ".parquet":
+            with _quiet_datasets():
+                ds.to_parquet(str(temporary))
+        else:
+            with _quiet_datasets():
+                ds.to_csv(str(temporary), index=False)
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``obj`` as pretty, UTF-8 JSON, atomically (see `write_table`).
+
+    NumPy scalars and arrays (anything with ``tolist``), paths and dates are
+    converted; other non-JSON values raise TypeError, leaving no output.
+    """
+    with _atomic_path(Path(path)) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, ensure_ascii=False, indent=2, default=_json_default)
+        handle.write("\n")
+
+
+@contextlib.contextmanager
+def _atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it over ``target`` on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder, so os.replace is an atomic rename; the writer creates the
+    # file itself, so it gets the usual permissions (not mkstemp's 0600).
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _write_json_records(ds: datasets.Dataset, path: Path, *, as_list: bool) -> None:
+    # Not Dataset.to_json: pandas writes floats with 10 digits, escapes "/",
+    # and refuses lines=False for more than one batch.
+    names = ds.column_names
+    first = True
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        if as_list:
+            handle.write("[")
+        for batch in ds.with_format(None).iter(batch_size=_BATCH_ROWS):
+            for values in zip(*(batch[c] for c in names)):
+                line = json.dumps(dict(zip(names, values)), ensure_ascii=False, default=_json_default)
+                if as_list:
+                    handle.write(("\n" if first else ",\n") + line)
+                else:
+                    handle.write(line + "\n")
+                first = False
+        if as_list:
+            handle.write("]\n" if first else "\n]\n")
+
+
+def _json_default(value: Any) -> Any:
+    """JSON form of the few non-JSON types our results may contain."""
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON")

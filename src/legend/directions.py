@@ -1,0 +1,274 @@
+"""Concept directions: estimators, held-out separation, and the Direction artifact.
+
+A direction points from the harmful side of a concept to the harmless side in the hidden space of
+one layer. The paper's Standard Margin Vector is the normalised mean difference; PCA of paired
+differences and a logistic probe are offered too. A Direction is saved as a folder:
+`direction.safetensors` (the unit vector) + `config.json` (everything needed to reproduce it and to
+refuse a model it was not made for).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .data import ContrastPair
+from .encoding import EncodeConfig, encode, question_items, resolve_layer, template_kind
+from .models import LoadedModel
+
+CONFIG_FILE = "config.json"
+VECTOR_FILE = "direction.safetensors"
+FORMAT_VERSION = 1
+
+
+class DirectionMismatch(ValueError):
+    """A direction was made for another model (hidden size or weights fingerprint differ)."""
+
+
+# ---------------------------------------------------------------- estimators
+# Each takes paired embeddings (harmless[i] and harmful[i] answer the same question), returns a unit
+# vector pointing to the harmless side.
+
+def mean_difference(harmless: torch.Tensor, harmful: torch.Tensor) -> torch.Tensor:
+    """The paper's Standard Margin Vector: normalised mean(harmless) - mean(harmful)."""
+    return _unit(harmless.double().mean(0) - harmful.double().mean(0))
+
+
+def pca_difference(harmless: torch.Tensor, harmful: torch.Tensor) -> torch.Tensor:
+    """First principal component of the paired differences, signed to agree with the mean difference."""
+    diffs = (harmless - harmful).double()
+    centred = diffs - diffs.mean(0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    component = vh[0]
+    if (diffs @ component).mean() < 0:
+        component = -component
+    return _unit(component)
+
+
+def logistic_probe(harmless: torch.Tensor, harmful: torch.Tensor) -> torch.Tensor:
+    """Weights of an L2-regularised logistic regression (scikit-learn) separating harmless from harmful."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = torch.cat([harmless, harmful]).double().numpy()
+    y = np.r_[np.ones(len(harmless)), np.zeros(len(harmful))]
+    scaler = StandardScaler().fit(x)
+    probe = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(x), y)
+    # Map the weights back to the unscaled space so the projection is a plain dot product.
+    weights = probe.coef_[0] / np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    return _unit(torch.from_numpy(weights))
+
+
+ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mean_difference": mean_difference,
+    "pca": pca_difference,
+    "logistic": logistic_probe,
+}
+
+
+def _unit(vector: torch.Tensor) -> torch.Tensor:
+    norm = vector.norm()
+    if not torch.isfinite(norm) or norm == 0:
+        raise ValueError("the direction is zero or not finite: harmful and harmless embeddings do not differ")
+    return (vector / norm).float()
+
+
+# ---------------------------------------------------------------- separation metrics
+
+def pair_accuracy(harmless: torch.Tensor, harmful: torch.Tensor, vector: torch.Tensor) -> float:
+    """Share of pairs whose harmless answer projects higher than its harmful answer."""
+    return float(((harmless.double() - harmful.double()) @ vector.double() > 0).double().mean())
+
+
+def auc(harmless: torch.Tensor, harmful: torch.Tensor, vector: torch.Tensor) -> float:
+    """ROC AUC of the projection as a harmless-vs-harmful score over all answers."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = torch.cat([harmless, harmful]).double() @ vector.double()
+    labels = np.r_[np.ones(len(harmless)), np.zeros(len(harmful))]
+    return float(roc_auc_score(labels, scores.numpy()))
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test split of pair indices; at least one pair on each side when n >= 2."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = min(n - 1, max(1, round(n * test_fraction))) if n >= 2 else 0
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+# ---------------------------------------------------------------- the artifact
+
+@dataclass
+class Direction:
+    """A unit vector in one layer's hidden space, with the settings that produced it."""
+
+    vector: torch.Tensor
+    layer: int
+    pooling: str
+    model_id: str
+    fingerprint: str
+    hidden_size: int
+    num_layers: int
+    template: str = "chat"
+    max_length: int = 2048
+    estimator: str = "mean_difference"
+    name: str = "safety"
+    n_pairs: int = 0
+    heldout: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def encode_config(self, **overrides: Any) -> EncodeConfig:
+        """The encoding settings that reproduce this direction's inputs (batching may be overridden)."""
+        settings = dict(layers=(self.layer,), poolings=(self.pooling,), template=self.template,
+                        max_length=self.max_length)
+        settings.update(overrides)
+        return EncodeConfig(**settings)
+
+    def check_compatible(self, lm: LoadedModel) -> None:
+        """Refuse a model this direction was not made for."""
+        if lm.hidden_size != self.hidden_size:
+            raise DirectionMismatch(
+                f"direction {self.name!r} has hidden size {self.hidden_size} but model {lm.model_id!r} has "
+                f"{lm.hidden_size}: it was built with {self.model_id!r}")
+        if lm.fingerprint != self.fingerprint:
+            raise DirectionMismatch(
+                f"direction {self.name!r} was built with {self.model_id!r} (fingerprint {self.fingerprint}) "
+                f"but the model in use is {lm.model_id!r} (fingerprint {lm.fingerprint})")
+
+    def config(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "vector"}
+        data.update(format_version=FORMAT_VERSION, legend_version=__version__, torch_version=torch.__version__,
+                    transformers_version=_transformers_version(), python_version=platform.python_version())
+        return data
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the artifact folder atomically (a temp folder renamed into place)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            save_file({"direction": self.vector.float().contiguous()}, str(tmp / VECTOR_FILE),
+                      metadata={"name": self.name, "layer": str(self.layer), "pooling": self.pooling})
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2, default=_json_default) + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Direction":
+        folder = Path(path)
+        config_path, vector_path = folder / CONFIG_FILE, folder / VECTOR_FILE
+        if not config_path.is_file() or not vector_path.is_file():
+            raise FileNotFoundError(f"{folder}: not a direction folder (needs {CONFIG_FILE} and {VECTOR_FILE})")
+        config = json.loads(config_path.read_text())
+        vector = load_file(str(vector_path))["direction"]
+        known = {f for f in cls.__dataclass_fields__ if f != "vector"}
+        direction = cls(vector=vector, **{k: v for k, v in config.items() if k in known})
+        if direction.vector.shape != (direction.hidden_size,):
+            raise ValueError(f"{vector_path}: vector shape {tuple(vector.shape)} != ({direction.hidden_size},)")
+        return direction
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------- building
+
+@dataclass
+class ContrastEmbeddings:
+    """Embeddings of each pair's harmless and harmful answer, keyed by (layer, pooling)."""
+
+    harmless: dict[tuple[int, str], torch.Tensor]
+    harmful: dict[tuple[int, str], torch.Tensor]
+    n_truncated: int
+
+
+def embed_contrast_pairs(lm: LoadedModel, pairs: Sequence[ContrastPair], config: EncodeConfig) -> ContrastEmbeddings:
+    """One encoding pass over both answers of every pair, for all layers/poolings in `config`."""
+    questions = [p.question for p in pairs]
+    items = question_items(questions, [p.harmless for p in pairs]) + question_items(questions, [p.harmful for p in pairs])
+    encoded = encode(lm, items, config)
+    n = len(pairs)
+    return ContrastEmbeddings(
+        harmless={k: v[:n] for k, v in encoded.vectors.items()},
+        harmful={k: v[n:] for k, v in encoded.vectors.items()},
+        n_truncated=encoded.n_truncated,
+    )
+
+
+def fit_direction_vector(
+    harmless: torch.Tensor, harmful: torch.Tensor, estimator: str = "mean_difference",
+    test_fraction: float = 0.2, seed: int = 0,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Fit on a train split to measure held-out separation, then refit on all pairs."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
+    fit = ESTIMATORS[estimator]
+    train, test = split_indices(len(harmless), test_fraction, seed)
+    heldout: dict[str, Any] = {"test_fraction": test_fraction, "seed": seed, "n_train": len(train), "n_test": len(test)}
+    if len(test) and len(train):
+        vector = fit(harmless[train], harmful[train])
+        heldout["accuracy"] = pair_accuracy(harmless[test], harmful[test], vector)
+        heldout["auc"] = auc(harmless[test], harmful[test], vector)
+    return fit(harmless, harmful), heldout
+
+
+def build_direction(
+    lm: LoadedModel,
+    pairs: Sequence[ContrastPair],
+    *,
+    layer: int = -1,
+    pooling: str = "last",
+    estimator: str = "mean_difference",
+    template: str = "auto",
+    max_length: int = 2048,
+    batch_size: int = 16,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    name: str = "safety",
+    progress: bool = False,
+) -> Direction:
+    """Build a concept direction from contrast pairs (question, harmful answer, harmless answer).
+
+    Both answers are embedded as `question ⊕ answer` with the same formatting annotation uses; the
+    held-out separation accuracy/AUC is measured on a `test_fraction` split before refitting on all.
+    """
+    if len(pairs) < 2:
+        raise ValueError(f"need at least 2 contrast pairs to build a direction, got {len(pairs)}")
+    kind = template_kind(lm.tokenizer, template)
+    config = EncodeConfig(layers=(layer,), poolings=(pooling,), template=kind, max_length=max_length,
+                          batch_size=batch_size, progress=progress, description="direction")
+    embedded = embed_contrast_pairs(lm, pairs, config)
+    key = (layer, pooling)
+    vector, heldout = fit_direction_vector(embedded.harmless[key], embedded.harmful[key], estimator, test_fraction, seed)
+    return Direction(
+        vector=vector, layer=resolve_layer(layer, lm.num_layers), pooling=pooling,
+        model_id=lm.model_id, fingerprint=lm.fingerprint, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+        template=kind, max_length=max_length, estimator=estimator, name=name, n_pairs=len(pairs),
+        heldout=heldout, extra={"n_truncated_texts": embedded.n_truncated},
+    )

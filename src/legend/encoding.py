@@ -1,0 +1,302 @@
+"""The one place that knows about tokens: templates, truncation, batching, layer capture, pooling.
+
+A text to encode is a (prompt messages, response) pair. It is rendered with the model's chat
+template when it has one (else the plain template below), tokenised as prefix + answer so the answer
+span is known exactly, truncated from the left, batched by a token budget, run through only the
+layers needed, and pooled.
+
+Layer numbering follows `output_hidden_states`: 0 is the embedding output, i (1..L-1) the output
+of decoder block i, and L the output of the last block after the final norm. Negative numbers count
+from L + 1, so -1 is L (the paper's "last layer").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from .models import LoadedModel
+
+Message = dict[str, str]
+Pooling = Literal["last", "mean"]
+POOLINGS: tuple[str, ...] = ("last", "mean")
+TemplateKind = Literal["auto", "chat", "plain"]
+
+PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+PLAIN_TEMPLATE_DOC = (
+    "plain: each prompt message as '<Role>: <content>\\n\\n' (Human/Assistant/System), "
+    "then 'Assistant: ' and the response; the tokenizer's BOS is added when it uses one"
+)
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """How texts become vectors. Created once at the edge (CLI or API call) and passed down."""
+
+    layers: tuple[int, ...] = (-1,)
+    poolings: tuple[str, ...] = ("last",)
+    template: TemplateKind = "auto"
+    max_length: int = 2048
+    batch_size: int = 16
+    max_batch_tokens: int = 16384
+    progress: bool = False
+    description: str = "encoding"
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.poolings if p not in POOLINGS]
+        if bad:
+            raise ValueError(f"unknown pooling {bad[0]!r}; choose from {', '.join(POOLINGS)}")
+        if self.max_length < 2:
+            raise ValueError("max_length must be at least 2")
+
+
+@dataclass
+class Encoded:
+    """Pooled hidden states keyed by (layer, pooling), each a float32 tensor [n_texts, hidden]."""
+
+    vectors: dict[tuple[int, str], torch.Tensor]
+    n_texts: int
+    n_truncated: int = 0
+    n_tokens: int = 0
+    truncated: list[bool] = field(default_factory=list)
+
+    def get(self, layer: int, pooling: str) -> torch.Tensor:
+        return self.vectors[(layer, pooling)]
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    ids: tuple[int, ...]
+    answer_start: int     # index of the first answer token in `ids`
+    truncated: bool
+
+
+def resolve_layer(layer: int, num_layers: int) -> int:
+    """Map a user layer (negative counts from the end) to 0..num_layers."""
+    resolved = layer + num_layers + 1 if layer < 0 else layer
+    if not 0 <= resolved <= num_layers:
+        raise ValueError(f"layer {layer} is out of range for a model with {num_layers} layers (0..{num_layers})")
+    return resolved
+
+
+def template_kind(tokenizer: object, template: TemplateKind = "auto") -> Literal["chat", "plain"]:
+    if template == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+    return template
+
+
+def render(tokenizer: object, prompt: Sequence[Message], response: str, kind: Literal["chat", "plain"]) -> tuple[str, str]:
+    """Return (prefix, answer) strings; prefix + answer is the full text the model reads."""
+    if kind == "plain":
+        prefix = "".join(f"{PLAIN_ROLES.get(m['role'], m['role'].title())}: {m['content']}\n\n" for m in prompt)
+        return prefix + "Assistant: ", response
+    messages = [dict(m) for m in prompt]
+    prefix = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if messages else ""
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+    if prefix and full.startswith(prefix):
+        # Drop the template's trailing newline so the last token is the end-of-turn marker.
+        return prefix, full[len(prefix):].rstrip("\n")
+    # Templates that rewrite earlier turns (rare): keep the generation prompt, append the response.
+    return prefix, response + (getattr(tokenizer, "eos_token", None) or "")
+
+
+def tokenize_items(
+    tokenizer: object,
+    items: Sequence[tuple[Sequence[Message], str]],
+    config: EncodeConfig,
+) -> list[TokenizedText]:
+    """Tokenise (prompt, response) items as prefix ids + answer ids, truncating from the left."""
+    kind = template_kind(tokenizer, config.template)
+    rendered = [render(tokenizer, prompt, response, kind) for prompt, response in items]
+    unique_prefixes = list(dict.fromkeys(prefix for prefix, _ in rendered))
+    # Plain text needs the tokenizer's BOS; chat templates already write their own special tokens.
+    prefix_ids = dict(zip(unique_prefixes, _batch_ids(tokenizer, unique_prefixes, kind == "plain")))
+    answer_ids = _batch_ids(tokenizer, [answer for _, answer in rendered], False)
+    out = []
+    for (prefix, _), answer in zip(rendered, answer_ids):
+        out.append(_truncate_left(prefix_ids[prefix], answer, config.max_length))
+    return out
+
+
+def _batch_ids(tokenizer: object, texts: list[str], special: bool) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=special)["input_ids"]
+
+
+def _truncate_left(prefix: list[int], answer: list[int], max_length: int) -> TokenizedText:
+    if not answer:
+        # An empty answer still needs a position to read: use the last prompt token.
+        answer, prefix = prefix[-1:], prefix[:-1]
+    ids = list(prefix) + list(answer)
+    cut = max(0, len(ids) - max_length)
+    return TokenizedText(ids=tuple(ids[cut:]), answer_start=max(0, len(prefix) - cut), truncated=cut > 0)
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Group indices into batches of similar length under a padded-token budget (longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = lengths[current[0]] if current else lengths[index]
+        if current and (len(current) >= batch_size or width * (len(current) + 1) > max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the deepest needed layer has run, so later layers are skipped."""
+
+
+def _find_blocks(base: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList | None:
+    for name in ("layers", "h", "blocks", "decoder.layers"):
+        module = base
+        for part in name.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers:
+            return module
+    return None
+
+
+def _find_final_norm(base: torch.nn.Module) -> torch.nn.Module | None:
+    for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm"):
+        module = getattr(base, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
+
+
+def _first_tensor(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def capture_hidden(
+    lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """Run the base model and return the hidden states [batch, seq, hidden] of `layers` (0..L).
+
+    Hooks read the needed layers and stop the forward after the deepest one; no logits and no
+    copy of every layer's states are made. Unknown architectures fall back to output_hidden_states.
+    """
+    base = lm.model.base_model
+    num_layers = lm.num_layers
+    blocks, norm = _find_blocks(base, num_layers), _find_final_norm(base)
+    wanted = sorted(set(layers))
+    if blocks is None or (num_layers in wanted and norm is None):
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                      use_cache=False).hidden_states
+        return {layer: hidden[layer] for layer in wanted}
+
+    captured: dict[int, torch.Tensor] = {}
+    deepest = wanted[-1]
+    handles = []
+
+    def keep(layer: int, tensor: torch.Tensor) -> None:
+        captured[layer] = tensor
+        if layer == deepest:
+            raise _StopForward
+
+    if 0 in wanted:
+        # The input of the first block, which (unlike the embedding module's output) includes any scaling.
+        handles.append(blocks[0].register_forward_pre_hook(
+            lambda _m, args, kwargs: keep(0, args[0] if args else kwargs["hidden_states"]), with_kwargs=True))
+    for layer in wanted:
+        if 0 < layer < num_layers:
+            handles.append(blocks[layer - 1].register_forward_hook(
+                lambda _m, _a, out, layer=layer: keep(layer, _first_tensor(out))))
+    if num_layers in wanted:
+        handles.append(norm.register_forward_hook(lambda _m, _a, out: keep(num_layers, _first_tensor(out))))
+    try:
+        base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def pool(hidden: torch.Tensor, lengths: torch.Tensor, answer_starts: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool right-padded states [batch, seq, hidden]: the last real token, or the mean over the answer."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if pooling == "last":
+        return hidden[rows, lengths - 1]
+    positions = torch.arange(hidden.shape[1], device=hidden.device)[None, :]
+    mask = ((positions >= answer_starts[:, None]) & (positions < lengths[:, None])).to(hidden.dtype)
+    return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+
+
+def encode_tokenized(lm: LoadedModel, texts: Sequence[TokenizedText], config: EncodeConfig) -> Encoded:
+    """Encode already tokenised texts; the result is in input order and independent of batching."""
+    layers = tuple(dict.fromkeys(resolve_layer(layer, lm.num_layers) for layer in config.layers))
+    hidden_size = lm.hidden_size
+    out = {(layer, pooling): torch.empty(len(texts), hidden_size, dtype=torch.float32)
+           for layer in layers for pooling in config.poolings}
+    lengths = [len(t.ids) for t in texts]
+    batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens)
+    pad_id = lm.tokenizer.pad_token_id
+    device = lm.device
+    bar = tqdm(total=len(texts), desc=config.description, unit="text", disable=not config.progress, smoothing=0.1)
+    with torch.inference_mode():
+        for batch in batches:
+            width = max(lengths[i] for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids[row, : lengths[index]] = torch.tensor(texts[index].ids)
+                mask[row, : lengths[index]] = 1
+            hidden = capture_hidden(lm, ids.to(device), mask.to(device), layers)
+            batch_lengths = torch.tensor([lengths[i] for i in batch], device=device)
+            starts = torch.tensor([texts[i].answer_start for i in batch], device=device)
+            index_tensor = torch.tensor(batch)
+            for layer in layers:
+                for pooling in config.poolings:
+                    pooled = pool(hidden[layer].float(), batch_lengths, starts, pooling)
+                    out[(layer, pooling)][index_tensor] = pooled.cpu()
+            bar.update(len(batch))
+    bar.close()
+    # Keys use the layer as the user named it, so callers can look up what they asked for.
+    named = {}
+    for layer in config.layers:
+        for pooling in config.poolings:
+            named[(layer, pooling)] = out[(resolve_layer(layer, lm.num_layers), pooling)]
+    return Encoded(vectors=named, n_texts=len(texts), n_truncated=sum(t.truncated for t in texts),
+                   n_tokens=sum(lengths), truncated=[t.truncated for t in texts])
+
+
+def encode(lm: LoadedModel, items: Sequence[tuple[Sequence[Message], str]], config: EncodeConfig) -> Encoded:
+    """Encode (prompt messages, response) items; identical items are computed once."""
+    keys = [(tuple((m["role"], m["content"]) for m in prompt), response) for prompt, response in items]
+    first_index: dict[tuple, int] = {}
+    unique_items = []
+    for key, item in zip(keys, items):
+        if key not in first_index:
+            first_index[key] = len(unique_items)
+            unique_items.append(item)
+    tokenized = tokenize_items(lm.tokenizer, unique_items, config)
+    encoded = encode_tokenized(lm, tokenized, config)
+    if len(unique_items) == len(items):
+        return encoded
+    gather = torch.tensor([first_index[key] for key in keys])
+    return Encoded(
+        vectors={k: v[gather] for k, v in encoded.vectors.items()},
+        n_texts=len(items),
+        n_truncated=sum(encoded.truncated[i] for i in gather.tolist()),
+        n_tokens=encoded.n_tokens,
+        truncated=[encoded.truncated[i] for i in gather.tolist()],
+    )
+
+
+def question_items(questions: Sequence[str], answers: Sequence[str]) -> list[tuple[tuple[Message, ...], str]]:
+    """(question, answer) pairs as single-turn items."""
+    return [(({"role": "user", "content": q},), a) for q, a in zip(questions, answers)]
+

