@@ -47,10 +47,13 @@ def mean_difference(harmless: torch.Tensor, harmful: torch.Tensor) -> torch.Tens
 
 
 def pca_difference(harmless: torch.Tensor, harmful: torch.Tensor) -> torch.Tensor:
-    """First principal component of the paired differences, signed to agree with the mean difference."""
+    """First principal component of the paired differences, signed to point to the harmless side.
+
+    As in RepE, the differences are not centred: centring would remove the very shift between the
+    two sides and leave only the noise's main axis.
+    """
     diffs = (harmless - harmful).double()
-    centred = diffs - diffs.mean(0)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    _, _, vh = torch.linalg.svd(diffs, full_matrices=False)
     component = vh[0]
     if (diffs @ component).mean() < 0:
         component = -component

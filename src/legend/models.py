@@ -122,6 +122,29 @@ def resolve_model_path(spec: str | None) -> tuple[str, str]:
     return spec, spec
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load, decided at the edge; loading waits until the input has been validated."""
+
+    name: str | None = DEFAULT_MODEL
+    dtype: str = "float32"
+    device: str | None = None
+    trust_remote_code: bool = False
+
+    def load(self) -> "LoadedModel":
+        return load_model(self.name, dtype=self.dtype, device=self.device, trust_remote_code=self.trust_remote_code)
+
+
+def as_loaded(model: "LoadedModel | ModelSpec | str | None", fallback: str | None = DEFAULT_MODEL) -> "LoadedModel":
+    """Accept a loaded model, a spec, a name or None (then `fallback`), and return a loaded model."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, ModelSpec):
+        return model.load() if model.name is not None else ModelSpec(fallback, model.dtype, model.device,
+                                                                      model.trust_remote_code).load()
+    return load_model(model or fallback)
+
+
 def load_model(
     spec: str | None = DEFAULT_MODEL,
     *,
@@ -135,7 +158,9 @@ def load_model(
     `trust_remote_code` stays off unless asked for.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar says nothing useful here
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     path, model_id = resolve_model_path(spec)
     try:

@@ -33,7 +33,7 @@ from .data import (
 from .directions import Direction, build_direction
 from .induce import DEFAULT_REFUSALS, GenerationConfig, induce_pairs
 from .margins import DEFAULT_LEVELS, Binning, MarginResult, compute_margins, describe
-from .models import LoadedModel, load_model
+from .models import LoadedModel, ModelSpec, as_loaded, load_model
 
 MARGIN_COLUMNS = ("margin_raw", "margin")
 SIDECAR_SUFFIX = ".legend.json"
@@ -84,7 +84,7 @@ def annotate_views(
 def annotate(
     dataset: datasets.Dataset | str | os.PathLike,
     direction: Direction | str | os.PathLike,
-    model: LoadedModel | str | None = None,
+    model: LoadedModel | ModelSpec | str | None = None,
     settings: AnnotateSettings = AnnotateSettings(),
     *,
     source: str | None = None,
@@ -101,9 +101,10 @@ def annotate(
         source = source or str(dataset)
         dataset = load_table(dataset)
     source = source or "<dataset>"
-    lm = model if isinstance(model, LoadedModel) else load_model(model or direction.model_id)
     layout = detect_layout(dataset, settings.columns, source=source)
     views = pair_views(dataset, layout, settings.columns, source=source)
+    # Only now load the model: bad input fails in a second, not after loading weights.
+    lm = as_loaded(model, fallback=direction.model_id)
     start = time.perf_counter()
     raw, binned, binning, result = annotate_views(views, direction, lm, settings)
     seconds = time.perf_counter() - start
@@ -126,7 +127,7 @@ def annotate_file(
     data: str | os.PathLike,
     direction: Direction | str | os.PathLike,
     out: str | os.PathLike,
-    model: LoadedModel | str | None = None,
+    model: LoadedModel | ModelSpec | str | None = None,
     settings: AnnotateSettings = AnnotateSettings(),
     *,
     split: str = "train",
@@ -148,16 +149,27 @@ def annotate_file(
         "binning_source": "loaded" if settings.binning else "fitted",
         "summary": result.summary,
     }
-    write_table(result.dataset, out)
-    write_json(sidecar, sidecar_path(out))
+    write_outputs(result.dataset, sidecar, out)
     return result
+
+
+def write_outputs(dataset: datasets.Dataset, sidecar: dict[str, Any], out: str | os.PathLike) -> None:
+    """Write the annotated table and its sidecar so that either both appear or neither does."""
+    final_sidecar = sidecar_path(out)
+    pending = final_sidecar.with_name(f".{final_sidecar.name}.pending")
+    write_json(sidecar, pending)
+    try:
+        write_table(dataset, out)
+        os.replace(pending, final_sidecar)
+    finally:
+        pending.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- directions and pairs
 
 def build_direction_from_file(
     pairs_file: str | os.PathLike,
-    model: LoadedModel | str | None = None,
+    model: LoadedModel | ModelSpec | str | None = None,
     *,
     question: str = "question",
     harmful: str = "harmful",
@@ -173,7 +185,7 @@ def build_direction_from_file(
     pairs = [p for p, r in zip(pairs, refused) if not r]
     if limit is not None:
         pairs = pairs[:limit]
-    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    lm = as_loaded(model)
     start = time.perf_counter()
     direction = build_direction(lm, pairs, **options)
     direction.extra.update(pairs_file=str(pairs_file), pairs_read=n_read, pairs_left_out_refused=int(sum(refused)))
@@ -193,7 +205,7 @@ def _refused_flags(pairs_file: str | os.PathLike, n: int) -> list[bool]:
 def induce_file(
     questions_file: str | os.PathLike,
     out: str | os.PathLike,
-    model: LoadedModel | str | None = None,
+    model: LoadedModel | ModelSpec | str | None = None,
     *,
     column: str | None = None,
     prefill_column: str | None = None,
@@ -207,7 +219,7 @@ def induce_file(
     if limit is not None:
         questions = questions[:limit]
         prefills = prefills[:limit] if prefills is not None else None
-    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    lm = as_loaded(model)
     start = time.perf_counter()
     pairs = induce_pairs(lm, questions, refusals=refusals, prefills=prefills, config=generation)
     rows = {"question": [p.question for p in pairs], "harmful": [p.harmful for p in pairs],

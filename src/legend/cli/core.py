@@ -27,10 +27,11 @@ from legend.cli.options import (
 console = Console(stderr=False)
 
 
-def _load(model: Optional[str], dtype: str, device: Optional[str], trust_remote_code: bool):
-    from legend.models import load_model
+def _spec(model: Optional[str], dtype: str, device: Optional[str], trust_remote_code: bool):
+    """What to load; the pipeline loads it only after the input has been read and validated."""
+    from legend.models import ModelSpec
 
-    return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return ModelSpec(model or "default", dtype=dtype, device=device, trust_remote_code=trust_remote_code)
 
 
 def _parse_floats(text: Optional[str]) -> Optional[tuple[float, ...]]:
@@ -84,7 +85,7 @@ def induce(
     from legend.pipeline import induce_file
 
     report = induce_file(
-        questions, out, _load(model, dtype, device, trust_remote_code), column=column, prefill_column=prefill_column,
+        questions, out, _spec(model, dtype, device, trust_remote_code), column=column, prefill_column=prefill_column,
         refusals=tuple(refusal) if refusal else DEFAULT_REFUSALS, limit=limit,
         generation=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=not quiet),
     )
@@ -121,7 +122,7 @@ def direction(
     from legend.pipeline import build_direction_from_file
 
     built, report = build_direction_from_file(
-        pairs, _load(model, dtype, device, trust_remote_code), question=question_column, harmful=harmful_column,
+        pairs, _spec(model, dtype, device, trust_remote_code), question=question_column, harmful=harmful_column,
         harmless=harmless_column, drop_refused=not keep_refused, limit=limit, layer=layer, pooling=pooling,
         estimator=estimator, template=template, max_length=max_length, batch_size=batch_size,
         test_fraction=test_fraction, seed=seed, name=name, progress=not quiet,
@@ -165,7 +166,7 @@ def annotate(
     from legend.pipeline import AnnotateSettings, annotate_file
 
     loaded_direction = Direction.load(direction)
-    lm = _load(model or loaded_direction.model_id, dtype, device, trust_remote_code)
+    lm = _spec(model or loaded_direction.model_id, dtype, device, trust_remote_code)
     settings = AnnotateSettings(
         levels=levels, level_values=_parse_floats(level_values), binning=Binning.load(bins_from) if bins_from else None,
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_length=max_length,

@@ -1,0 +1,127 @@
+"""Directions: estimators against hand computations, held-out separation, artifact round trip and refusal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from legend.data import ContrastPair
+from legend.directions import (
+    Direction,
+    DirectionMismatch,
+    build_direction,
+    fit_direction_vector,
+    logistic_probe,
+    mean_difference,
+    pair_accuracy,
+    pca_difference,
+    split_indices,
+)
+from legend.models import wrap_model
+
+from conftest import build_tiny_llama
+
+PAIRS = [
+    ContrastPair(f"Question number {i}: how do I pick lock {i}?",
+                 f"Sure, here is how to pick lock {i}: rake the pins.", "I can't answer that.")
+    for i in range(10)
+]
+
+
+def _gaussian_pairs(n=200, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    shift = np.zeros(dim)
+    shift[3] = 2.0
+    harmful = rng.normal(size=(n, dim))
+    harmless = harmful + shift + 0.3 * rng.normal(size=(n, dim))
+    return torch.tensor(harmless, dtype=torch.float32), torch.tensor(harmful, dtype=torch.float32), shift
+
+
+def test_mean_difference_is_normalised_mean_gap():
+    harmless, harmful, _ = _gaussian_pairs()
+    expected = harmless.numpy().astype(np.float64).mean(0) - harmful.numpy().astype(np.float64).mean(0)
+    expected /= np.linalg.norm(expected)
+    np.testing.assert_allclose(mean_difference(harmless, harmful).numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", [mean_difference, pca_difference, logistic_probe])
+def test_estimators_find_the_planted_axis_and_point_to_harmless(estimator):
+    harmless, harmful, shift = _gaussian_pairs()
+    vector = estimator(harmless, harmful).numpy()
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    assert vector[3] > 0.8  # mostly along the planted axis, pointing to the harmless side
+    assert pair_accuracy(harmless, harmful, torch.tensor(vector)) > 0.95
+
+
+def test_pca_sign_is_fixed_towards_harmless():
+    harmless, harmful, _ = _gaussian_pairs(seed=3)
+    assert pca_difference(harmful, harmless)[3] < 0  # swapped roles flip the direction
+
+
+def test_pair_accuracy_by_hand():
+    harmless = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    harmful = torch.tensor([[0.0, 0.0], [0.0, 2.0], [1.0, 5.0]])
+    # projections on x: harmless 1, 0, 2 vs harmful 0, 0, 1 -> wins, tie (not counted), win
+    assert pair_accuracy(harmless, harmful, torch.tensor([1.0, 0.0])) == pytest.approx(2 / 3)
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    train, test = split_indices(10, 0.2, seed=4)
+    assert len(test) == 2 and len(train) == 8
+    assert sorted(np.r_[train, test].tolist()) == list(range(10))
+    again = split_indices(10, 0.2, seed=4)
+    assert train.tolist() == again[0].tolist()
+
+
+def test_heldout_accuracy_is_measured_on_unseen_pairs():
+    harmless, harmful, _ = _gaussian_pairs(n=50)
+    vector, heldout = fit_direction_vector(harmless, harmful, "mean_difference", test_fraction=0.2, seed=0)
+    train, test = split_indices(50, 0.2, 0)
+    expected = pair_accuracy(harmless[test], harmful[test], mean_difference(harmless[train], harmful[train]))
+    assert heldout["accuracy"] == pytest.approx(expected)
+    assert heldout["n_test"] == 10
+    torch.testing.assert_close(vector, mean_difference(harmless, harmful))
+
+
+def test_build_save_load_round_trip(tiny_lm, tmp_path):
+    direction = build_direction(tiny_lm, PAIRS, layer=2, pooling="mean", name="safety")
+    assert direction.layer == 2 and direction.n_pairs == 10
+    assert direction.vector.shape == (tiny_lm.hidden_size,)
+    assert "accuracy" in direction.heldout and "auc" in direction.heldout
+    direction.save(tmp_path / "dir")
+    config = json.loads((tmp_path / "dir" / "config.json").read_text())
+    for key in ("model_id", "fingerprint", "layer", "pooling", "template", "estimator", "n_pairs", "hidden_size",
+                "legend_version", "heldout"):
+        assert key in config
+    loaded = Direction.load(tmp_path / "dir")
+    torch.testing.assert_close(loaded.vector, direction.vector)
+    assert (loaded.layer, loaded.pooling, loaded.fingerprint) == (2, "mean", tiny_lm.fingerprint)
+    loaded.check_compatible(tiny_lm)
+
+
+def test_direction_from_another_model_is_refused(tiny_lm, tiny_tokenizer):
+    direction = build_direction(tiny_lm, PAIRS[:4])
+    other = wrap_model(build_tiny_llama(len(tiny_tokenizer), seed=7), tiny_tokenizer, "other")
+    with pytest.raises(DirectionMismatch, match="fingerprint"):
+        direction.check_compatible(other)
+    wider = wrap_model(build_tiny_llama(len(tiny_tokenizer), hidden=48), tiny_tokenizer, "wider")
+    with pytest.raises(DirectionMismatch, match="hidden size 32"):
+        direction.check_compatible(wider)
+
+
+def test_fingerprint_ignores_dtype_but_not_weights(tiny_tokenizer):
+    model = build_tiny_llama(len(tiny_tokenizer), seed=3)
+    fp32 = wrap_model(model, tiny_tokenizer).fingerprint
+    bf16 = wrap_model(build_tiny_llama(len(tiny_tokenizer), seed=3).to(torch.bfloat16), tiny_tokenizer).fingerprint
+    assert fp32 == bf16
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(2)
+    assert wrap_model(model, tiny_tokenizer).fingerprint != fp32
+
+
+def test_load_rejects_a_folder_without_artifact(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a direction folder"):
+        Direction.load(tmp_path)
