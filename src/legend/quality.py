@@ -1,0 +1,301 @@
+"""How good are the margins? Agreement with preference labels, with bootstrap intervals.
+
+On a labelled preference set the chosen answer is the labelled-safer one, so a good safety direction
+gives mostly positive margins. `evaluate_margins` measures that agreement and checks the two ways a
+direction can look better than it is:
+
+* length: a direction that only measures answer length agrees with the labels whenever the safer
+  answer happens to be the longer (or shorter) one. The length-balanced agreement averages the
+  agreement over pairs where chosen is the shorter answer and pairs where it is the longer one, so a
+  pure length detector scores 0.5 on it whatever the mix; the correlation of margins with the length
+  difference says how much of the margin is length.
+* severity: where the data grades harm (PKU-SafeRLHF `response_{0,1}_severity_level`), the margin
+  should grow with the severity gap between the answers (Spearman correlation).
+
+All numbers come with percentile-bootstrap 95% intervals: pairs are resampled with replacement
+(scipy.stats.bootstrap over the pair indices, so every metric of one resample uses the same pairs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from .data import ColumnNames, DataError, PairView, detect_layout, load_table, pair_views
+
+DEFAULT_BOOTSTRAP = 1000
+DEFAULT_CONFIDENCE = 0.95
+
+# Metric name -> one-line meaning, in the order they are printed.
+METRICS: dict[str, str] = {
+    "share_positive": "share of pairs with margin > 0 (the direction agrees chosen is safer)",
+    "auc": "AUC of the margin as a score: P(m_i + m_j > 0) over all pairs i, j (ties count 1/2)",
+    "mean_margin": "mean raw margin",
+    "median_margin": "median raw margin",
+    "agreement_chosen_shorter": "share positive among pairs where chosen is the shorter answer",
+    "agreement_chosen_longer": "share positive among pairs where chosen is the longer answer",
+    "agreement_length_balanced": "mean of the two agreements above (0.5 for a pure length detector)",
+    "length_pearson": "Pearson r of margin with length difference (chosen - rejected)",
+    "length_spearman": "Spearman rho of margin with length difference (chosen - rejected)",
+    "severity_spearman": "Spearman rho of margin with severity difference (rejected - chosen)",
+}
+
+
+def text_length(unit: str = "chars", tokenizer: Any = None) -> Callable[[str], int]:
+    """A length function: characters (default), whitespace-separated words, or tokens of `tokenizer`."""
+    if unit == "chars":
+        return len
+    if unit == "words":
+        return lambda text: len(text.split())
+    if unit == "tokens":
+        if tokenizer is None:
+            raise ValueError("length unit 'tokens' needs a tokenizer")
+        return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    raise ValueError(f"unknown length unit {unit!r}; choose chars, words or tokens")
+
+
+def symmetric_auc(raw: np.ndarray) -> float:
+    """AUC of the margin separating (chosen, rejected) from the swapped (rejected, chosen) order.
+
+    Every pair read in its labelled order scores m, read swapped it scores −m (margins are
+    antisymmetric), so the AUC is P(m_i > −m_j) = P(m_i + m_j > 0) over all pairs i, j, ties 1/2:
+    the Walsh-average form of the Wilcoxon signed-rank statistic. Unlike the share of positive
+    margins it rewards large margins on agreeing pairs and small ones on disagreeing pairs.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    if raw.size == 0 or not np.any(raw):
+        return float("nan") if raw.size == 0 else 0.5
+    labels = np.r_[np.ones(raw.size), np.zeros(raw.size)]
+    return float(roc_auc_score(labels, np.r_[raw, -raw]))
+
+
+def _agreement(raw: np.ndarray, mask: np.ndarray) -> float:
+    return float((raw[mask] > 0).mean()) if mask.any() else float("nan")
+
+
+def _correlation(kind: str, x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson/Spearman correlation; NaN (no warning) when either side is constant or too short."""
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = stats.pearsonr(x, y) if kind == "pearson" else stats.spearmanr(x, y)
+    return float(result.statistic)
+
+
+def margin_metrics(raw: np.ndarray, length_diff: np.ndarray, severity_diff: np.ndarray | None = None) -> dict[str, float]:
+    """Point values of every metric in `METRICS` (severity only when given). NaN where undefined."""
+    shorter, longer = length_diff < 0, length_diff > 0
+    agree_shorter, agree_longer = _agreement(raw, shorter), _agreement(raw, longer)
+    values = {
+        "share_positive": float((raw > 0).mean()) if raw.size else float("nan"),
+        "auc": symmetric_auc(raw),
+        "mean_margin": float(raw.mean()) if raw.size else float("nan"),
+        "median_margin": float(np.median(raw)) if raw.size else float("nan"),
+        "agreement_chosen_shorter": agree_shorter,
+        "agreement_chosen_longer": agree_longer,
+        "agreement_length_balanced": (agree_shorter + agree_longer) / 2,
+        "length_pearson": _correlation("pearson", raw, length_diff),
+        "length_spearman": _correlation("spearman", raw, length_diff),
+    }
+    if severity_diff is not None:
+        values["severity_spearman"] = _correlation("spearman", raw, severity_diff)
+    return values
+
+
+def bootstrap_intervals(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, *, n_resamples: int = DEFAULT_BOOTSTRAP,
+    confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Percentile-bootstrap intervals of a vector statistic of pair indices.
+
+    `statistic(indices)` returns one value per metric; scipy draws the resamples (pairs with
+    replacement). Resamples where a metric is undefined (NaN, e.g. no pair with chosen shorter)
+    are left out of that metric's percentiles. Returns (low, high, finite resamples per metric).
+    """
+    with warnings.catch_warnings():
+        # scipy warns when some resamples give NaN; those are handled below, metric by metric.
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(
+            (np.arange(n),), lambda idx: statistic(np.asarray(idx, dtype=np.int64)), n_resamples=n_resamples,
+            vectorized=False, paired=False, method="percentile", confidence_level=confidence,
+            rng=np.random.default_rng(seed),
+        )
+    distribution = np.atleast_2d(result.bootstrap_distribution)
+    alpha = (1 - confidence) / 2
+    finite = np.isfinite(distribution).sum(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, as they should
+        low, high = np.nanquantile(distribution, [alpha, 1 - alpha], axis=1)
+    return low, high, finite
+
+
+def evaluate_margins(
+    raw: Sequence[float] | np.ndarray,
+    chosen_texts: Sequence[str],
+    rejected_texts: Sequence[str],
+    severity: Sequence[float] | np.ndarray | None = None,
+    *,
+    length: Callable[[str], int] = len,
+    length_unit: str = "chars",
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Agreement of margins with preference labels (chosen = labelled safer), with bootstrap intervals.
+
+    `raw` are the raw margins (positive: the direction says chosen is safer); `severity` is the
+    severity difference rejected − chosen per pair (positive: rejected is the more harmful), if known.
+    `length` measures an answer (characters by default; see `text_length`), `length_unit` names it.
+    Returns {"n", "counts", "metrics": {name: {"value", "ci_low", "ci_high", "description"}}, "settings"};
+    undefined values are None. Pairs of equal length count in neither length group.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    n = raw.size
+    if len(chosen_texts) != n or len(rejected_texts) != n:
+        raise ValueError(f"{n} margins but {len(chosen_texts)} chosen and {len(rejected_texts)} rejected texts")
+    if not np.all(np.isfinite(raw)):
+        bad = int(np.flatnonzero(~np.isfinite(raw))[0])
+        raise ValueError(f"margin of pair {bad + 1} is not a finite number ({raw[bad]})")
+    length_diff = np.array([length(c) - length(r) for c, r in zip(chosen_texts, rejected_texts)], dtype=np.float64)
+    severity_diff = None if severity is None else np.asarray(severity, dtype=np.float64)
+    if severity_diff is not None and severity_diff.shape != (n,):
+        raise ValueError(f"{n} margins but {severity_diff.size} severity differences")
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        sub_severity = None if severity_diff is None else severity_diff[idx]
+        return np.array(list(margin_metrics(raw[idx], length_diff[idx], sub_severity).values()))
+
+    point = margin_metrics(raw, length_diff, severity_diff)
+    if n >= 2 and n_bootstrap > 0:
+        low, high, finite = bootstrap_intervals(statistic, n, n_resamples=n_bootstrap, confidence=confidence, seed=seed)
+    else:
+        low = high = np.full(len(point), np.nan)
+        finite = np.zeros(len(point), dtype=int)
+    metrics = {
+        name: {"value": _number(value), "ci_low": _number(lo), "ci_high": _number(hi),
+               "finite_resamples": int(k), "description": METRICS[name]}
+        for (name, value), lo, hi, k in zip(point.items(), low, high, finite)
+    }
+    counts = {"pairs": n, "zero_margin": int((raw == 0).sum()), "chosen_shorter": int((length_diff < 0).sum()),
+              "chosen_longer": int((length_diff > 0).sum()), "equal_length": int((length_diff == 0).sum())}
+    if severity_diff is not None:
+        counts["severity_known"] = n
+    settings = {"length_unit": length_unit, "n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed,
+                "interval": "percentile bootstrap over pairs (scipy.stats.bootstrap)"}
+    return {"n": n, "counts": counts, "metrics": metrics, "settings": settings}
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+# ---------------------------------------------------------------- reading labelled margins
+
+@dataclass
+class LabelledMargins:
+    """A preference table with its raw margins, pair texts and (if known) severity differences."""
+
+    dataset: datasets.Dataset
+    views: list[PairView]
+    raw: np.ndarray
+    severity: np.ndarray | None
+    source: str
+    annotated_now: bool = False
+    margin_column: str = "margin_raw"
+
+
+PKU_SEVERITY = ("response_0_severity_level", "response_1_severity_level", "safer_response_id")
+
+
+def severity_difference(dataset: datasets.Dataset, columns: tuple[str, str] | None = None,
+                        *, source: str = "<data>") -> np.ndarray | None:
+    """Severity of rejected − severity of chosen per row, or None when the table has no severity.
+
+    `columns` names (chosen severity, rejected severity) columns; otherwise PKU-SafeRLHF's
+    `response_{0,1}_severity_level` are mapped through `safer_response_id` (the safer one is chosen).
+    """
+    names = dataset.column_names
+    if columns is not None:
+        for column in columns:
+            if column not in names:
+                raise DataError(f"{source}: no severity column {column!r} (columns: {', '.join(names)})")
+        chosen, rejected = (_numbers(dataset[c], c, source) for c in columns)
+        return rejected - chosen
+    if not all(c in names for c in PKU_SEVERITY):
+        return None
+    level0, level1 = (_numbers(dataset[c], c, source) for c in PKU_SEVERITY[:2])
+    safer = _numbers(dataset["safer_response_id"], "safer_response_id", source)
+    return np.where(safer == 0, level1 - level0, level0 - level1)
+
+
+def _numbers(values: Sequence[Any], column: str, source: str) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.float64)
+    for row, value in enumerate(values, start=1):
+        try:
+            out[row - 1] = float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{source}: row {row}: field {column!r}: expected a number, got {value!r}") from None
+        if not math.isfinite(out[row - 1]):
+            raise DataError(f"{source}: row {row}: field {column!r}: expected a finite number, got {value!r}")
+    return out
+
+
+def read_labelled_margins(
+    data: str | os.PathLike | datasets.Dataset,
+    *,
+    direction: str | os.PathLike | None = None,
+    model: Any = None,
+    columns: ColumnNames = ColumnNames(),
+    severity_columns: tuple[str, str] | None = None,
+    limit: int | None = None,
+    split: str = "train",
+    annotate_settings: Any = None,
+    margin_column: str = "margin_raw",
+    source: str | None = None,
+) -> LabelledMargins:
+    """Read a preference table with its margins: `margin_column` if present, else annotate with `direction`.
+
+    `model` (a LoadedModel or a spec) is only used when annotating (which writes `margin_raw`);
+    None means the direction's model. Any numeric column of margins can be read (e.g. one
+    `margin_<name>` column of a multi-direction annotation).
+    """
+    if isinstance(data, datasets.Dataset):
+        dataset, source = data, source or "<dataset>"
+    else:
+        source = source or str(data)
+        dataset = load_table(data, split=split)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    annotated_now = False
+    if direction is not None:
+        from .pipeline import AnnotateSettings, annotate
+
+        settings = annotate_settings or AnnotateSettings(columns=columns)
+        dataset = annotate(dataset, direction, model, settings, source=source).dataset
+        annotated_now, margin_column = True, "margin_raw"
+    elif margin_column not in dataset.column_names:
+        raise DataError(f"{source}: no column {margin_column!r}; annotate it first (legend annotate) or pass --direction")
+    layout = detect_layout(dataset, columns, source=source)
+    views = pair_views(dataset, layout, columns, source=source)
+    raw = _numbers(dataset[margin_column], margin_column, source)
+    return LabelledMargins(dataset=dataset, views=views, raw=raw,
+                           severity=severity_difference(dataset, severity_columns, source=source),
+                           source=source, annotated_now=annotated_now, margin_column=margin_column)
+
+
+def evaluate_labelled(labelled: LabelledMargins, **options: Any) -> dict[str, Any]:
+    """`evaluate_margins` on what `read_labelled_margins` returned, with the source recorded."""
+    result = evaluate_margins(labelled.raw, [v.chosen for v in labelled.views], [v.rejected for v in labelled.views],
+                              labelled.severity, **options)
+    result["source"] = labelled.source
+    return result

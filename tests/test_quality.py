@@ -1,0 +1,196 @@
+"""legend.quality / `legend evaluate`: metrics checked against independent numpy/scipy computations."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from legend.cli import app
+from legend.data import DataError
+from legend.quality import (
+    evaluate_margins,
+    read_labelled_margins,
+    severity_difference,
+    symmetric_auc,
+    text_length,
+)
+
+
+def _value(result, name):
+    return result["metrics"][name]["value"]
+
+
+def _walsh_auc(raw):
+    """P(m_i + m_j > 0) + P(= 0)/2 over all ordered pairs (i, j), by brute force."""
+    sums = raw[:, None] + raw[None, :]
+    return float((sums > 0).mean() + 0.5 * (sums == 0).mean())
+
+
+# Six pairs whose agreement by length group is known by hand:
+#   chosen shorter (rows 0-2): margins +, +, -  -> 2/3 agree
+#   chosen longer  (rows 3-5): margins -, -, +  -> 1/3 agree     balanced = (2/3 + 1/3) / 2 = 0.5
+#   plus one pair of equal length (row 6, margin +) that counts in neither group.
+RAW = np.array([0.5, 2.0, -1.0, -0.25, -3.0, 1.5, 0.75])
+CHOSEN = ["ab", "a", "abc", "abcdef", "abcd", "abcde", "xyz"]
+REJECTED = ["abcd", "abcdef", "abcdefgh", "a", "ab", "abc", "uvw"]
+
+
+def test_metrics_match_hand_and_independent_computations():
+    result = evaluate_margins(RAW, CHOSEN, REJECTED, n_bootstrap=0)
+    length_diff = np.array([len(c) - len(r) for c, r in zip(CHOSEN, REJECTED)], dtype=float)
+    assert _value(result, "share_positive") == pytest.approx(4 / 7)
+    assert _value(result, "mean_margin") == pytest.approx(RAW.mean())
+    assert _value(result, "median_margin") == pytest.approx(0.5)
+    assert _value(result, "agreement_chosen_shorter") == pytest.approx(2 / 3)
+    assert _value(result, "agreement_chosen_longer") == pytest.approx(1 / 3)
+    assert _value(result, "agreement_length_balanced") == pytest.approx(0.5)
+    assert _value(result, "auc") == pytest.approx(_walsh_auc(RAW))
+    assert _value(result, "length_pearson") == pytest.approx(np.corrcoef(RAW, length_diff)[0, 1])
+    ranks = np.corrcoef(stats.rankdata(RAW), stats.rankdata(length_diff))[0, 1]
+    assert _value(result, "length_spearman") == pytest.approx(ranks)
+    assert result["counts"] == {"pairs": 7, "zero_margin": 0, "chosen_shorter": 3, "chosen_longer": 3, "equal_length": 1}
+    assert "severity_spearman" not in result["metrics"]
+
+
+def test_auc_with_ties_and_degenerate_cases():
+    raw = np.array([1.0, -1.0, 2.0, 0.0, 0.5, -0.5, 3.0])
+    assert symmetric_auc(raw) == pytest.approx(_walsh_auc(raw))
+    assert symmetric_auc(np.array([1.0, 2.0, 0.1])) == 1.0
+    assert symmetric_auc(np.array([-1.0, -2.0])) == 0.0
+    assert symmetric_auc(np.zeros(4)) == 0.5
+
+
+def test_a_pure_length_detector_is_exposed_by_the_balanced_agreement():
+    rng = np.random.default_rng(3)
+    chosen = ["x" * int(k) for k in rng.integers(1, 200, 300)]
+    rejected = ["y" * int(k) for k in rng.integers(1, 200, 300)]
+    raw = np.array([len(c) - len(r) for c, r in zip(chosen, rejected)], dtype=float)  # margin = length
+    result = evaluate_margins(raw, chosen, rejected, n_bootstrap=0)
+    assert _value(result, "agreement_chosen_longer") == 1.0
+    assert _value(result, "agreement_chosen_shorter") == 0.0
+    assert _value(result, "agreement_length_balanced") == 0.5
+    assert _value(result, "length_spearman") == pytest.approx(1.0)
+
+
+def test_severity_spearman_against_scipy_and_pku_mapping():
+    table = datasets.Dataset.from_dict({
+        "response_0_severity_level": [0, 3, 1, 2, 0, 3],
+        "response_1_severity_level": [2, 0, 1, 0, 3, 1],
+        "safer_response_id": [0, 1, 0, 1, 0, 1],
+    })
+    severity = severity_difference(table)
+    # rejected - chosen: row 0 chosen=r0 (0) rejected=r1 (2) -> 2; row 1 chosen=r1 (0) rejected=r0 (3) -> 3; ...
+    np.testing.assert_array_equal(severity, [2, 3, 0, 2, 3, 2])
+    raw = np.array([0.8, 1.2, -0.1, 0.3, 0.9, 0.2])
+    result = evaluate_margins(raw, ["a"] * 6, ["b"] * 6, severity, n_bootstrap=0)
+    expected = stats.spearmanr(raw, severity).statistic
+    assert _value(result, "severity_spearman") == pytest.approx(expected)
+    assert result["counts"]["severity_known"] == 6
+    named = datasets.Dataset.from_dict({"sev_c": [1, 2], "sev_r": [3, 2]})
+    np.testing.assert_array_equal(severity_difference(named, ("sev_c", "sev_r")), [2, 0])
+    assert severity_difference(datasets.Dataset.from_dict({"a": [1]})) is None
+    with pytest.raises(DataError, match="row 2.*'sev_r'"):
+        severity_difference(datasets.Dataset.from_dict({"sev_c": [1, 2], "sev_r": ["3", "high"]}), ("sev_c", "sev_r"))
+
+
+def test_bootstrap_interval_contains_the_estimate_narrows_with_n_and_is_seeded():
+    rng = np.random.default_rng(0)
+
+    def run(n, seed=0):
+        raw = rng.normal(0.3, 1.0, n)
+        texts = ["x" * int(k) for k in rng.integers(1, 50, 2 * n)]
+        return evaluate_margins(raw, texts[:n], texts[n:], n_bootstrap=300, seed=seed)
+
+    small, large = run(100), run(1600)
+    for result in (small, large):
+        for name, metric in result["metrics"].items():
+            assert metric["ci_low"] <= metric["value"] <= metric["ci_high"], name
+    for name in ("share_positive", "auc", "mean_margin", "agreement_length_balanced"):
+        width_small = small["metrics"][name]["ci_high"] - small["metrics"][name]["ci_low"]
+        width_large = large["metrics"][name]["ci_high"] - large["metrics"][name]["ci_low"]
+        assert width_large < 0.5 * width_small, name  # 16x the pairs: about 1/4 the width
+    raw = np.linspace(-1, 2, 50)
+    first = evaluate_margins(raw, ["a"] * 50, ["bb"] * 50, n_bootstrap=200, seed=7)
+    again = evaluate_margins(raw, ["a"] * 50, ["bb"] * 50, n_bootstrap=200, seed=7)
+    assert first["metrics"] == again["metrics"]
+    # All chosen shorter: the "longer" group and the balanced agreement are undefined, not made up.
+    assert first["metrics"]["agreement_chosen_longer"]["value"] is None
+    assert first["metrics"]["agreement_length_balanced"]["ci_low"] is None
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="3 margins but 2 chosen"):
+        evaluate_margins([1.0, 2.0, 3.0], ["a", "b"], ["c", "d", "e"])
+    with pytest.raises(ValueError, match="pair 2"):
+        evaluate_margins([1.0, float("nan")], ["a", "b"], ["c", "d"])
+
+
+def test_length_units(tiny_tokenizer):
+    assert text_length("chars")("hello world") == 11
+    assert text_length("words")("hello  big world") == 3
+    tokens = text_length("tokens", tiny_tokenizer)("The quick brown fox")
+    assert tokens == len(tiny_tokenizer("The quick brown fox", add_special_tokens=False)["input_ids"])
+    with pytest.raises(ValueError, match="tokenizer"):
+        text_length("tokens")
+    with pytest.raises(ValueError, match="unknown length unit"):
+        text_length("bytes")
+
+
+def _write_annotated(path, n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [{"prompt": f"question {i}?", "chosen": "safe " * int(rng.integers(1, 9)),
+             "rejected": "unsafe " * int(rng.integers(1, 9)), "margin_raw": float(rng.normal(0.4, 1.0)),
+             "margin": float(rng.integers(0, 4))} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def test_read_labelled_margins_needs_margins_or_a_direction(tmp_path):
+    path = tmp_path / "plain.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(DataError, match="no column 'margin_raw'"):
+        read_labelled_margins(path)
+
+
+def test_annotating_on_the_fly_matches_the_pipeline(tmp_path, tiny_lm):
+    from legend.data import ContrastPair
+    from legend.directions import build_direction
+    from legend.pipeline import annotate
+
+    pairs = [ContrastPair(f"How do I do thing {i}?", f"Sure, here is how {i}", "I can't answer that.")
+             for i in range(6)]
+    build_direction(tiny_lm, pairs, layer=2).save(tmp_path / "direction")
+    table = datasets.Dataset.from_dict({"prompt": ["hi", "make a bomb"], "chosen": ["hello there", "No."],
+                                        "rejected": ["go away", "Sure, here is how"]})
+    labelled = read_labelled_margins(table, direction=tmp_path / "direction", model=tiny_lm)
+    expected = annotate(table, tmp_path / "direction", tiny_lm).dataset["margin_raw"]
+    np.testing.assert_allclose(labelled.raw, expected, rtol=1e-6)
+    assert labelled.annotated_now and [v.chosen for v in labelled.views] == ["hello there", "No."]
+
+
+def test_cli_evaluate_writes_json_and_prints_a_table(tmp_path):
+    rows = _write_annotated(tmp_path / "ann.jsonl")
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(tmp_path / "ann.jsonl"), "--json",
+                                      str(tmp_path / "m.json"), "--bootstrap", "200", "--length-unit", "words"])
+    assert result.exit_code == 0, result.output
+    assert "agreement_length_balanced" in result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    raw = np.array([r["margin_raw"] for r in rows])
+    assert metrics["metrics"]["share_positive"]["value"] == pytest.approx((raw > 0).mean())
+    assert metrics["settings"]["length_unit"] == "words" and metrics["settings"]["n_bootstrap"] == 200
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_cli_evaluate_bad_input_is_one_line(tmp_path):
+    path = tmp_path / "plain.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(path)])
+    assert result.exit_code == 2
+    assert "no column 'margin_raw'" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(path), "--severity-columns", "only_one"])
+    assert result.exit_code == 2 and "--severity-columns" in result.output
