@@ -1,0 +1,291 @@
+"""Margin-aware DPO on TRL's DPOTrainer: each pair's offset comes from its Legend margin (the ODPO form).
+
+    loss = −log σ( β·(Δ_policy − Δ_ref) − α·f(margin) ),   Δ = log π(chosen|x) − log π(rejected|x)
+
+i.e. the policy's implicit reward gap β·(Δ_policy − Δ_ref) must exceed α·f(margin) before the loss
+flattens (ODPO, Amini et al. 2024). f is the identity by default, applied to the binned `margin` column
+(levels 0, 1, 2, ... from `legend annotate`): pairs the direction finds clearly safer on the chosen side
+must be separated more; level-0 pairs (raw margin ≤ 0) get no offset, which is plain DPO for them. With
+`margin_raw`, f = `relu` keeps negative raw margins from loosening the constraint. α = 0 (or no margin
+column) is plain DPO through the very same code path.
+
+How it sits on TRL (minimal): TRL's collator drops unknown columns, so `MarginCollator` adds a `margin`
+tensor to each batch and the trainer declares `margin` a signature column. `MarginDPOTrainer._compute_loss`
+pops it and adds α·f(m)/β to the reference log-probability of the chosen answer, which is algebraically the
+offset above: β·((c − (ref_c + α f/β)) − (r − ref_r)) = β·(Δ_policy − Δ_ref) − α f. TRL then computes its own
+sigmoid loss. TRL's logged `rewards/chosen` and `rewards/margins` are therefore net of the offset
+(`rewards/accuracies` = share of pairs whose gap exceeds their offset); `offset` is logged too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from trl import DPOConfig, DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+from ..data import ColumnNames, DataError, detect_layout, load_table, pair_views, write_json
+from ..models import ModelError, resolve_model_path
+
+MARGIN_KEY = "margin"   # the column/batch key that carries each pair's margin through TRL
+
+OFFSET_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda m: m,
+    "relu": torch.relu,   # negative (raw) margins give no offset instead of a negative one
+}
+
+
+# ---------------------------------------------------------------- data
+
+def preference_dataset(
+    data: datasets.Dataset | str | os.PathLike,
+    *,
+    margin_column: str | None = "margin",
+    columns: ColumnNames = ColumnNames(),
+    limit: int | None = None,
+    source: str | None = None,
+) -> datasets.Dataset:
+    """TRL conversational preference rows {prompt, chosen, rejected (message lists), margin} from any legend layout.
+
+    Raises DataError naming the row when the margin column is missing or holds a non-finite / non-numeric value.
+    """
+    if not isinstance(data, datasets.Dataset):
+        source = source or str(data)
+        data = load_table(data)
+    source = source or "<dataset>"
+    if limit is not None:
+        data = data.select(range(min(limit, len(data))))
+    layout = detect_layout(data, columns, source=source)
+    views = pair_views(data, layout, columns, source=source)
+    rows: dict[str, list[Any]] = {
+        "prompt": [[dict(m) for m in v.prompt] for v in views],
+        "chosen": [[{"role": "assistant", "content": v.chosen}] for v in views],
+        "rejected": [[{"role": "assistant", "content": v.rejected}] for v in views],
+    }
+    if margin_column is not None:
+        rows[MARGIN_KEY] = _margins(data, margin_column, source)
+    return datasets.Dataset.from_dict(rows)
+
+
+def _margins(data: datasets.Dataset, column: str, source: str) -> list[float]:
+    if column not in data.column_names:
+        raise DataError(f"no margin column {column!r} (columns: {', '.join(data.column_names)}); "
+                        "annotate the data with `legend annotate` or turn the offset off", source=source)
+    values = []
+    for row, value in enumerate(data[column], start=1):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DataError(f"expected a finite number, got {value!r}", source=source, row=row, field=column)
+        values.append(float(value))
+    return values
+
+
+@dataclass
+class MarginCollator(DataCollatorForPreference):
+    """TRL's preference collator, plus the `margin` of each pair as a float tensor [batch]."""
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super().torch_call(examples)
+        if MARGIN_KEY in examples[0]:
+            output[MARGIN_KEY] = torch.tensor([float(e[MARGIN_KEY]) for e in examples], dtype=torch.float32)
+        return output
+
+
+# ---------------------------------------------------------------- trainer
+
+class MarginDPOTrainer(DPOTrainer):
+    """DPOTrainer whose sigmoid loss subtracts a per-pair offset α·f(margin) (see the module docstring).
+
+    `alpha=0` gives TRL's plain DPO loss exactly. The offset needs `loss_type=["sigmoid"]` and the
+    reverse-KL (standard) DPO: for other losses the shift would not be a plain offset.
+    """
+
+    def __init__(self, *args: Any, alpha: float = 1.0, offset_transform: str = "identity", **kwargs: Any) -> None:
+        if offset_transform not in OFFSET_TRANSFORMS:
+            raise ValueError(f"unknown offset transform {offset_transform!r}; choose from {', '.join(OFFSET_TRANSFORMS)}")
+        self.offset_alpha = float(alpha)
+        self.offset_transform = offset_transform
+        config: DPOConfig | None = kwargs.get("args") if "args" in kwargs else (args[1] if len(args) > 1 else None)
+        tokenizer = kwargs.get("processing_class")
+        if kwargs.get("data_collator") is None and config is not None and tokenizer is not None:
+            kwargs["data_collator"] = _margin_collator(tokenizer, config)
+        super().__init__(*args, **kwargs)
+        if self.offset_alpha and (self.loss_types != ["sigmoid"] or self.f_divergence_type != "reverse_kl"):
+            raise ValueError("the margin offset needs loss_type ['sigmoid'] and f_divergence_type 'reverse_kl', got "
+                             f"{self.loss_types} and {self.f_divergence_type!r}; use --alpha 0 for other losses")
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if MARGIN_KEY not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, MARGIN_KEY]
+
+    def offsets(self, margin: torch.Tensor) -> torch.Tensor:
+        """α·f(margin) per pair."""
+        return self.offset_alpha * OFFSET_TRANSFORMS[self.offset_transform](margin.float())
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+        inputs = dict(inputs)
+        margin = inputs.pop(MARGIN_KEY, None)
+        if not self.offset_alpha:
+            return super()._compute_loss(model, inputs, return_outputs)
+        if margin is None:
+            raise ValueError(f"the batch has no {MARGIN_KEY!r}: the margin offset needs a margin per pair")
+        if "ref_chosen_logps" not in inputs:
+            # TRL's own reference pass (frozen ref model, or the base model under a LoRA adapter).
+            reference = self.ref_model if self.ref_model is not None else self.model
+            inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = self.compute_ref_log_probs(reference, inputs)
+        offset = self.offsets(margin).to(inputs["ref_chosen_logps"].device)
+        inputs["ref_chosen_logps"] = inputs["ref_chosen_logps"] + offset.to(inputs["ref_chosen_logps"].dtype) / self.beta
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["offset"].append(self.accelerator.gather(offset).mean().item())
+        previous, self.precompute_ref_logps = self.precompute_ref_logps, True  # read the ref log-probs from `inputs`
+        try:
+            return super()._compute_loss(model, inputs, return_outputs)
+        finally:
+            self.precompute_ref_logps = previous
+
+
+def _margin_collator(tokenizer: Any, config: DPOConfig) -> MarginCollator:
+    # The same choices TRL makes for its default collator.
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return MarginCollator(pad_token_id=tokenizer.pad_token_id, max_length=config.max_length,
+                          truncation_mode=config.truncation_mode, pad_to_multiple_of=config.pad_to_multiple_of)
+
+
+# ---------------------------------------------------------------- the job
+
+@dataclass(frozen=True)
+class DPOSettings:
+    """Legend's options of `legend dpo` (TRL's own options go in a DPOConfig)."""
+
+    alpha: float = 1.0
+    margin_column: str | None = "margin"     # None: plain DPO
+    offset_transform: str = "identity"
+    limit: int | None = None
+    eval_fraction: float = 0.0
+    seed: int = 0
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target: str = "all-linear"
+    columns: ColumnNames = field(default_factory=ColumnNames)
+
+    @property
+    def offset_on(self) -> bool:
+        return bool(self.alpha) and self.margin_column is not None
+
+
+def load_policy(spec: str | None, dtype: str = "float32", trust_remote_code: bool = False) -> tuple[Any, Any, str]:
+    """(model, tokenizer, model id) of a causal LM to train; "default" = the embedded SmolLM2."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..models import DTYPES
+
+    path, model_id = resolve_model_path(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelError(f"model {spec!r}: could not be loaded ({str(err).splitlines()[0]})") from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, model_id
+
+
+def train_dpo(
+    data: datasets.Dataset | str | os.PathLike,
+    config: DPOConfig,
+    model: str | None = "default",
+    settings: DPOSettings = DPOSettings(),
+    *,
+    policy: Any = None,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """Train a policy with (margin-aware) DPO and save it to `config.output_dir`; return a summary.
+
+    The reference is a frozen copy of the starting policy (with LoRA: the base model under the adapter;
+    with `precompute_ref_log_probs`: its log-probs computed once before training). `policy`/`tokenizer`
+    take an in-memory model instead of loading `model`. The summary is also written next to the model
+    as `legend_dpo.json`.
+    """
+    margin_column = settings.margin_column if settings.offset_on else None
+    dataset = preference_dataset(data, margin_column=margin_column, columns=settings.columns, limit=settings.limit)
+    train, evaluation = _split(dataset, settings.eval_fraction, settings.seed)
+    if policy is None:
+        policy, tokenizer, model_id = load_policy(model, trust_remote_code=config.trust_remote_code)
+    else:
+        model_id = model or getattr(policy.config, "_name_or_path", "in-memory")
+    peft_config = None
+    ref_model = None
+    if settings.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                                 target_modules=settings.lora_target, task_type="CAUSAL_LM")
+    elif not config.precompute_ref_log_probs:
+        ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    trainer = MarginDPOTrainer(
+        model=policy, ref_model=ref_model, args=config, train_dataset=train, eval_dataset=evaluation,
+        processing_class=tokenizer, peft_config=peft_config,
+        alpha=settings.alpha if settings.offset_on else 0.0, offset_transform=settings.offset_transform,
+    )
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.save_model(config.output_dir)
+    offsets = (trainer.offsets(torch.tensor(train[MARGIN_KEY])).numpy() if margin_column else np.zeros(len(train)))
+    summary = {
+        "model_id": model_id, "output_dir": str(config.output_dir), "pairs_train": len(train),
+        "pairs_eval": len(evaluation) if evaluation is not None else 0,
+        "offset": {"on": settings.offset_on, "alpha": settings.alpha, "column": margin_column,
+                   "transform": settings.offset_transform, "mean": float(offsets.mean()) if len(offsets) else 0.0,
+                   "max": float(offsets.max()) if len(offsets) else 0.0,
+                   "rule": "loss = -log sigmoid(beta*(dpolicy - dref) - alpha*f(margin))"},
+        "settings": {k: v for k, v in asdict(settings).items() if k != "columns"},
+        "beta": config.beta, "learning_rate": config.learning_rate, "steps": result.global_step,
+        "train_loss": result.training_loss, "train_seconds": round(seconds, 3),
+        "log_history": trainer.state.log_history,
+    }
+    write_json(summary, Path(config.output_dir) / "legend_dpo.json")
+    return summary
+
+
+def _split(dataset: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    if not fraction:
+        return dataset, None
+    if not 0 < fraction < 1 or len(dataset) < 2:
+        raise ValueError(f"eval fraction must be in (0, 1) with at least 2 pairs, got {fraction} for {len(dataset)}")
+    parts = dataset.train_test_split(test_size=fraction, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def dpo_config(output_dir: str | os.PathLike, extra_args: list[str] | None = None, **options: Any) -> DPOConfig:
+    """A DPOConfig from legend's options plus TRL/transformers command-line arguments (`--warmup_ratio 0.1`, ...).
+
+    `extra_args` are parsed by transformers' HfArgumentParser, so every DPOConfig field passes through;
+    explicit extra arguments win over `options`.
+    """
+    from transformers import HfArgumentParser
+
+    argv = ["--output_dir", str(output_dir)]
+    for key, value in options.items():
+        if value is not None:
+            argv += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
+    argv += list(extra_args or [])
+    try:
+        (config,) = HfArgumentParser(DPOConfig).parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    except SystemExit as err:  # argparse exits on a bad flag; make it a one-line error instead
+        raise ValueError(f"bad TRL/transformers argument in {' '.join(extra_args or []) or '(none)'}") from err
+    return config
