@@ -45,6 +45,8 @@ class EncodeConfig:
     max_batch_tokens: int = 16384
     progress: bool = False
     description: str = "encoding"
+    # Texts with the same (token-level) prompt are packed into one sequence so the prompt is run once.
+    prefix_sharing: bool = True
 
     def __post_init__(self) -> None:
         bad = [p for p in self.poolings if p not in POOLINGS]
@@ -63,6 +65,7 @@ class Encoded:
     n_truncated: int = 0
     n_tokens: int = 0
     truncated: list[bool] = field(default_factory=list)
+    n_forward_tokens: int = 0   # tokens actually run through the model (shared prompts counted once, no padding)
 
     def get(self, layer: int, pooling: str) -> torch.Tensor:
         return self.vectors[(layer, pooling)]
@@ -180,20 +183,26 @@ def _first_tensor(output: object) -> torch.Tensor:
 
 
 def capture_hidden(
-    lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layers: Sequence[int],
+    position_ids: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
     """Run the base model and return the hidden states [batch, seq, hidden] of `layers` (0..L).
 
     Hooks read the needed layers and stop the forward after the deepest one; no logits and no
     copy of every layer's states are made. Unknown architectures fall back to output_hidden_states.
+    `attention_mask` is the usual 2D padding mask, or a ready 4D mask (with `position_ids`) for packed rows.
     """
     base = lm.model.base_model
     num_layers = lm.num_layers
     blocks, norm = _find_blocks(base, num_layers), _find_final_norm(base)
     wanted = sorted(set(layers))
+    extra = {} if position_ids is None else {"position_ids": position_ids}
     if blocks is None or (num_layers in wanted and norm is None):
         hidden = base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                      use_cache=False).hidden_states
+                      use_cache=False, **extra).hidden_states
         return {layer: hidden[layer] for layer in wanted}
 
     captured: dict[int, torch.Tensor] = {}
@@ -216,7 +225,7 @@ def capture_hidden(
     if num_layers in wanted:
         handles.append(norm.register_forward_hook(lambda _m, _a, out: keep(num_layers, _first_tensor(out))))
     try:
-        base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
     except _StopForward:
         pass
     finally:
@@ -236,33 +245,31 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, answer_starts: torch.Tenso
 
 
 def encode_tokenized(lm: LoadedModel, texts: Sequence[TokenizedText], config: EncodeConfig) -> Encoded:
-    """Encode already tokenised texts; the result is in input order and independent of batching."""
+    """Encode already tokenised texts; the result is in input order and independent of batching.
+
+    With `config.prefix_sharing` (and a model whose attention takes a custom mask), texts with the
+    same prompt tokens are packed into one sequence and the prompt is computed once (see
+    `pack_by_prefix`); otherwise each text is its own right-padded sequence.
+    """
     layers = tuple(dict.fromkeys(resolve_layer(layer, lm.num_layers) for layer in config.layers))
-    hidden_size = lm.hidden_size
-    out = {(layer, pooling): torch.empty(len(texts), hidden_size, dtype=torch.float32)
+    out = {(layer, pooling): torch.empty(len(texts), lm.hidden_size, dtype=torch.float32)
            for layer in layers for pooling in config.poolings}
-    lengths = [len(t.ids) for t in texts]
-    batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens)
-    pad_id = lm.tokenizer.pad_token_id
-    device = lm.device
+    shared = config.prefix_sharing and supports_packed_rows(lm)
+    rows = pack_by_prefix(texts, 2 * config.max_length) if shared else [
+        PackedRow(prefix=(), members=(i,)) for i in range(len(texts))]
+    row_lengths = [row_length(row, texts, shared) for row in rows]
+    batches = plan_batches(row_lengths, config.batch_size, config.max_batch_tokens)
     bar = tqdm(total=len(texts), desc=config.description, unit="text", disable=not config.progress, smoothing=0.1)
     with torch.inference_mode():
         for batch in batches:
-            width = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids[row, : lengths[index]] = torch.tensor(texts[index].ids)
-                mask[row, : lengths[index]] = 1
-            hidden = capture_hidden(lm, ids.to(device), mask.to(device), layers)
-            batch_lengths = torch.tensor([lengths[i] for i in batch], device=device)
-            starts = torch.tensor([texts[i].answer_start for i in batch], device=device)
-            index_tensor = torch.tensor(batch)
-            for layer in layers:
-                for pooling in config.poolings:
-                    pooled = pool(hidden[layer].float(), batch_lengths, starts, pooling)
-                    out[(layer, pooling)][index_tensor] = pooled.cpu()
-            bar.update(len(batch))
+            batch_rows = [rows[i] for i in batch]
+            if shared:
+                inputs, spans = _packed_inputs(lm, batch_rows, texts)
+            else:
+                inputs, spans = _padded_inputs(lm, batch_rows, texts)
+            hidden = capture_hidden(lm, layers=layers, **inputs)
+            _pool_spans(hidden, spans, config.poolings, out)
+            bar.update(len(spans))
     bar.close()
     # Keys use the layer as the user named it, so callers can look up what they asked for.
     named = {}
@@ -270,7 +277,137 @@ def encode_tokenized(lm: LoadedModel, texts: Sequence[TokenizedText], config: En
         for pooling in config.poolings:
             named[(layer, pooling)] = out[(resolve_layer(layer, lm.num_layers), pooling)]
     return Encoded(vectors=named, n_texts=len(texts), n_truncated=sum(t.truncated for t in texts),
-                   n_tokens=sum(lengths), truncated=[t.truncated for t in texts])
+                   n_tokens=sum(len(t.ids) for t in texts), truncated=[t.truncated for t in texts],
+                   n_forward_tokens=sum(row_lengths))
+
+
+# ---------------------------------------------------------------- prefix sharing
+
+@dataclass(frozen=True)
+class PackedRow:
+    """One model input: a shared prompt, then the answers of `members` one after another.
+
+    Each answer sees the prompt and itself only (a block mask), and its positions continue right
+    after the prompt, so its states equal those of prompt ⊕ answer run alone, while the prompt's
+    keys/values are computed once for all members. Without sharing a row holds one whole text.
+    """
+
+    prefix: tuple[int, ...]
+    members: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Span:
+    text: int      # index into the texts being encoded
+    row: int       # row of the batch
+    start: int     # first answer position in the row (mean pooling)
+    end: int       # one past the last position of the text in the row
+
+
+def supports_packed_rows(lm: LoadedModel) -> bool:
+    """Whether the model's attention accepts our 4D block mask (eager and sdpa do; flash/flex do not)."""
+    return getattr(lm.model.config, "_attn_implementation", "eager") in ("eager", "sdpa")
+
+
+def pack_by_prefix(texts: Sequence[TokenizedText], max_row_tokens: int) -> list[PackedRow]:
+    """Group texts by their prompt tokens (after truncation) into rows of at most `max_row_tokens`.
+
+    Groups are in first-seen order; a prompt with more answers than fit is split over several rows.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, text in enumerate(texts):
+        groups.setdefault(text.ids[: text.answer_start], []).append(index)
+    rows = []
+    for prefix, members in groups.items():
+        current: list[int] = []
+        length = len(prefix)
+        for index in members:
+            answer = len(texts[index].ids) - len(prefix)
+            if current and length + answer > max_row_tokens:
+                rows.append(PackedRow(prefix, tuple(current)))
+                current, length = [], len(prefix)
+            current.append(index)
+            length += answer
+        rows.append(PackedRow(prefix, tuple(current)))
+    return rows
+
+
+def row_length(row: PackedRow, texts: Sequence[TokenizedText], shared: bool) -> int:
+    if not shared:
+        return len(texts[row.members[0]].ids)
+    return len(row.prefix) + sum(len(texts[i].ids) - len(row.prefix) for i in row.members)
+
+
+def _padded_inputs(lm: LoadedModel, rows: Sequence[PackedRow], texts: Sequence[TokenizedText]):
+    """Right-padded batch of whole texts with a 2D padding mask."""
+    lengths = [len(texts[row.members[0]].ids) for row in rows]
+    ids = torch.full((len(rows), max(lengths)), lm.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), max(lengths)), dtype=torch.long)
+    spans = []
+    for r, (row, length) in enumerate(zip(rows, lengths)):
+        text = texts[row.members[0]]
+        ids[r, :length] = torch.tensor(text.ids)
+        mask[r, :length] = 1
+        spans.append(_Span(row.members[0], r, text.answer_start, length))
+    return {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device)}, spans
+
+
+def _packed_inputs(lm: LoadedModel, rows: Sequence[PackedRow], texts: Sequence[TokenizedText]):
+    """Packed rows with positions restarting after the prompt for each answer and a 4D block mask."""
+    width = max(row_length(row, texts, True) for row in rows)
+    ids = torch.full((len(rows), width), lm.tokenizer.pad_token_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)  # -1 padding, 0 prompt, k answer k
+    spans = []
+    for r, row in enumerate(rows):
+        n_prefix = len(row.prefix)
+        ids[r, :n_prefix] = torch.tensor(row.prefix, dtype=torch.long)
+        positions[r, :n_prefix] = torch.arange(n_prefix)
+        segments[r, :n_prefix] = 0
+        cursor = n_prefix
+        for k, index in enumerate(row.members, start=1):
+            answer = texts[index].ids[n_prefix:]
+            end = cursor + len(answer)
+            ids[r, cursor:end] = torch.tensor(answer, dtype=torch.long)
+            positions[r, cursor:end] = torch.arange(n_prefix, n_prefix + len(answer))
+            segments[r, cursor:end] = k
+            spans.append(_Span(index, r, cursor - n_prefix + texts[index].answer_start, end))
+            cursor = end
+    return {"input_ids": ids.to(lm.device), "attention_mask": _block_mask(lm, segments).to(lm.device),
+            "position_ids": positions.to(lm.device)}, spans
+
+
+def _block_mask(lm: LoadedModel, segments: torch.Tensor) -> torch.Tensor:
+    """[batch, 1, seq, seq] mask: causal, and a key is seen if it is prompt or in the query's own answer.
+
+    Padding queries see themselves only, so no softmax row is empty (an empty row gives NaN).
+    """
+    width = segments.shape[1]
+    index = torch.arange(width)
+    causal = index[:, None] >= index[None, :]
+    query, key = segments[:, :, None], segments[:, None, :]
+    allowed = causal & (key >= 0) & ((key == 0) | (key == query))
+    allowed |= torch.eye(width, dtype=torch.bool)
+    allowed = allowed[:, None]
+    if lm.model.config._attn_implementation == "sdpa":
+        return allowed
+    dtype = next(lm.model.parameters()).dtype   # eager adds the mask to the scores
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def _pool_spans(hidden: dict[int, torch.Tensor], spans: Sequence[_Span], poolings: Sequence[str],
+                out: dict[tuple[int, str], torch.Tensor]) -> None:
+    """Write the pooled state of each span into `out[(layer, pooling)][span.text]`."""
+    texts = torch.tensor([s.text for s in spans])
+    for layer, states in hidden.items():
+        states = states.float()
+        if "last" in poolings:
+            rows = torch.tensor([s.row for s in spans], device=states.device)
+            ends = torch.tensor([s.end - 1 for s in spans], device=states.device)
+            out[(layer, "last")][texts] = states[rows, ends].cpu()
+        if "mean" in poolings:
+            means = torch.stack([states[s.row, s.start: s.end].mean(0) for s in spans])
+            out[(layer, "mean")][texts] = means.cpu()
 
 
 def encode(lm: LoadedModel, items: Sequence[tuple[Sequence[Message], str]], config: EncodeConfig) -> Encoded:
