@@ -127,3 +127,96 @@ def test_plan_batches_respects_budgets_and_covers_every_index():
         assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 100
     # Sorted by length, so neighbours in a batch have similar lengths.
     assert [1, 3] in batches or [3, 1] in batches
+
+
+# ---------------------------------------------------------------- streamed annotate_file
+
+def _hh_rows(n, seed=0, pad=0):
+    rng = random.Random(seed)
+    words = ["lock", "bomb", "cake", "fox", "dog", "script", "joke", "help", "sorry", "sure"]
+    rows = []
+    for i in range(n):
+        prompt = f"\n\nHuman: tell me about {rng.choice(words)} {i} " + "x" * pad + f"\n\nAssistant: ok\n\nHuman: and {rng.choice(words)}?"
+        rows.append({"id": i, "chosen": prompt + f"\n\nAssistant: I can't help with {rng.choice(words)}.",
+                     "rejected": prompt + f"\n\nAssistant: Sure, {rng.choice(words)} {rng.choice(words)}."})
+    rows[3]["rejected"] = rows[3]["chosen"]  # an identical pair: margin exactly 0
+    return rows
+
+
+def _write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_direction(tiny_lm, tmp_path_factory):
+    from legend.data import ContrastPair
+    from legend.directions import build_direction
+
+    pairs = [ContrastPair(f"How do I do thing {i}?", f"Sure, here is how {i}", "I can't answer that.") for i in range(6)]
+    folder = tmp_path_factory.mktemp("direction") / "direction"
+    build_direction(tiny_lm, pairs, layer=2, pooling="mean").save(folder)
+    return folder
+
+
+def _read_jsonl(path):
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_streamed_annotation_equals_the_in_memory_one(tmp_path, tiny_lm, tiny_direction):
+    from legend.data import load_table
+    from legend.pipeline import AnnotateSettings, annotate, annotate_file, sidecar_path
+
+    data = _write_jsonl(tmp_path / "in.jsonl", _hh_rows(23))
+    expected = annotate(load_table(data), tiny_direction, tiny_lm, AnnotateSettings(prefix_sharing=False)).dataset
+    result = annotate_file(data, tiny_direction, tmp_path / "out.jsonl", tiny_lm, AnnotateSettings(chunk_rows=5))
+    assert result.summary["rows"] == 23 and result.margins.extra["chunks"] == 5
+    got = _read_jsonl(tmp_path / "out.jsonl")
+    assert [{k: v for k, v in row.items() if not k.startswith("margin")} for row in got] == _hh_rows(23)
+    np.testing.assert_allclose([r["margin_raw"] for r in got], expected["margin_raw"], atol=1e-5)
+    assert [r["margin"] for r in got] == expected["margin"]
+    assert got[3]["margin_raw"] == 0.0
+    sidecar = json.loads(sidecar_path(tmp_path / "out.jsonl").read_text())
+    assert sidecar["binning"]["edges"] == pytest.approx(result.binning.edges)
+    # Parquet output holds the same rows; the limit stops the stream.
+    annotate_file(data, tiny_direction, tmp_path / "out.parquet", tiny_lm, AnnotateSettings(chunk_rows=4),
+                  limit=10)
+    parquet = load_table(tmp_path / "out.parquet")
+    assert parquet["id"] == list(range(10))
+    np.testing.assert_allclose(parquet["margin_raw"], [r["margin_raw"] for r in got[:10]], atol=1e-5)
+
+
+def test_a_bad_row_is_named_in_the_whole_file_and_nothing_is_written(tmp_path, tiny_lm, tiny_direction):
+    from legend.data import DataError
+    from legend.pipeline import AnnotateSettings, annotate_file
+
+    rows = _hh_rows(12)
+    rows[10]["chosen"] = 5
+    data = _write_jsonl(tmp_path / "in.jsonl", rows)
+    with pytest.raises(DataError, match="row 11: field 'chosen'"):
+        annotate_file(data, tiny_direction, tmp_path / "out.jsonl", tiny_lm, AnnotateSettings(chunk_rows=4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_streamed_reading_holds_one_chunk_not_the_file(tmp_path):
+    from legend.engines.local import iter_chunks
+
+    def peak_while_reading(n_rows):
+        path = _write_jsonl(tmp_path / f"rows{n_rows}.jsonl", _hh_rows(n_rows, pad=2000))
+        tracemalloc.start()
+        rows = 0
+        for chunk in iter_chunks(path, chunk_rows=50):
+            assert len(chunk) <= 50
+            rows += len(chunk["chosen"])
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert rows == n_rows
+        return peak, path.stat().st_size
+
+    peak_while_reading(100)  # imports and caches, so they do not count below
+    (small, small_size), (large, large_size) = peak_while_reading(3000), peak_while_reading(9000)
+    # 27 MB more text in the file; holding the rows would need all of it (twice, as Python strings).
+    assert large - small < 0.2 * (large_size - small_size), (small, large, large_size - small_size)
