@@ -139,3 +139,63 @@ def describe(raw: np.ndarray, binned: np.ndarray | None = None) -> dict[str, Any
         values, counts = np.unique(np.asarray(binned), return_counts=True)
         summary["level_counts"] = {f"{v:g}": int(c) for v, c in zip(values, counts)}
     return summary
+
+
+# ---------------------------------------------------------------- several directions in one pass
+
+def check_directions_agree(directions: Sequence[Direction]) -> None:
+    """Directions applied in one pass must share the model and the text formatting; names must differ."""
+    if not directions:
+        raise ValueError("no direction given")
+    first = directions[0]
+    names = [d.name for d in directions]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise ValueError(f"two directions are named {duplicate!r}: rebuild one with another --name")
+    for other in directions[1:]:
+        for attribute in ("fingerprint", "hidden_size", "template", "max_length"):
+            if getattr(other, attribute) != getattr(first, attribute):
+                raise ValueError(
+                    f"directions {first.name!r} and {other.name!r} differ in {attribute} "
+                    f"({getattr(first, attribute)!r} vs {getattr(other, attribute)!r}): they cannot share one encoding pass")
+
+
+def compute_margins_multi(
+    lm: LoadedModel,
+    views: Sequence[PairView],
+    directions: Sequence[Direction],
+    *,
+    batch_size: int = 16,
+    max_batch_tokens: int = 16384,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> list[MarginResult]:
+    """Raw margins of every pair for each direction, from ONE encoding pass.
+
+    The pass captures the union of the directions' layers and poolings; each direction then projects
+    its own (layer, pooling). Returns one MarginResult per direction, in order (identical pairs get 0).
+    """
+    check_directions_agree(directions)
+    for direction in directions:
+        direction.check_compatible(lm)
+    start = time.perf_counter()
+    identical = np.array([v.chosen == v.rejected for v in views], dtype=bool)
+    todo = np.flatnonzero(~identical)
+    items = [(views[i].prompt, views[i].chosen) for i in todo] + [(views[i].prompt, views[i].rejected) for i in todo]
+    config = directions[0].encode_config(
+        layers=tuple(dict.fromkeys(d.layer for d in directions)),
+        poolings=tuple(dict.fromkeys(d.pooling for d in directions)),
+        batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress, description="annotate",
+        **({"max_length": max_length} if max_length else {}))
+    raws = [np.zeros(len(views), dtype=np.float64) for _ in directions]
+    n_truncated = n_tokens = 0
+    if len(todo):
+        encoded = encode(lm, items, config)
+        for raw, direction in zip(raws, directions):
+            vectors = encoded.get(direction.layer, direction.pooling)
+            raw[todo] = project(vectors[: len(todo)], vectors[len(todo):], direction.vector)
+        n_truncated, n_tokens = encoded.n_truncated, encoded.n_tokens
+    seconds = time.perf_counter() - start
+    return [MarginResult(raw=raw, n_identical=int(identical.sum()), n_truncated_texts=n_truncated, n_tokens=n_tokens,
+                         seconds=seconds, extra={"direction": d.name, "shared_pass": len(directions)})
+            for raw, d in zip(raws, directions)]

@@ -32,7 +32,15 @@ from .data import (
 )
 from .directions import Direction, build_direction
 from .induce import DEFAULT_REFUSALS, GenerationConfig, induce_pairs
-from .margins import DEFAULT_LEVELS, Binning, MarginResult, compute_margins, describe
+from .margins import (
+    DEFAULT_LEVELS,
+    Binning,
+    MarginResult,
+    check_directions_agree,
+    compute_margins,
+    compute_margins_multi,
+    describe,
+)
 from .models import LoadedModel, ModelSpec, as_loaded, load_model
 
 MARGIN_COLUMNS = ("margin_raw", "margin")
@@ -54,6 +62,9 @@ class Annotation:
     binning: Binning
     summary: dict[str, Any]
     margins: MarginResult
+    # Directions after the first (primary) one: name -> {"binning": Binning, "margins": MarginResult}.
+    secondary: dict[str, dict[str, Any]] = field(default_factory=dict)
+
 
 
 @dataclass(frozen=True)
@@ -81,9 +92,35 @@ def annotate_views(
     return result.raw, binning.apply(result.raw), binning, result
 
 
+def annotate_views_multi(
+    views: Sequence[PairView], directions: Sequence[Direction], lm: LoadedModel,
+    settings: AnnotateSettings = AnnotateSettings(),
+) -> list[tuple[np.ndarray, np.ndarray, Binning, MarginResult]]:
+    """`annotate_views` for several directions from one encoding pass; each is binned with its own edges.
+
+    `settings.binning` (edges re-used from an earlier run) applies to the first direction only.
+    """
+    results = compute_margins_multi(lm, views, directions, batch_size=settings.batch_size,
+                                    max_batch_tokens=settings.max_batch_tokens, max_length=settings.max_length,
+                                    progress=settings.progress)
+    out = []
+    for index, result in enumerate(results):
+        fitted = settings.binning if index == 0 and settings.binning else None
+        binning = fitted or Binning.fit(result.raw, settings.levels, settings.level_values)
+        out.append((result.raw, binning.apply(result.raw), binning, result))
+    return out
+
+
+def _as_directions(direction: Any) -> list[Direction]:
+    items = list(direction) if isinstance(direction, (list, tuple)) else [direction]
+    if not items:
+        raise ValueError("no direction given")
+    return [d if isinstance(d, Direction) else Direction.load(d) for d in items]
+
+
 def annotate(
     dataset: datasets.Dataset | str | os.PathLike,
-    direction: Direction | str | os.PathLike,
+    direction: Direction | str | os.PathLike | Sequence[Direction | str | os.PathLike],
     model: LoadedModel | ModelSpec | str | None = None,
     settings: AnnotateSettings = AnnotateSettings(),
     *,
@@ -94,9 +131,13 @@ def annotate(
     `dataset` is a `datasets.Dataset` or anything `load_table` reads; `direction` a Direction or its
     folder; `model` a loaded model, a model spec, or None for the model the direction was built with.
     The layout (explicit / conversational / hh / pku / implicit) is detected unless columns are named.
+    Several directions (a list) are applied in one encoding pass: the first fills `margin_raw`/`margin`,
+    each other one `margin_raw_<name>`/`margin_<name>`, binned with its own edges.
     """
-    if not isinstance(direction, Direction):
-        direction = Direction.load(direction)
+    directions = _as_directions(direction)
+    direction = directions[0]
+    if len(directions) > 1:
+        check_directions_agree(directions)  # before reading data or loading the model
     if not isinstance(dataset, datasets.Dataset):
         source = source or str(dataset)
         dataset = load_table(dataset)
@@ -106,10 +147,22 @@ def annotate(
     # Only now load the model: bad input fails in a second, not after loading weights.
     lm = as_loaded(model, fallback=direction.model_id)
     start = time.perf_counter()
-    raw, binned, binning, result = annotate_views(views, direction, lm, settings)
+    if len(directions) > 1:
+        per_direction = annotate_views_multi(views, directions, lm, settings)
+        raw, binned, binning, result = per_direction[0]
+    else:
+        per_direction = [annotate_views(views, direction, lm, settings)]
+        raw, binned, binning, result = per_direction[0]
     seconds = time.perf_counter() - start
-    annotated = dataset.remove_columns([c for c in MARGIN_COLUMNS if c in dataset.column_names])
+    columns = list(MARGIN_COLUMNS) + [f"{c}_{d.name}" for d in directions[1:] for c in MARGIN_COLUMNS]
+    annotated = dataset.remove_columns([c for c in columns if c in dataset.column_names])
     annotated = annotated.add_column("margin_raw", raw.tolist()).add_column("margin", binned.tolist())
+    secondary = {}
+    for other, (other_raw, other_binned, other_binning, other_result) in zip(directions[1:], per_direction[1:]):
+        annotated = (annotated.add_column(f"margin_raw_{other.name}", other_raw.tolist())
+                     .add_column(f"margin_{other.name}", other_binned.tolist()))
+        secondary[other.name] = {"binning": other_binning, "margins": other_result, "direction": other,
+                                 "margin_raw": describe(other_raw), "margin": describe(other_binned, other_binned)}
     summary = {
         "source": source, "rows": len(views), "layout": layout, "identical_pairs": result.n_identical,
         "truncated_texts": result.n_truncated_texts, "tokens": result.n_tokens, "seconds": round(seconds, 3),
@@ -120,7 +173,13 @@ def annotate(
                       "fingerprint": direction.fingerprint},
         "model_id": lm.model_id, "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
     }
-    return Annotation(dataset=annotated, binning=binning, summary=summary, margins=result)
+    if secondary:
+        summary["other_directions"] = {
+            name: {"columns": [f"margin_raw_{name}", f"margin_{name}"], "layer": info["direction"].layer,
+                   "pooling": info["direction"].pooling, "estimator": info["direction"].estimator,
+                   "margin_raw": info["margin_raw"], "margin": info["margin"]}
+            for name, info in secondary.items()}
+    return Annotation(dataset=annotated, binning=binning, summary=summary, margins=result, secondary=secondary)
 
 
 def annotate_file(
@@ -140,7 +199,10 @@ def annotate_file(
     dataset = load_table(data, split=split)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    direction_path = None if isinstance(direction, Direction) else str(direction)
+    if isinstance(direction, (list, tuple)):
+        direction_path = [None if isinstance(d, Direction) else str(d) for d in direction]
+    else:
+        direction_path = None if isinstance(direction, Direction) else str(direction)
     result = annotate(dataset, direction, model, settings, source=str(data))
     sidecar = {
         "legend_version": __version__, "output": str(out), "input": str(data), "direction_path": direction_path,
@@ -149,6 +211,9 @@ def annotate_file(
         "binning_source": "loaded" if settings.binning else "fitted",
         "summary": result.summary,
     }
+    if result.secondary:  # one entry per extra direction: its columns and its own bin edges
+        sidecar["other_binnings"] = {name: {"columns": [f"margin_raw_{name}", f"margin_{name}"],
+                                            **info["binning"].to_dict()} for name, info in result.secondary.items()}
     write_outputs(result.dataset, sidecar, out)
     return result
 
@@ -176,9 +241,26 @@ def build_direction_from_file(
     harmless: str = "harmless",
     drop_refused: bool = True,
     limit: int | None = None,
+    select: str | None = None,
+    select_on: str | os.PathLike | None = None,
+    layer_stride: int = 1,
+    dev_fraction: float = 0.5,
     **options: Any,
 ) -> tuple[Direction, dict[str, Any]]:
-    """Read contrast pairs and build a direction; rows flagged `harmful_refused` are left out and counted."""
+    """Read contrast pairs and build a direction; rows flagged `harmful_refused` are left out and counted.
+
+    `select="auto"` sweeps layer/pooling/estimator (see legend.selection; explicit `layer`/`pooling`/
+    `estimator` options fix that dimension), `select_on` a labelled preference file chooses by
+    agreement with its labels on a dev split instead. Without either, unset options take the paper's
+    defaults (last layer, last token, mean difference).
+    """
+    if select not in (None, "none", "auto"):
+        raise ValueError(f"--select: expected 'auto' or 'none', got {select!r}")
+    selecting = select == "auto" or select_on is not None
+    preference_views = _preference_views(select_on) if select_on is not None else None
+    if not selecting:
+        options = {**options, **{k: v for k, v in (("layer", -1), ("pooling", "last"),
+                                                   ("estimator", "mean_difference")) if options.get(k) is None}}
     pairs = read_contrast_pairs(pairs_file, question=question, harmful=harmful, harmless=harmless)
     n_read = len(pairs)
     refused = _refused_flags(pairs_file, n_read) if drop_refused else [False] * n_read
@@ -187,12 +269,29 @@ def build_direction_from_file(
         pairs = pairs[:limit]
     lm = as_loaded(model)
     start = time.perf_counter()
-    direction = build_direction(lm, pairs, **options)
+    if selecting:
+        from .selection import select_direction
+
+        direction = select_direction(lm, pairs, layer_stride=layer_stride, select_on=preference_views,
+                                     dev_fraction=dev_fraction, **options)
+        if select_on is not None:
+            direction.extra["selection"]["select_on"] = str(select_on)
+    else:
+        direction = build_direction(lm, pairs, **options)
     direction.extra.update(pairs_file=str(pairs_file), pairs_read=n_read, pairs_left_out_refused=int(sum(refused)))
     report = {"pairs_read": n_read, "left_out_refused": int(sum(refused)), "pairs_used": len(pairs),
               "seconds": round(time.perf_counter() - start, 3), "heldout": direction.heldout,
               "layer": direction.layer, "pooling": direction.pooling, "estimator": direction.estimator}
+    if selecting:
+        report["selection"] = {k: v for k, v in direction.extra["selection"].items() if k != "test_rows"}
+        report["candidates"] = len(direction.extra["sweep"])
     return direction, report
+
+
+def _preference_views(path: str | os.PathLike) -> list[PairView]:
+    """Labelled preference pairs (any supported layout) for `--select-on`."""
+    table = load_table(path)
+    return pair_views(table, detect_layout(table, source=str(path)), source=str(path))
 
 
 def _refused_flags(pairs_file: str | os.PathLike, n: int) -> list[bool]:

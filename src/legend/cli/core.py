@@ -99,9 +99,13 @@ def direction(
     pairs: Annotated[Path, typer.Option(help="Contrast pairs with columns question, harmful, harmless.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the direction artifact.")],
     model: Model = None,
-    layer: Annotated[int, typer.Option(help="Hidden-state index: 0 embeddings .. L last (after the final norm); negative counts from the end.")] = -1,
-    pooling: Annotated[str, typer.Option(help="last (last token, as the paper) | mean (mean over the answer tokens).")] = "last",
-    estimator: Annotated[str, typer.Option(help="mean_difference (the paper) | pca | logistic.")] = "mean_difference",
+    layer: Annotated[Optional[int], typer.Option(help="Hidden-state index: 0 embeddings .. L last (after the final norm); negative counts from the end. Default -1; with --select, fixes the layer.")] = None,
+    pooling: Annotated[Optional[str], typer.Option(help="last (last token, as the paper) | mean (mean over the answer tokens). Default last; with --select, fixes the pooling.")] = None,
+    estimator: Annotated[Optional[str], typer.Option(help="mean_difference (the paper) | pca | logistic. Default mean_difference; with --select, fixes the estimator.")] = None,
+    select: Annotated[str, typer.Option(help="none | auto: sweep layers x poolings x estimators on a train/validation split of the pairs and keep the best by held-out separation (docs/selection.md).")] = "none",
+    select_on: Annotated[Optional[Path], typer.Option(help="Labelled preference pairs (chosen = safer): choose the configuration whose margins agree best with them on a dev split, report it on the rest.")] = None,
+    layer_stride: Annotated[int, typer.Option(min=1, help="Sweep every k-th layer (always including the last).")] = 1,
+    dev_fraction: Annotated[float, typer.Option(min=0.05, max=0.95, help="Share of --select-on pairs used to choose; the rest report.")] = 0.5,
     name: Annotated[str, typer.Option(help="Concept name stored in the artifact.")] = "safety",
     template: Annotated[str, typer.Option(help="auto (chat template when the tokenizer has one) | chat | plain.")] = "auto",
     question_column: str = "question",
@@ -126,8 +130,11 @@ def direction(
         harmless=harmless_column, drop_refused=not keep_refused, limit=limit, layer=layer, pooling=pooling,
         estimator=estimator, template=template, max_length=max_length, batch_size=batch_size,
         test_fraction=test_fraction, seed=seed, name=name, progress=not quiet,
+        select=select, select_on=select_on, layer_stride=layer_stride, dev_fraction=dev_fraction,
     )
     built.save(out)
+    if "selection" in report:
+        _print_selection(report["selection"], report["candidates"])
     heldout = built.heldout
     acc = f"{heldout['accuracy']:.3f} (AUC {heldout['auc']:.3f}, {heldout['n_test']} held-out pairs)" if "accuracy" in heldout else "n/a"
     console.print(f"direction {built.name!r}: layer {built.layer}/{built.num_layers}, pooling {built.pooling}, "
@@ -135,10 +142,25 @@ def direction(
                   f"held-out separation accuracy {acc}; saved to {out}")
 
 
+def _print_selection(selection: dict[str, Any], candidates: int) -> None:
+    chosen = selection["chosen"]
+    line = (f"selected layer {chosen['layer']}, pooling {chosen['pooling']}, {chosen['estimator']} among {candidates} "
+            f"candidates (by {selection['by']}; fixed: {selection['fixed'] or 'nothing'})")
+    if selection["by"] == "preferences":
+        line += (f"; dev agreement {selection['dev_share_positive']:.3f} on {selection['n_dev']} pairs, "
+                 f"test agreement {_fmt(selection['test_share_positive'])} (AUC {_fmt(selection['test_auc'])}) "
+                 f"on {selection['n_test']} pairs")
+    console.print(line)
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 @app.command()
 @user_errors
 def annotate(
-    direction: Annotated[Path, typer.Option(help="Direction folder from `legend direction`.")],
+    direction: Annotated[list[Path], typer.Option(help="Direction folder from `legend direction`; repeat to apply several in one pass (the first fills margin_raw/margin, the others margin_raw_<name>/margin_<name>).")],
     data: Annotated[str, typer.Option(help="Preference data: .jsonl/.json/.parquet/.csv, a saved `datasets` folder, or a Hub name.")],
     out: OutFile,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model to use; default: the one the direction was built with.")] = None,
@@ -165,14 +187,15 @@ def annotate(
     from legend.margins import Binning
     from legend.pipeline import AnnotateSettings, annotate_file
 
-    loaded_direction = Direction.load(direction)
+    loaded_direction = Direction.load(direction[0])
     lm = _spec(model or loaded_direction.model_id, dtype, device, trust_remote_code)
     settings = AnnotateSettings(
         levels=levels, level_values=_parse_floats(level_values), binning=Binning.load(bins_from) if bins_from else None,
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_length=max_length,
         columns=ColumnNames(prompt=prompt_column, chosen=chosen_column, rejected=rejected_column), progress=not quiet,
     )
-    result = annotate_file(data, direction, out, lm, settings, split=split, limit=limit)
+    result = annotate_file(data, direction if len(direction) > 1 else direction[0], out, lm, settings, split=split,
+                           limit=limit)
     if summary_json:
         typer.echo(json.dumps(result.summary, indent=2))
     else:

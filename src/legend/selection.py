@@ -1,0 +1,370 @@
+"""Choose the layer, pooling and estimator of a direction with evidence, and keep the evidence.
+
+`sweep` embeds the contrast pairs ONCE with every candidate layer and pooling captured (one
+encoding pass), then for each (layer, pooling, estimator) fits a direction on a seeded train split
+and measures its separation on the held-out validation pairs. The ranking rule (documented in
+docs/selection.md) is, in order:
+
+1. held-out pair accuracy (share of validation pairs whose harmless answer projects higher);
+2. held-out AUC (harmless-vs-harmful answers scored by the projection);
+3. held-out effect size: mean / std of the projected paired differences (a continuous separation
+   that still ranks when accuracy and AUC saturate at 1.0, which easy contrast sets do);
+4. then the paper's defaults: mean difference before pca before logistic, last-token before mean
+   pooling, and the deeper layer; so a full tie falls back to the paper's choice.
+
+`select_on_preferences` instead chooses by agreement with a small labelled preference set: the
+pairs are split (seeded) into dev and test, every candidate direction (fitted on all contrast pairs)
+scores the dev pairs, the best share of positive margins wins (symmetric AUC of the margins breaks
+ties), and only the winner is reported on the test pairs. The preference pairs too are encoded once
+with every candidate layer/pooling captured.
+
+`select_direction` runs either and returns a `Direction` whose `extra["sweep"]` holds the full table
+and `extra["selection"]` the rule, the split and the choice. Explicit `layer`/`pooling`/`estimator`
+fix that dimension; the sweep covers the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import ContrastPair, PairView
+from .directions import (
+    ESTIMATORS,
+    ContrastEmbeddings,
+    Direction,
+    auc,
+    embed_contrast_pairs,
+    pair_accuracy,
+    split_indices,
+)
+from .encoding import POOLINGS, EncodeConfig, encode, resolve_layer, template_kind
+from .models import LoadedModel
+
+SELECTION_RULE = ("held-out pair accuracy, then held-out AUC, then held-out effect size "
+                  "(mean/std of projected paired differences), then mean_difference > pca > logistic, "
+                  "last > mean pooling, deeper layer")
+PREFERENCE_RULE = ("dev share of positive margins (chosen projects higher), then dev symmetric AUC of the "
+                   "margins, then the contrast-pair rule")
+_ESTIMATOR_ORDER = ("mean_difference", "pca", "logistic")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration of the sweep."""
+
+    layer: int        # resolved, 0..num_layers
+    pooling: str
+    estimator: str
+
+
+@dataclass
+class SweepRow:
+    """Held-out separation of one candidate on the contrast pairs (NaN when it could not be fitted)."""
+
+    layer: int
+    pooling: str
+    estimator: str
+    accuracy: float
+    auc: float
+    effect_size: float
+    error: str | None = None
+    # Filled by select_on_preferences: agreement with the labelled preference dev split.
+    dev_share_positive: float | None = None
+    dev_auc: float | None = None
+
+    @property
+    def candidate(self) -> Candidate:
+        return Candidate(self.layer, self.pooling, self.estimator)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        # JSON has no NaN/Infinity: undefined or unbounded values are written as null.
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()
+                if v is not None or k in ("accuracy", "auc", "effect_size")}
+
+
+@dataclass
+class SweepResult:
+    """Every candidate's held-out separation, the split used, and the best row by `SELECTION_RULE`."""
+
+    rows: list[SweepRow]
+    best: SweepRow
+    n_train: int
+    n_validation: int
+    test_fraction: float
+    seed: int
+    rule: str = SELECTION_RULE
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        return [row.to_dict() for row in self.rows]
+
+    def row(self, layer: int, pooling: str, estimator: str) -> SweepRow:
+        for row in self.rows:
+            if (row.layer, row.pooling, row.estimator) == (layer, pooling, estimator):
+                return row
+        raise KeyError((layer, pooling, estimator))
+
+
+# ---------------------------------------------------------------- candidates
+
+def candidate_layers(num_layers: int, layer_stride: int = 1, layers: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Resolved layers to sweep: `layers` if given, else every `layer_stride`-th of 1..L ending at L.
+
+    Layer 0 (the token embeddings) is left out of the default sweep: it has not read the context, and
+    its last-token state is the same end-of-turn token for every answer.
+    """
+    if layers is not None:
+        return tuple(dict.fromkeys(resolve_layer(layer, num_layers) for layer in layers))
+    if layer_stride < 1:
+        raise ValueError(f"layer stride must be at least 1, got {layer_stride}")
+    return tuple(sorted(range(num_layers, 0, -layer_stride)))
+
+
+def _check_choices(poolings: Sequence[str], estimators: Sequence[str]) -> None:
+    for pooling in poolings:
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
+    for estimator in estimators:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
+    if not poolings or not estimators:
+        raise ValueError("the sweep needs at least one pooling and one estimator")
+
+
+# ---------------------------------------------------------------- the sweep on embeddings
+
+def effect_size(harmless: torch.Tensor, harmful: torch.Tensor, vector: torch.Tensor) -> float:
+    """Mean / std of the projected paired differences (harmless − harmful)·v: separation in noise units."""
+    diffs = ((harmless.double() - harmful.double()) @ vector.double()).numpy()
+    spread = diffs.std()
+    if len(diffs) < 2 or spread == 0:
+        return float("inf") if diffs.mean() > 0 else float("nan")
+    return float(diffs.mean() / spread)
+
+
+def _rank_key(row: SweepRow) -> tuple:
+    """Sort key: larger is better (see SELECTION_RULE); NaN ranks last."""
+    def value(x: float | None) -> float:
+        return -math.inf if x is None or math.isnan(x) else x
+
+    return (value(row.accuracy), value(row.auc), value(row.effect_size),
+            -_ESTIMATOR_ORDER.index(row.estimator) if row.estimator in _ESTIMATOR_ORDER else -99,
+            -POOLINGS.index(row.pooling), row.layer)
+
+
+def best_row(rows: Sequence[SweepRow]) -> SweepRow:
+    """The best row by SELECTION_RULE."""
+    fitted = [row for row in rows if row.error is None]
+    if not fitted:
+        raise ValueError(f"no candidate could be fitted ({rows[0].error if rows else 'no candidates'})")
+    return max(fitted, key=_rank_key)
+
+
+def sweep_embeddings(
+    embeddings: ContrastEmbeddings,
+    candidates: Sequence[Candidate],
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> SweepResult:
+    """Fit every candidate on the train split and score it on the validation split (no encoding)."""
+    n = len(next(iter(embeddings.harmless.values())))
+    if n < 2:
+        raise ValueError(f"need at least 2 contrast pairs to sweep, got {n}")
+    train, validation = split_indices(n, test_fraction, seed)
+    if not len(validation):
+        raise ValueError("the sweep needs held-out pairs: use a test fraction above 0")
+    rows = []
+    for cand in candidates:
+        harmless, harmful = embeddings.harmless[(cand.layer, cand.pooling)], embeddings.harmful[(cand.layer, cand.pooling)]
+        try:
+            vector = ESTIMATORS[cand.estimator](harmless[train], harmful[train])
+        except ValueError as err:  # e.g. a zero difference: this candidate cannot separate anything
+            rows.append(SweepRow(cand.layer, cand.pooling, cand.estimator, math.nan, math.nan, math.nan, str(err)))
+            continue
+        hv, hf = harmless[validation], harmful[validation]
+        rows.append(SweepRow(cand.layer, cand.pooling, cand.estimator, pair_accuracy(hv, hf, vector),
+                             auc(hv, hf, vector), effect_size(hv, hf, vector)))
+    return SweepResult(rows=rows, best=best_row(rows), n_train=len(train), n_validation=len(validation),
+                       test_fraction=test_fraction, seed=seed)
+
+
+def all_candidates(layers: Sequence[int], poolings: Sequence[str], estimators: Sequence[str]) -> list[Candidate]:
+    return [Candidate(layer, pooling, estimator) for layer in layers for pooling in poolings for estimator in estimators]
+
+
+# ---------------------------------------------------------------- with a model
+
+def sweep(
+    lm: LoadedModel,
+    pairs: Sequence[ContrastPair],
+    *,
+    layers: Sequence[int] | None = None,
+    layer_stride: int = 1,
+    poolings: Sequence[str] = POOLINGS,
+    estimators: Sequence[str] = tuple(ESTIMATORS),
+    template: str = "auto",
+    max_length: int = 2048,
+    batch_size: int = 16,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[SweepResult, ContrastEmbeddings]:
+    """Sweep layers × poolings × estimators on the contrast pairs with ONE encoding pass.
+
+    Returns the result and the embeddings (keyed by resolved layer), so a caller can refit the
+    winner on all pairs without encoding again.
+    """
+    _check_choices(poolings, estimators)
+    if len(pairs) < 2:
+        raise ValueError(f"need at least 2 contrast pairs to sweep, got {len(pairs)}")
+    swept_layers = candidate_layers(lm.num_layers, layer_stride, layers)
+    config = EncodeConfig(layers=swept_layers, poolings=tuple(poolings), template=template_kind(lm.tokenizer, template),
+                          max_length=max_length, batch_size=batch_size, progress=progress, description="sweep")
+    embeddings = embed_contrast_pairs(lm, pairs, config)
+    result = sweep_embeddings(embeddings, all_candidates(swept_layers, poolings, estimators),
+                              test_fraction=test_fraction, seed=seed)
+    return result, embeddings
+
+
+def preference_embeddings(
+    lm: LoadedModel, views: Sequence[PairView], layers: Sequence[int], poolings: Sequence[str],
+    *, template: str, max_length: int, batch_size: int = 16, progress: bool = False,
+) -> tuple[dict[tuple[int, str], torch.Tensor], dict[tuple[int, str], torch.Tensor]]:
+    """Chosen and rejected embeddings of preference pairs for every layer/pooling, in ONE pass."""
+    config = EncodeConfig(layers=tuple(layers), poolings=tuple(poolings), template=template, max_length=max_length,
+                          batch_size=batch_size, progress=progress, description="select-on")
+    items = [(v.prompt, v.chosen) for v in views] + [(v.prompt, v.rejected) for v in views]
+    encoded = encode(lm, items, config)
+    n = len(views)
+    return ({k: v[:n] for k, v in encoded.vectors.items()}, {k: v[n:] for k, v in encoded.vectors.items()})
+
+
+def preference_agreement(margins: np.ndarray) -> tuple[float, float]:
+    """(share of positive margins, symmetric AUC of the margins) on labelled pairs (chosen = safer)."""
+    from .quality import symmetric_auc
+
+    margins = np.asarray(margins, dtype=np.float64)
+    return float((margins > 0).mean()), symmetric_auc(margins)
+
+
+def select_on_preferences(
+    result: SweepResult,
+    embeddings: ContrastEmbeddings,
+    chosen: dict[tuple[int, str], torch.Tensor],
+    rejected: dict[tuple[int, str], torch.Tensor],
+    *,
+    dev_fraction: float = 0.5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Pick the swept candidate whose margins agree best with preference labels on a dev split.
+
+    Each candidate direction is fitted on ALL contrast pairs; margins (chosen − rejected)·v of the
+    dev pairs are scored by share positive then symmetric AUC (PREFERENCE_RULE), and the winner
+    alone is reported on the test pairs. Fills `dev_share_positive`/`dev_auc` of every row and
+    sets `result.best` to the winner. Returns the selection record (split sizes, dev and test metrics).
+    """
+    n = len(next(iter(chosen.values())))
+    if n < 2:
+        raise ValueError(f"need at least 2 preference pairs to select on, got {n}")
+    dev, test = split_indices(n, 1.0 - dev_fraction, seed)
+    vectors: dict[Candidate, torch.Tensor] = {}
+    for row in result.rows:
+        if row.error is not None:
+            continue
+        key = (row.layer, row.pooling)
+        try:
+            vector = ESTIMATORS[row.estimator](embeddings.harmless[key], embeddings.harmful[key])
+        except ValueError as err:
+            row.error = str(err)
+            continue
+        vectors[row.candidate] = vector
+        margins = _margins(chosen[key][dev], rejected[key][dev], vector)
+        row.dev_share_positive, row.dev_auc = preference_agreement(margins)
+    scored = [row for row in result.rows if row.dev_share_positive is not None]
+    if not scored:
+        raise ValueError("no candidate could be fitted on the contrast pairs")
+    winner = max(scored, key=lambda row: (_finite(row.dev_share_positive), _finite(row.dev_auc), _rank_key(row)))
+    result.best = winner
+    key = (winner.layer, winner.pooling)
+    test_share, test_auc = (preference_agreement(_margins(chosen[key][test], rejected[key][test], vectors[winner.candidate]))
+                            if len(test) else (math.nan, math.nan))
+    return {"rule": PREFERENCE_RULE, "dev_fraction": dev_fraction, "seed": seed, "n_dev": len(dev), "n_test": len(test),
+            "dev_share_positive": winner.dev_share_positive, "dev_auc": winner.dev_auc,
+            "test_share_positive": _none_if_nan(test_share), "test_auc": _none_if_nan(test_auc),
+            "test_rows": (test + 1).tolist()}
+
+
+def _margins(chosen: torch.Tensor, rejected: torch.Tensor, vector: torch.Tensor) -> np.ndarray:
+    return ((chosen.double() - rejected.double()) @ vector.double()).numpy()
+
+
+def _finite(value: float | None) -> float:
+    return -math.inf if value is None or math.isnan(value) else value
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def select_direction(
+    lm: LoadedModel,
+    pairs: Sequence[ContrastPair],
+    *,
+    layer: int | None = None,
+    pooling: str | None = None,
+    estimator: str | None = None,
+    layer_stride: int = 1,
+    select_on: Sequence[PairView] | None = None,
+    dev_fraction: float = 0.5,
+    template: str = "auto",
+    max_length: int = 2048,
+    batch_size: int = 16,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    name: str = "safety",
+    progress: bool = False,
+) -> Direction:
+    """Sweep (or fix, where given) layer, pooling and estimator; return the chosen direction refitted on all pairs.
+
+    `select_on` (labelled preference pairs, chosen = safer) switches the choice from contrast-pair
+    separation to agreement with those labels on a dev split. The direction's `heldout` is the
+    winner's contrast validation result; `extra["sweep"]` is the whole table, `extra["selection"]`
+    the rule, split and choice.
+    """
+    kind = template_kind(lm.tokenizer, template)
+    result, embeddings = sweep(
+        lm, pairs, layers=None if layer is None else (layer,), layer_stride=layer_stride,
+        poolings=POOLINGS if pooling is None else (pooling,),
+        estimators=tuple(ESTIMATORS) if estimator is None else (estimator,),
+        template=kind, max_length=max_length, batch_size=batch_size, test_fraction=test_fraction, seed=seed,
+        progress=progress)
+    selection: dict[str, Any] = {"by": "contrast", "rule": SELECTION_RULE,
+                                 "fixed": {k: v for k, v in (("layer", layer), ("pooling", pooling),
+                                                             ("estimator", estimator)) if v is not None}}
+    if select_on is not None:
+        swept_layers = sorted({row.layer for row in result.rows})
+        swept_poolings = list(dict.fromkeys(row.pooling for row in result.rows))
+        chosen, rejected = preference_embeddings(lm, select_on, swept_layers, swept_poolings, template=kind,
+                                                 max_length=max_length, batch_size=batch_size, progress=progress)
+        selection.update(by="preferences", **select_on_preferences(result, embeddings, chosen, rejected,
+                                                                  dev_fraction=dev_fraction, seed=seed))
+    best = result.best
+    key = (best.layer, best.pooling)
+    vector = ESTIMATORS[best.estimator](embeddings.harmless[key], embeddings.harmful[key])
+    heldout = {"test_fraction": test_fraction, "seed": seed, "n_train": result.n_train, "n_test": result.n_validation,
+               **{k: v for k, v in best.to_dict().items() if k in ("accuracy", "auc", "effect_size")}}
+    selection["chosen"] = {"layer": best.layer, "pooling": best.pooling, "estimator": best.estimator}
+    return Direction(
+        vector=vector, layer=best.layer, pooling=best.pooling, model_id=lm.model_id, fingerprint=lm.fingerprint,
+        hidden_size=lm.hidden_size, num_layers=lm.num_layers, template=kind, max_length=max_length,
+        estimator=best.estimator, name=name, n_pairs=len(pairs), heldout=heldout,
+        extra={"n_truncated_texts": embeddings.n_truncated, "sweep": result.table(), "selection": selection},
+    )
