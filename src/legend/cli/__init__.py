@@ -50,6 +50,7 @@ def main() -> None:
 # Command modules register themselves on `app` when imported.
 from legend.cli import core  # noqa: E402,F401
 from legend.cli import quality  # noqa: E402,F401
+from legend.cli import rewards  # noqa: E402,F401
 from legend.cli import align  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
