@@ -20,6 +20,7 @@ sigmoid loss. TRL's logged `rewards/chosen` and `rewards/margins` are therefore 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -115,9 +116,9 @@ class MarginDPOTrainer(DPOTrainer):
             raise ValueError(f"unknown offset transform {offset_transform!r}; choose from {', '.join(OFFSET_TRANSFORMS)}")
         self.offset_alpha = float(alpha)
         self.offset_transform = offset_transform
-        config: DPOConfig | None = kwargs.get("args") if "args" in kwargs else (args[1] if len(args) > 1 else None)
-        tokenizer = kwargs.get("processing_class")
-        if kwargs.get("data_collator") is None and config is not None and tokenizer is not None:
+        given = inspect.signature(DPOTrainer.__init__).bind(self, *args, **kwargs).arguments
+        config, tokenizer = given.get("args"), given.get("processing_class")
+        if "data_collator" not in given and config is not None and tokenizer is not None:
             kwargs["data_collator"] = _margin_collator(tokenizer, config)
         super().__init__(*args, **kwargs)
         if self.offset_alpha and (self.loss_types != ["sigmoid"] or self.f_divergence_type != "reverse_kl"):
