@@ -66,7 +66,6 @@ class Annotation:
     secondary: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-
 @dataclass(frozen=True)
 class AnnotateSettings:
     """Options of `annotate` (binning and batching). Created once at the edge, passed down."""
@@ -79,6 +78,8 @@ class AnnotateSettings:
     max_length: int | None = None           # default: the direction's
     columns: ColumnNames = field(default_factory=ColumnNames)
     progress: bool = False
+    prefix_sharing: bool = True             # run each pair's prompt once for both answers (same margins)
+    chunk_rows: int = 4096                  # annotate_file streams the input in chunks of this many rows
 
 
 def annotate_views(
@@ -87,7 +88,7 @@ def annotate_views(
     """Raw margins, binned margins and the binning for a list of pairs."""
     result = compute_margins(lm, views, direction, batch_size=settings.batch_size,
                              max_batch_tokens=settings.max_batch_tokens, max_length=settings.max_length,
-                             progress=settings.progress)
+                             progress=settings.progress, prefix_sharing=settings.prefix_sharing)
     binning = settings.binning or Binning.fit(result.raw, settings.levels, settings.level_values)
     return result.raw, binning.apply(result.raw), binning, result
 
@@ -191,11 +192,24 @@ def annotate_file(
     *,
     split: str = "train",
     limit: int | None = None,
+    engine: str = "local",
+    num_workers: int | None = None,
 ) -> Annotation:
     """Annotate a file/folder/Hub dataset and write it to `out` (format from the extension) plus a sidecar.
 
-    Both files are written atomically; on any error nothing is left at `out`.
+    Both files are written atomically; on any error nothing is left at `out`. One direction is
+    streamed in chunks of `settings.chunk_rows` rows (flat memory; the result's `dataset` is then
+    None); `engine="ray"` runs on Ray Data with `num_workers` model actors (see legend.engines).
     """
+    single = not isinstance(direction, (list, tuple)) or len(direction) == 1
+    if engine == "ray" or single:
+        from .engines import run_engine
+
+        only = direction[0] if isinstance(direction, (list, tuple)) else direction
+        if not single:
+            raise ValueError("--engine ray annotates with one direction at a time")
+        return run_engine(engine, data, only, out, model, settings, split=split, limit=limit,
+                          num_workers=num_workers)
     dataset = load_table(data, split=split)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))

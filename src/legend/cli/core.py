@@ -179,6 +179,10 @@ def annotate(
     device: Device = None,
     trust_remote_code: TrustRemoteCode = False,
     summary_json: Annotated[bool, typer.Option(help="Print the summary as JSON instead of a table.")] = False,
+    prefix_sharing: Annotated[bool, typer.Option(help="Run each pair's prompt once for both answers (same margins, less work).")] = True,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Rows read, annotated and written at a time (memory stays flat).")] = 4096,
+    engine: Annotated[str, typer.Option(help="local (one process) | ray (Ray Data actors; pip install 'legend[ray]').")] = "local",
+    num_workers: Annotated[int, typer.Option(min=1, help="--engine ray: model actors (one GPU each where the cluster has GPUs).")] = 2,
     quiet: Quiet = False,
 ) -> None:
     """Add `margin_raw` (projection) and `margin` (binned, what TRL reads) to every row; write a .legend.json sidecar."""
@@ -193,9 +197,10 @@ def annotate(
         levels=levels, level_values=_parse_floats(level_values), binning=Binning.load(bins_from) if bins_from else None,
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_length=max_length,
         columns=ColumnNames(prompt=prompt_column, chosen=chosen_column, rejected=rejected_column), progress=not quiet,
+        prefix_sharing=prefix_sharing, chunk_rows=chunk_rows,
     )
     result = annotate_file(data, direction if len(direction) > 1 else direction[0], out, lm, settings, split=split,
-                           limit=limit)
+                           limit=limit, engine=engine, num_workers=num_workers)
     if summary_json:
         typer.echo(json.dumps(result.summary, indent=2))
     else:

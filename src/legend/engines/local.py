@@ -30,7 +30,6 @@ from ..data import (
     detect_layout,
     load_table,
     pair_views,
-    write_json,
 )
 from ..directions import Direction
 from ..margins import Binning, MarginResult, compute_margins, describe
@@ -241,11 +240,11 @@ def sidecar_document(data: Any, out: Any, direction_path: str | None, binning: B
 @contextlib.contextmanager
 def sidecar_with(out: str | os.PathLike, sidecar: dict[str, Any]) -> Iterator[None]:
     """Write the sidecar as pending, run the body (which writes `out`), then publish it: both or neither."""
-    from ..pipeline import sidecar_path
+    from .. import pipeline
 
-    final = sidecar_path(out)
+    final = pipeline.sidecar_path(out)
     pending = final.with_name(f".{final.name}.pending")
-    write_json(sidecar, pending)
+    pipeline.write_json(sidecar, pending)  # looked up there, so the pipeline's writer is the one used
     try:
         yield
         os.replace(pending, final)
