@@ -66,6 +66,19 @@ def _pair_of_names(text: Optional[str], option: str) -> Optional[tuple[str, str]
     return parts[0], parts[1]
 
 
+def _carry_sidecar(data: str, out: Path, audit_summary: dict[str, Any], annotated_now: bool) -> None:
+    """Give the audited file the annotation's sidecar (bin edges, direction), plus the audit settings."""
+    from legend.data import write_json
+    from legend.pipeline import sidecar_path
+
+    source = sidecar_path(data)
+    if annotated_now or not source.is_file():
+        return
+    sidecar = json.loads(source.read_text(encoding="utf-8"))
+    sidecar["audit"] = audit_summary
+    write_json(sidecar, sidecar_path(out))
+
+
 def print_metrics(result: dict[str, Any]) -> None:
     """The evaluate metrics as a table: value and 95% interval."""
     counts = result["counts"]
@@ -200,6 +213,7 @@ def audit(
     if out is not None:
         write_table(add_audit_columns(labelled.dataset, result), out)
         summary["output"] = str(out)
+        _carry_sidecar(data, out, summary, labelled.annotated_now)
     console.print(f"audit: {summary['flagged']} of {summary['pairs']} pairs flagged ({summary['share_flagged']:.1%}): "
                   f"margin_raw <= {result.threshold:.4g} (the {quantile:g} quantile and {min_score:g} robust SDs "
                   f"of {result.scale:.4g} below zero)" + (f"; written to {out}" if out is not None else ""))
