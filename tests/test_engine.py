@@ -220,3 +220,26 @@ def test_streamed_reading_holds_one_chunk_not_the_file(tmp_path):
     (small, small_size), (large, large_size) = peak_while_reading(3000), peak_while_reading(9000)
     # 27 MB more text in the file; holding the rows would need all of it (twice, as Python strings).
     assert large - small < 0.2 * (large_size - small_size), (small, large, large_size - small_size)
+
+
+@pytest.mark.e2e
+def test_prefix_sharing_margins_match_the_plain_path_on_the_embedded_model():
+    from legend.data import detect_layout, load_table, pair_views
+    from legend.margins import project
+    from legend.models import load_model
+    from legend.resources import HH_RLHF_SAMPLE, sample_path
+
+    lm = load_model("default")
+    table = load_table(sample_path(HH_RLHF_SAMPLE)).select(range(4))
+    views = pair_views(table, detect_layout(table))
+    items = [(v.prompt, v.chosen) for v in views] + [(v.prompt, v.rejected) for v in views]
+    vector = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    config = dict(layers=(-1, 15), poolings=("last", "mean"))  # last layer and a middle one, both poolings
+    shared = encode(lm, items, EncodeConfig(**config, prefix_sharing=True))
+    plain = encode(lm, items, EncodeConfig(**config, prefix_sharing=False))
+    assert shared.n_forward_tokens < 0.8 * plain.n_forward_tokens
+    for key, vectors in plain.vectors.items():
+        expected = project(vectors[:4], vectors[4:], vector / vector.norm())
+        got = project(shared.vectors[key][:4], shared.vectors[key][4:], vector / vector.norm())
+        assert np.abs(got - expected).max() < 1e-3, (key, got - expected)
+        assert np.abs(expected).max() > 1e-2  # the margins are not trivially zero

@@ -119,14 +119,14 @@ def compute_margins(
                                      description="annotate", prefix_sharing=prefix_sharing,
                                      **({"max_length": max_length} if max_length else {}))
     raw = np.zeros(len(views), dtype=np.float64)
-    n_truncated = n_tokens = 0
+    n_truncated = n_tokens = n_forward = 0
     if len(todo):
         encoded = encode(lm, items, config)
         vectors = encoded.get(direction.layer, direction.pooling)
         raw[todo] = project(vectors[: len(todo)], vectors[len(todo):], direction.vector)
-        n_truncated, n_tokens = encoded.n_truncated, encoded.n_tokens
+        n_truncated, n_tokens, n_forward = encoded.n_truncated, encoded.n_tokens, encoded.n_forward_tokens
     return MarginResult(raw=raw, n_identical=int(identical.sum()), n_truncated_texts=n_truncated,
-                        n_tokens=n_tokens, seconds=time.perf_counter() - start)
+                        n_tokens=n_tokens, seconds=time.perf_counter() - start, extra={"forward_tokens": n_forward})
 
 
 def describe(raw: np.ndarray, binned: np.ndarray | None = None) -> dict[str, Any]:
