@@ -25,7 +25,7 @@ import numpy as np
 
 from ..data import DataError, detect_layout, load_table
 from ..directions import Direction
-from ..margins import Binning, compute_margins
+from ..margins import Binning, MarginResult, compute_margins
 from ..models import LoadedModel, ModelSpec
 from .local import ChunkWriter, annotation_summary, chunk_views, sidecar_document, sidecar_with
 
@@ -156,8 +156,7 @@ def annotate_file_ray(
     raw = np.concatenate([batch["margin_raw"] for batch in
                           scored.select_columns(["margin_raw"]).iter_batches(batch_format="numpy")])
     binning = settings.binning or Binning.fit(raw, settings.levels, settings.level_values)
-    from ..margins import MarginResult
-
+    # Identical chosen/rejected get exactly 0, so zero margins count them (a real margin is never exactly 0.0).
     margins = MarginResult(raw=raw, n_identical=int((raw == 0).sum()), n_truncated_texts=0, n_tokens=0,
                            seconds=time.perf_counter() - start,
                            extra={"engine": "ray", "workers": num_workers, "gpus": gpus})
