@@ -289,3 +289,18 @@ def test_cli_train_eval_compare(tiny_rm, tmp_path):
     result = runner.invoke(app, ["train-rm", "--data", str(data), "--out", str(tmp_path / "x"),
                                  "--margin-column", "nope", *common])
     assert result.exit_code == 2 and "no column 'nope'" in result.output
+
+
+def test_train_layers_freezes_everything_below_the_top_blocks(tiny_rm):
+    from transformers import AutoModelForSequenceClassification
+
+    before = AutoModelForSequenceClassification.from_pretrained(tiny_rm, num_labels=1).state_dict()
+    trained = train_reward_model(toy_pairs(8), fast(tiny_rm, margin_column=None, train_layers=1, epochs=1.0))
+    after = trained.model.state_dict()
+    assert trained.report["trainable_parameters"] < sum(t.numel() for t in before.values())
+    for name in ("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight"):
+        torch.testing.assert_close(after[name], before[name])
+    for name in ("model.layers.1.mlp.up_proj.weight", "score.weight"):
+        assert not torch.equal(after[name], before[name])
+    with pytest.raises(ValueError, match="either LoRA or --train-layers"):
+        train_reward_model(toy_pairs(4), fast(tiny_rm, lora=True, train_layers=1))

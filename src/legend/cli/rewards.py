@@ -26,6 +26,8 @@ GradAccum = Annotated[int, typer.Option(min=1, help="Gradient accumulation steps
 Bf16 = Annotated[bool, typer.Option(help="bf16 mixed precision.")]
 Lora = Annotated[bool, typer.Option(help="Train LoRA adapters (all linear layers) + the reward head, merged on save.")]
 LoraR = Annotated[int, typer.Option(min=1)]
+TrainLayers = Annotated[Optional[int], typer.Option(
+    min=0, help="Train only the last N decoder blocks + final norm + head (much cheaper backward on CPU); default all.")]
 Seed = Annotated[int, typer.Option(help="Seed of the reward head init and data order (same for every run).")]
 ExtraArg = Annotated[Optional[list[str]], typer.Option(
     "--arg", help="Other RewardConfig/TrainingArguments field as key=value; repeat (e.g. --arg warmup_steps=0.1).")]
@@ -46,7 +48,7 @@ def _columns(text: Optional[str]):
 
 def _reward_settings(model: str, margin_column: str, alpha: float, max_length: int, epochs: float,
                      learning_rate: Optional[float], batch_size: int, grad_accum: int, bf16: bool, lora: bool,
-                     lora_r: int, seed: int, arg: Optional[list[str]], template: str, columns: Optional[str],
+                     lora_r: int, train_layers: Optional[int], seed: int, arg: Optional[list[str]], template: str, columns: Optional[str],
                      trust_remote_code: bool, quiet: bool, eval_steps: Optional[int] = None):
     from legend.rewards import RewardSettings, parse_extra_args
 
@@ -54,6 +56,7 @@ def _reward_settings(model: str, margin_column: str, alpha: float, max_length: i
         model=model, margin_column=None if margin_column.lower() == "none" else margin_column, alpha=alpha,
         max_length=max_length, template=template, epochs=epochs, learning_rate=learning_rate,
         batch_size=batch_size, grad_accum=grad_accum, eval_steps=eval_steps, bf16=bf16, lora=lora, lora_r=lora_r,
+        train_layers=train_layers,
         lora_alpha=2 * lora_r, seed=seed, extra_args=parse_extra_args(arg or []), trust_remote_code=trust_remote_code,
         columns=_columns(columns), progress=not quiet,
     )
@@ -81,6 +84,7 @@ def train_rm(
     bf16: Bf16 = False,
     lora: Lora = False,
     lora_r: LoraR = 16,
+    train_layers: TrainLayers = None,
     seed: Seed = 0,
     arg: ExtraArg = None,
     template: Template = "auto",
@@ -94,7 +98,7 @@ def train_rm(
     from legend.rewards import train_reward_model
 
     settings = _reward_settings(model, margin_column, alpha, max_length, epochs, learning_rate, batch_size,
-                                grad_accum, bf16, lora, lora_r, seed, arg, template, columns, trust_remote_code,
+                                grad_accum, bf16, lora, lora_r, train_layers, seed, arg, template, columns, trust_remote_code,
                                 quiet, eval_steps)
     table = load_table(data)
     if limit is not None:
@@ -172,6 +176,7 @@ def ensemble_margins_command(
     bf16: Bf16 = False,
     lora: Lora = False,
     lora_r: LoraR = 16,
+    train_layers: TrainLayers = None,
     seed: Seed = 0,
     arg: ExtraArg = None,
     template: Template = "auto",
@@ -184,7 +189,7 @@ def ensemble_margins_command(
     from legend.rewards import EnsembleSettings, ensemble_file
 
     reward = _reward_settings(model, "none", 1.0, max_length, epochs, learning_rate, batch_size, grad_accum, bf16,
-                              lora, lora_r, seed, arg, template, columns, trust_remote_code, quiet)
+                              lora, lora_r, train_layers, seed, arg, template, columns, trust_remote_code, quiet)
     result = ensemble_file(data, out, reward, EnsembleSettings(k=k, scoring=scoring, column=column, levels=levels,
                                                                seed=seed), limit=limit)
     report = result.report
@@ -216,6 +221,7 @@ def compare_rm(
     bf16: Bf16 = False,
     lora: Lora = False,
     lora_r: LoraR = 16,
+    train_layers: TrainLayers = None,
     seed: Seed = 0,
     arg: ExtraArg = None,
     template: Template = "auto",
@@ -230,7 +236,7 @@ def compare_rm(
     from legend.rewards import CompareSettings, compare_reward_models, read_preferences
 
     reward = _reward_settings(model, "none", alpha, max_length, epochs, learning_rate, batch_size, grad_accum, bf16,
-                              lora, lora_r, seed, arg, template, columns, trust_remote_code, True)
+                              lora, lora_r, train_layers, seed, arg, template, columns, trust_remote_code, True)
     table = load_table(data)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))

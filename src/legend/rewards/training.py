@@ -51,6 +51,7 @@ class RewardSettings:
     eval_steps: int | None = None            # evaluate every N steps; default: once per epoch (if eval data)
     bf16: bool = False
     lora: bool = False
+    train_layers: int | None = None          # train only the last N blocks (+ final norm + head); None: all
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -253,6 +254,8 @@ def build_trainer(settings: RewardSettings, train: TokenizedPairs, tokenizer: An
     """A RewardTrainer over pre-tokenised pairs (the model is loaded from `settings.model` unless given)."""
     from trl import RewardTrainer
 
+    if settings.lora and settings.train_layers is not None:
+        raise ValueError("choose either LoRA or --train-layers, not both")
     args = reward_config(settings, output_dir, has_eval=eval_pairs is not None)
     if model is None:
         path, _ = resolve_model_path(settings.model)
@@ -261,11 +264,36 @@ def build_trainer(settings: RewardSettings, train: TokenizedPairs, tokenizer: An
     trainer = RewardTrainer(model=model, args=args, train_dataset=train.dataset,
                             eval_dataset=eval_pairs.dataset if eval_pairs is not None else None,
                             processing_class=tokenizer, peft_config=lora_config(settings) if settings.lora else None)
+    if settings.train_layers is not None:
+        freeze_lower_layers(trainer.model, settings.train_layers)
     if not settings.progress:  # without progress bars transformers prints every log dict instead
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def freeze_lower_layers(model: Any, keep: int) -> int:
+    """Freeze everything but the last `keep` decoder blocks, the final norm and the reward head.
+
+    Backward then stops `keep` blocks below the top: on a CPU this makes training several times
+    cheaper (the forward pass remains). Returns the number of trainable parameters.
+    """
+    from ..encoding import _find_blocks, _find_final_norm
+
+    prefix = model.base_model_prefix
+    base = getattr(model, prefix)
+    blocks = _find_blocks(base, int(model.config.num_hidden_layers))
+    if blocks is None or not 0 <= keep <= len(blocks):
+        raise ValueError(f"--train-layers {keep}: cannot select the last {keep} decoder blocks of this model")
+    for name, parameter in model.named_parameters():  # the head (outside the base model) stays trainable
+        parameter.requires_grad_(not name.startswith(prefix + "."))
+    top = list(blocks[len(blocks) - keep:]) if keep else []
+    norm = _find_final_norm(base)
+    for module in top + ([norm] if norm is not None else []):
+        for parameter in module.parameters():
+            parameter.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def train_reward_model(
@@ -305,6 +333,7 @@ def train_reward_model(
         seconds = time.perf_counter() - start
         eval_metrics = trainer.evaluate() if eval_pairs is not None else {}
     model = trainer.model
+    trainable = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
     if settings.lora:
         model = model.merge_and_unload()
     model.eval()
@@ -315,6 +344,7 @@ def train_reward_model(
         "margin_stats": _stats(margins) if margins is not None else None,
         "train_loss": float(result.training_loss), "train_seconds": round(seconds, 3),
         "steps": int(result.global_step),
+        "trainable_parameters": trainable,
         "train_tokens": int(getattr(trainer, "_total_train_tokens", 0) or 0),
         "tokens_per_epoch": train_pairs.n_tokens,
         "eval": {k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))},
