@@ -263,6 +263,7 @@ def select_on_preferences(
     *,
     dev_fraction: float = 0.5,
     seed: int = 0,
+    fitted: dict[Candidate, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Pick the swept candidate whose margins agree best with preference labels on a dev split.
 
@@ -270,22 +271,25 @@ def select_on_preferences(
     dev pairs are scored by share positive then symmetric AUC (PREFERENCE_RULE), and the winner
     alone is reported on the test pairs. Fills `dev_share_positive`/`dev_auc` of every row and
     sets `result.best` to the winner. Returns the selection record (split sizes, dev and test metrics).
+    `fitted` (candidate -> vector fitted on all contrast pairs) is filled as a cache and reused if given.
     """
     n = len(next(iter(chosen.values())))
     if n < 2:
         raise ValueError(f"need at least 2 preference pairs to select on, got {n}")
     dev, test = split_indices(n, 1.0 - dev_fraction, seed)
-    vectors: dict[Candidate, torch.Tensor] = {}
+    vectors = fitted if fitted is not None else {}
     for row in result.rows:
         if row.error is not None:
             continue
         key = (row.layer, row.pooling)
         try:
-            vector = ESTIMATORS[row.estimator](embeddings.harmless[key], embeddings.harmful[key])
+            vector = vectors.get(row.candidate)
+            if vector is None:
+                vector = vectors[row.candidate] = ESTIMATORS[row.estimator](embeddings.harmless[key],
+                                                                            embeddings.harmful[key])
         except ValueError as err:
             row.error = str(err)
             continue
-        vectors[row.candidate] = vector
         margins = _margins(chosen[key][dev], rejected[key][dev], vector)
         row.dev_share_positive, row.dev_auc = preference_agreement(margins)
     scored = [row for row in result.rows if row.dev_share_positive is not None]
