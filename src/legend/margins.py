@@ -174,6 +174,7 @@ def compute_margins_multi(
     max_batch_tokens: int = 16384,
     max_length: int | None = None,
     progress: bool = False,
+    prefix_sharing: bool = True,
 ) -> list[MarginResult]:
     """Raw margins of every pair for each direction, from ONE encoding pass.
 
@@ -191,7 +192,7 @@ def compute_margins_multi(
         layers=tuple(dict.fromkeys(d.layer for d in directions)),
         poolings=tuple(dict.fromkeys(d.pooling for d in directions)),
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress, description="annotate",
-        **({"max_length": max_length} if max_length else {}))
+        prefix_sharing=prefix_sharing, **({"max_length": max_length} if max_length else {}))
     raws = [np.zeros(len(views), dtype=np.float64) for _ in directions]
     n_truncated = n_tokens = 0
     if len(todo):

@@ -103,7 +103,7 @@ def annotate_views_multi(
     """
     results = compute_margins_multi(lm, views, directions, batch_size=settings.batch_size,
                                     max_batch_tokens=settings.max_batch_tokens, max_length=settings.max_length,
-                                    progress=settings.progress)
+                                    progress=settings.progress, prefix_sharing=settings.prefix_sharing)
     out = []
     for index, result in enumerate(results):
         fitted = settings.binning if index == 0 and settings.binning else None
