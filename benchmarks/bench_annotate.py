@@ -147,6 +147,8 @@ def compare(lm, data_path, views, layer, settings, reference_s=None, limit_s=Non
     row["limit_s"], row["limit_tokens"] = run_limit(lm, items, config) if limit_s is None else (limit_s, None)
     if with_reference:
         row["reference_s"] = run_reference(lm, views, layer) if reference_s is None else reference_s
+    print("  measured: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k.endswith("_s")), file=sys.stderr,
+          flush=True)
     return row
 
 
