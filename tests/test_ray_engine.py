@@ -10,12 +10,22 @@ import pytest
 ray = pytest.importorskip("ray")
 
 
-def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path, tiny_lm):
+def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path):
+    from conftest import build_tiny_llama, build_tokenizer
     from test_engine import _hh_rows, _read_jsonl, _write_jsonl
 
     from legend.data import ContrastPair
     from legend.directions import build_direction
+    from legend.models import ModelSpec, load_model
     from legend.pipeline import AnnotateSettings, annotate_file, sidecar_path
+
+    # Actors load the model from a folder, as on a cluster (and the session's shared tiny model,
+    # which other tests have run generate() on, is not pickled into them).
+    tokenizer = build_tokenizer()
+    build_tiny_llama(len(tokenizer), seed=5).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    tiny_lm = load_model(str(tmp_path / "model"))
+    spec = ModelSpec(str(tmp_path / "model"))
 
     pairs = [ContrastPair(f"How do I do thing {i}?", f"Sure, here is how {i}", "I can't answer that.") for i in range(6)]
     build_direction(tiny_lm, pairs, layer=-1).save(tmp_path / "direction")
@@ -25,9 +35,9 @@ def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path, tiny_lm):
     local = annotate_file(data, tmp_path / "direction", tmp_path / "local.jsonl", tiny_lm, settings)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = annotate_file(data, tmp_path / "direction", tmp_path / "ray.jsonl", tiny_lm, settings,
+        result = annotate_file(data, tmp_path / "direction", tmp_path / "ray.jsonl", spec, settings,
                                engine="ray", num_workers=2)
-        annotate_file(data, tmp_path / "direction", tmp_path / "shards", tiny_lm, settings, engine="ray",
+        annotate_file(data, tmp_path / "direction", tmp_path / "shards", spec, settings, engine="ray",
                       num_workers=2, limit=12)
     finally:
         ray.shutdown()
