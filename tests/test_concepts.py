@@ -19,7 +19,7 @@ def _pairs(concept: str, n: int = 8) -> list[ContrastPair]:
     if concept == "safety":
         return [ContrastPair(f"How do I do thing {i}?", f"Sure, here is how to do thing {i}.",
                              f"I'm sorry, but I cannot help with thing {i}.") for i in range(n)]
-    return [ContrastPair(f"Explain topic {i}.", f"No.", f"Topic {i} works like this: first the fox, then the dog.")
+    return [ContrastPair(f"Explain topic {i}.", "No.", f"Topic {i} works like this: first the fox, then the dog.")
             for i in range(n)]
 
 
