@@ -160,7 +160,8 @@ class _StopForward(Exception):
     """Raised by a hook once the deepest needed layer has run, so later layers are skipped."""
 
 
-def _find_blocks(base: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList | None:
+def find_blocks(base: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList | None:
+    """The list of decoder blocks of a base model (Llama/Mistral/Qwen `layers`, GPT-2 `h`, ...), or None."""
     for name in ("layers", "h", "blocks", "decoder.layers"):
         module = base
         for part in name.split("."):
@@ -170,7 +171,8 @@ def _find_blocks(base: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList 
     return None
 
 
-def _find_final_norm(base: torch.nn.Module) -> torch.nn.Module | None:
+def find_final_norm(base: torch.nn.Module) -> torch.nn.Module | None:
+    """The norm applied after the last block (what output_hidden_states[-1] includes), or None."""
     for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm"):
         module = getattr(base, name, None)
         if isinstance(module, torch.nn.Module):
@@ -197,7 +199,7 @@ def capture_hidden(
     """
     base = lm.model.base_model
     num_layers = lm.num_layers
-    blocks, norm = _find_blocks(base, num_layers), _find_final_norm(base)
+    blocks, norm = find_blocks(base, num_layers), find_final_norm(base)
     wanted = sorted(set(layers))
     extra = {} if position_ids is None else {"position_ids": position_ids}
     if blocks is None or (num_layers in wanted and norm is None):

@@ -279,17 +279,17 @@ def freeze_lower_layers(model: Any, keep: int) -> int:
     Backward then stops `keep` blocks below the top: on a CPU this makes training several times
     cheaper (the forward pass remains). Returns the number of trainable parameters.
     """
-    from ..encoding import _find_blocks, _find_final_norm
+    from ..encoding import find_blocks, find_final_norm
 
     prefix = model.base_model_prefix
     base = getattr(model, prefix)
-    blocks = _find_blocks(base, int(model.config.num_hidden_layers))
+    blocks = find_blocks(base, int(model.config.num_hidden_layers))
     if blocks is None or not 0 <= keep <= len(blocks):
         raise ValueError(f"--train-layers {keep}: cannot select the last {keep} decoder blocks of this model")
     for name, parameter in model.named_parameters():  # the head (outside the base model) stays trainable
         parameter.requires_grad_(not name.startswith(prefix + "."))
     top = list(blocks[len(blocks) - keep:]) if keep else []
-    norm = _find_final_norm(base)
+    norm = find_final_norm(base)
     for module in top + ([norm] if norm is not None else []):
         for parameter in module.parameters():
             parameter.requires_grad_(True)
