@@ -112,7 +112,7 @@ def run_limit(lm, items, config):
     """A bare batched forward of the base model over the same tokens (both full texts), all layers."""
     texts = tokenize_items(lm.tokenizer, items, config)
     lengths = [len(t.ids) for t in texts]
-    batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens)
+    batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens, config.max_padding)
     pad = lm.tokenizer.pad_token_id
 
     def run():
@@ -144,6 +144,7 @@ def compare(lm, data_path, views, layer, settings, reference_s=None, limit_s=Non
     row["sharing_on_s"], _ = run_encode(lm, items, config)
     row["sharing_off_s"], _ = run_encode(lm, items, EncodeConfig(**{**config.__dict__, "prefix_sharing": False}))
     row["early_exit_off_s"], _ = run_encode(lm, items, EncodeConfig(**{**config.__dict__, "layers": (layer, -1)}))
+    row["padding_limit_off_s"], _ = run_encode(lm, items, EncodeConfig(**{**config.__dict__, "max_padding": 1.0}))
     row["limit_s"], row["limit_tokens"] = run_limit(lm, items, config) if limit_s is None else (limit_s, None)
     if with_reference:
         row["reference_s"] = run_reference(lm, views, layer) if reference_s is None else reference_s
@@ -227,10 +228,12 @@ def main(argv=None) -> dict:
             print(report_line("engine: prefix sharing + early exit", main_row["sharing_on_s"], n, tokens, ref, lim))
             print(report_line("engine: prefix sharing off", main_row["sharing_off_s"], n, tokens, ref, lim))
             print(report_line("engine: early exit off (all layers)", main_row["early_exit_off_s"], n, tokens, ref, lim))
+            print(report_line("engine: padding limit off", main_row["padding_limit_off_s"], n, tokens, ref, lim))
             print(report_line("reference (batch 1, all hidden states)", ref, n, tokens, None, lim))
             print(report_line("limit (bare batched forward)", lim, n, tokens, ref, None))
             print(f"  prefix sharing contributes {main_row['sharing_off_s'] / main_row['sharing_on_s']:.2f}x, "
-                  f"early exit {main_row['early_exit_off_s'] / main_row['sharing_on_s']:.2f}x")
+                  f"early exit {main_row['early_exit_off_s'] / main_row['sharing_on_s']:.2f}x, "
+                  f"padding limit {main_row['padding_limit_off_s'] / main_row['sharing_on_s']:.2f}x")
 
         if not args.skip_bf16 and "bf16" in parts:
             mid = args.mid_layer if args.mid_layer is not None else lm.num_layers // 2

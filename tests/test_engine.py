@@ -128,6 +128,19 @@ def test_plan_batches_respects_budgets_and_covers_every_index():
     assert [1, 3] in batches or [3, 1] in batches
 
 
+def test_plan_batches_keeps_padding_under_the_limit():
+    lengths = [100, 95, 91, 89, 50, 48, 46, 10]
+    batches = plan_batches(lengths, batch_size=8, max_batch_tokens=10_000, max_padding=0.1)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert all(lengths[i] >= 0.9 * width for i in batch)
+    # 89 < 0.9 * 100 starts a new batch; the rest group by similar length.
+    assert batches == [[0, 1, 2], [3], [4, 5, 6], [7]]
+    # Without the limit only the size and token budgets apply: one batch.
+    assert plan_batches(lengths, batch_size=8, max_batch_tokens=10_000, max_padding=1.0) == [[0, 1, 2, 3, 4, 5, 6, 7]]
+
+
 # ---------------------------------------------------------------- streamed annotate_file
 
 def _hh_rows(n, seed=0, pad=0):

@@ -43,6 +43,8 @@ class EncodeConfig:
     max_length: int = 2048
     batch_size: int = 16
     max_batch_tokens: int = 16384
+    # Largest share of a batch row that may be padding (see plan_batches); 1 disables the limit.
+    max_padding: float = 0.1
     progress: bool = False
     description: str = "encoding"
     # Texts with the same (token-level) prompt are packed into one sequence so the prompt is run once.
@@ -54,6 +56,8 @@ class EncodeConfig:
             raise ValueError(f"unknown pooling {bad[0]!r}; choose from {', '.join(POOLINGS)}")
         if self.max_length < 2:
             raise ValueError("max_length must be at least 2")
+        if not 0 <= self.max_padding <= 1:
+            raise ValueError("max_padding must be between 0 and 1")
 
 
 @dataclass
@@ -140,14 +144,23 @@ def _truncate_left(prefix: list[int], answer: list[int], max_length: int) -> Tok
     return TokenizedText(ids=tuple(ids[cut:]), answer_start=max(0, len(prefix) - cut), truncated=cut > 0)
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Group indices into batches of similar length under a padded-token budget (longest first)."""
+def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int,
+                 max_padding: float = 0.1) -> list[list[int]]:
+    """Group indices into batches of similar length, longest first, under three limits.
+
+    A batch holds at most `batch_size` items and `max_batch_tokens` padded tokens, and an item joins
+    only if it is at least (1 - `max_padding`) of the batch's width. The last limit matters when
+    lengths are spread (small runs, packed rows): a batch of 544 and 226 tokens pads the short row
+    to 544 and that compute is lost; in large runs neighbours have near-equal lengths and batches
+    fill anyway. `max_padding=1` turns it off.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
     for index in order:
         width = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) >= batch_size or width * (len(current) + 1) > max_batch_tokens):
+        if current and (len(current) >= batch_size or width * (len(current) + 1) > max_batch_tokens
+                        or lengths[index] < (1 - max_padding) * width):
             batches.append(current)
             current = []
         current.append(index)
@@ -260,7 +273,7 @@ def encode_tokenized(lm: LoadedModel, texts: Sequence[TokenizedText], config: En
     rows = pack_by_prefix(texts, 2 * config.max_length) if shared else [
         PackedRow(prefix=(), members=(i,)) for i in range(len(texts))]
     row_lengths = [row_length(row, texts, shared) for row in rows]
-    batches = plan_batches(row_lengths, config.batch_size, config.max_batch_tokens)
+    batches = plan_batches(row_lengths, config.batch_size, config.max_batch_tokens, config.max_padding)
     bar = tqdm(total=len(texts), desc=config.description, unit="text", disable=not config.progress, smoothing=0.1)
     with torch.inference_mode():
         for batch in batches:
