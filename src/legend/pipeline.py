@@ -16,7 +16,6 @@ from typing import Any
 import datasets
 import numpy as np
 
-from . import __version__
 from .data import (
     ColumnNames,
     ContrastPair,
@@ -185,7 +184,7 @@ def annotate(
 
 def annotate_file(
     data: str | os.PathLike,
-    direction: Direction | str | os.PathLike,
+    direction: Direction | str | os.PathLike | Sequence[Direction | str | os.PathLike],
     out: str | os.PathLike,
     model: LoadedModel | ModelSpec | str | None = None,
     settings: AnnotateSettings = AnnotateSettings(),
@@ -194,42 +193,23 @@ def annotate_file(
     limit: int | None = None,
     engine: str = "local",
     num_workers: int | None = None,
+    resume: bool = True,
 ) -> Annotation:
     """Annotate a file/folder/Hub dataset and write it to `out` (format from the extension) plus a sidecar.
 
-    Both files are written atomically; on any error nothing is left at `out`. One direction is
-    streamed in chunks of `settings.chunk_rows` rows (flat memory; the result's `dataset` is then
-    None); `engine="ray"` runs on Ray Data with `num_workers` model actors (see legend.engines).
+    Both files are written atomically; on any error nothing is left at `out`. The input is streamed
+    in chunks of `settings.chunk_rows` rows (flat memory; the result's `dataset` is then None), with
+    one direction or several (a list: one encoding pass, columns as in `annotate`). `resume` (local
+    engine) keeps finished chunks in a work folder beside `out`, so a rerun after an interruption
+    continues where it stopped. `engine="ray"` runs on Ray Data with `num_workers` model actors
+    (see legend.engines).
     """
-    single = not isinstance(direction, (list, tuple)) or len(direction) == 1
-    if engine == "ray" or single:
-        from .engines import run_engine
+    from .engines import run_engine
 
-        only = direction[0] if isinstance(direction, (list, tuple)) else direction
-        if not single:
-            raise ValueError("--engine ray annotates with one direction at a time")
-        return run_engine(engine, data, only, out, model, settings, split=split, limit=limit,
-                          num_workers=num_workers)
-    dataset = load_table(data, split=split)
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    if isinstance(direction, (list, tuple)):
-        direction_path = [None if isinstance(d, Direction) else str(d) for d in direction]
-    else:
-        direction_path = None if isinstance(direction, Direction) else str(direction)
-    result = annotate(dataset, direction, model, settings, source=str(data))
-    sidecar = {
-        "legend_version": __version__, "output": str(out), "input": str(data), "direction_path": direction_path,
-        "binning": result.binning.to_dict(),
-        "binning_rule": "raw <= 0 -> lowest level; positive raw margins split into levels-1 equal-count groups",
-        "binning_source": "loaded" if settings.binning else "fitted",
-        "summary": result.summary,
-    }
-    if result.secondary:  # one entry per extra direction: its columns and its own bin edges
-        sidecar["other_binnings"] = {name: {"columns": [f"margin_raw_{name}", f"margin_{name}"],
-                                            **info["binning"].to_dict()} for name, info in result.secondary.items()}
-    write_outputs(result.dataset, sidecar, out)
-    return result
+    if isinstance(direction, (list, tuple)) and len(direction) == 1:
+        direction = direction[0]
+    return run_engine(engine, data, direction, out, model, settings, split=split, limit=limit,
+                      num_workers=num_workers, resume=resume)
 
 
 def write_outputs(dataset: datasets.Dataset, sidecar: dict[str, Any], out: str | os.PathLike) -> None:

@@ -183,6 +183,7 @@ def annotate(
     chunk_rows: Annotated[int, typer.Option(min=1, help="Rows read, annotated and written at a time (memory stays flat).")] = 4096,
     engine: Annotated[str, typer.Option(help="local (one process) | ray (Ray Data actors; pip install 'legend[ray]').")] = "local",
     num_workers: Annotated[int, typer.Option(min=1, help="--engine ray: model actors (one GPU each where the cluster has GPUs).")] = 2,
+    resume: Annotated[bool, typer.Option(help="--engine local: keep finished chunks in .<out name>.legend-work/ beside --out and, when a run with the same input and settings stopped, continue from them.")] = True,
     quiet: Quiet = False,
 ) -> None:
     """Add `margin_raw` (projection) and `margin` (binned, what TRL reads) to every row; write a .legend.json sidecar."""
@@ -200,7 +201,7 @@ def annotate(
         prefix_sharing=prefix_sharing, chunk_rows=chunk_rows,
     )
     result = annotate_file(data, direction if len(direction) > 1 else direction[0], out, lm, settings, split=split,
-                           limit=limit, engine=engine, num_workers=num_workers)
+                           limit=limit, engine=engine, num_workers=num_workers, resume=resume)
     if summary_json:
         typer.echo(json.dumps(result.summary, indent=2))
     else:
