@@ -29,16 +29,21 @@ def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path):
 
     pairs = [ContrastPair(f"How do I do thing {i}?", f"Sure, here is how {i}", "I can't answer that.") for i in range(6)]
     build_direction(tiny_lm, pairs, layer=-1).save(tmp_path / "direction")
+    helpful = [ContrastPair(f"Explain topic {i}.", "No.", f"Topic {i} works like this: the fox.") for i in range(6)]
+    build_direction(tiny_lm, helpful, layer=2, pooling="mean", name="helpful").save(tmp_path / "helpful")
+    both = [tmp_path / "direction", tmp_path / "helpful"]
     rows = _hh_rows(30)
     data = _write_jsonl(tmp_path / "in.jsonl", rows)
-    settings = AnnotateSettings(chunk_rows=7)
+    settings = AnnotateSettings(chunk_rows=7, max_length=40)  # some texts are truncated: a count to carry back
     local = annotate_file(data, tmp_path / "direction", tmp_path / "local.jsonl", tiny_lm, settings)
+    annotate_file(data, both, tmp_path / "local_both.jsonl", tiny_lm, settings)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         result = annotate_file(data, tmp_path / "direction", tmp_path / "ray.jsonl", spec, settings,
                                engine="ray", num_workers=2)
         annotate_file(data, tmp_path / "direction", tmp_path / "shards", spec, settings, engine="ray",
                       num_workers=2, limit=12)
+        annotate_file(data, both, tmp_path / "ray_both.jsonl", spec, settings, engine="ray", num_workers=2)
     finally:
         ray.shutdown()
     expected, got = _read_jsonl(tmp_path / "local.jsonl"), _read_jsonl(tmp_path / "ray.jsonl")
@@ -53,3 +58,20 @@ def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path):
 
     shards = pq.read_table(tmp_path / "shards").to_pylist()
     assert [r["id"] for r in shards] == list(range(12))
+    # The counts come back from the actors: the summary equals the local engine's.
+    counts = ("rows", "identical_pairs", "truncated_texts", "tokens", "forward_tokens")
+    assert {k: result.summary[k] for k in counts} == {k: local.summary[k] for k in counts}
+    assert local.summary["truncated_texts"] > 0 and local.summary["identical_pairs"] == 1
+    assert local.summary["forward_tokens"] < local.summary["tokens"]
+    # Several directions on Ray: the local engine's columns, row for row, and the same sidecar entries.
+    expected, got = _read_jsonl(tmp_path / "local_both.jsonl"), _read_jsonl(tmp_path / "ray_both.jsonl")
+    assert list(got[0]) == list(expected[0]) == ["id", "chosen", "rejected", "margin_raw", "margin",
+                                                 "margin_raw_helpful", "margin_helpful"]
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("margin_raw")}  # noqa: E731
+    assert [strip(r) for r in got] == [strip(r) for r in expected]
+    for column in ("margin_raw", "margin_raw_helpful"):
+        np.testing.assert_allclose([r[column] for r in got], [r[column] for r in expected], atol=1e-5)
+    sidecars = [json.loads(sidecar_path(tmp_path / name).read_text()) for name in ("local_both.jsonl", "ray_both.jsonl")]
+    assert sidecars[1]["other_binnings"]["helpful"]["edges"] == pytest.approx(
+        sidecars[0]["other_binnings"]["helpful"]["edges"], abs=1e-5)
+    assert {k: sidecars[1]["summary"][k] for k in counts} == {k: sidecars[0]["summary"][k] for k in counts}

@@ -4,10 +4,11 @@ Plan (two passes, like the local engine, because binning needs every raw margin)
 1. read the input with Ray's readers (Parquet / JSON Lines / CSV, local or object store such as
    s3://, gs://; other sources go through `load_table` and `ray.data.from_huggingface`);
 2. `map_batches` over a pool of `MarginActor`s: each loads the model once (a GPU each where the
-   cluster has GPUs) and computes `margin_raw` for its batches with `compute_margins` -> `encode`,
-   exactly the step the local engine runs; the result is materialised in Ray's object store;
-3. the driver collects only the raw margins (8 bytes a row), fits the bin edges, and a second
-   `map_batches` adds `margin`;
+   cluster has GPUs) and computes the raw margins of every direction for its batches with
+   `chunk_margins` -> `encode`, exactly the step the local engine runs, plus the batch's token
+   counts in `_legend_*` columns; the result is materialised in Ray's object store;
+3. the driver collects only the raw margins (8 bytes a row and direction) and sums the counts, fits
+   the bin edges, and a second `map_batches` adds the levels and drops the count columns;
 4. an output file (.jsonl/.json/.parquet/.csv) is written by the driver from the streamed batches
    with the same writer as the local engine, so both engines give the same file; an output with no
    suffix, or an object-store URI, is written by Ray's Parquet writer as a folder of shards.
@@ -25,11 +26,26 @@ import numpy as np
 
 from ..data import DataError, detect_layout, load_table
 from ..directions import Direction
-from ..margins import Binning, MarginResult, compute_margins
+from ..margins import Binning, MarginResult
 from ..models import LoadedModel, ModelSpec
-from .local import ChunkWriter, annotation_summary, chunk_views, sidecar_document, sidecar_with
+from .local import (
+    ChunkWriter,
+    annotation_summary,
+    chunk_margins,
+    chunk_views,
+    fit_binnings,
+    load_directions,
+    margin_columns,
+    other_directions_summary,
+    secondary_of,
+    sidecar_document,
+    sidecar_with,
+)
 
-MARGIN_COLUMNS = ("margin_raw", "margin")
+# Per-batch counts travel from the actors to the driver as columns: the batch's total sits on its
+# first row and the other rows hold 0, so the driver's column sums equal the local engine's totals
+# (forward tokens and truncations belong to a batch, not to a row). Dropped before writing.
+COUNT_COLUMNS = ("_legend_identical", "_legend_truncated_texts", "_legend_tokens", "_legend_forward_tokens")
 
 
 def _require_ray():
@@ -67,9 +83,9 @@ def read_input(data: str | os.PathLike, split: str = "train"):
 
 
 class MarginActor:
-    """Loads the model once, then turns Arrow batches into batches with a `margin_raw` column."""
+    """Loads the model once, then turns Arrow batches into batches with each direction's raw margin and the counts."""
 
-    def __init__(self, model: LoadedModel | ModelSpec | str, direction: Direction, settings: Any, layout: str,
+    def __init__(self, model: LoadedModel | ModelSpec | str, directions: list[Direction], settings: Any, layout: str,
                  source: str, threads: int | None = None) -> None:
         import torch
 
@@ -77,32 +93,43 @@ class MarginActor:
 
         if threads:
             torch.set_num_threads(threads)
-        self.lm = as_loaded(model, fallback=direction.model_id)
-        self.direction, self.settings, self.layout, self.source = direction, settings, layout, source
+        self.lm = as_loaded(model, fallback=directions[0].model_id)
+        self.directions, self.settings, self.layout, self.source = directions, settings, layout, source
+        self.columns = margin_columns(directions)
 
     def __call__(self, table):
         import datasets
         import pyarrow as pa
 
-        table = table.drop_columns([c for c in MARGIN_COLUMNS if c in table.column_names])
+        table = table.drop_columns([c for pair in self.columns for c in pair if c in table.column_names])
         # Row numbers in errors count from the batch; Ray does not tell a batch its offset.
         views = chunk_views(datasets.Dataset(table), self.layout, self.settings.columns, self.source, 0)
-        result = compute_margins(self.lm, views, self.direction, batch_size=self.settings.batch_size,
-                                 max_batch_tokens=self.settings.max_batch_tokens, max_length=self.settings.max_length,
-                                 prefix_sharing=self.settings.prefix_sharing)
-        return table.append_column("margin_raw", pa.array(result.raw, type=pa.float64()))
+        results = chunk_margins(self.lm, views, self.directions, self.settings)
+        for (raw_name, _), result in zip(self.columns, results):
+            table = table.append_column(raw_name, pa.array(result.raw, type=pa.float64()))
+        first = results[0]
+        forward = first.extra.get("forward_tokens")
+        counts = (first.n_identical, first.n_truncated_texts, first.n_tokens, -1 if forward is None else forward)
+        for name, count in zip(COUNT_COLUMNS, counts):
+            table = table.append_column(name, pa.array([count] + [0] * (table.num_rows - 1), type=pa.int64()))
+        return table
 
 
-def add_levels(table, binning: Binning):
+def add_levels(table, binnings: list[Binning], columns: list[tuple[str, str]]):
+    """Each direction's level column right after its raw one (as the local engine orders them); counts dropped."""
     import pyarrow as pa
 
-    raw = table.column("margin_raw").to_numpy()
-    return table.append_column("margin", pa.array(binning.apply(raw), type=pa.float64()))
+    raws = [table.column(raw_name) for raw_name, _ in columns]
+    table = table.drop_columns([raw_name for raw_name, _ in columns] + list(COUNT_COLUMNS))
+    for (raw_name, level_name), raw, binning in zip(columns, raws, binnings):
+        table = table.append_column(raw_name, raw)
+        table = table.append_column(level_name, pa.array(binning.apply(raw.to_numpy()), type=pa.float64()))
+    return table
 
 
 def annotate_file_ray(
     data: str | os.PathLike,
-    direction: Direction | str | os.PathLike,
+    direction: Direction | str | os.PathLike | list,
     out: str | os.PathLike,
     model: LoadedModel | ModelSpec | str | None = None,
     settings: Any = None,
@@ -113,6 +140,7 @@ def annotate_file_ray(
 ):
     """`pipeline.annotate_file` on Ray Data with `num_workers` model actors; same output as the local engine.
 
+    `direction` is one direction or a list of several (one encoding pass; columns as the local engine).
     Connects to the cluster in RAY_ADDRESS (or an already initialised Ray), else starts a local one.
     Returns a `pipeline.Annotation` with `dataset` None.
     """
@@ -120,9 +148,8 @@ def annotate_file_ray(
     from ..pipeline import Annotation, AnnotateSettings
 
     settings = settings or AnnotateSettings()
-    direction_path = None if isinstance(direction, Direction) else str(direction)
-    if not isinstance(direction, Direction):
-        direction = Direction.load(direction)
+    directions, direction_path = load_directions(direction)
+    columns = margin_columns(directions)
     out_name = os.fspath(out)
     to_folder = _is_uri(out_name) or not Path(out_name).suffix
     if not to_folder:
@@ -148,26 +175,31 @@ def annotate_file_ray(
     actor_cpus = 0 if gpus else min(threads, max(cpus - 1, 1) / num_workers)
     scored = ds.map_batches(
         MarginActor, batch_size=settings.chunk_rows, batch_format="pyarrow",
-        fn_constructor_kwargs=dict(model=model, direction=direction, settings=settings, layout=layout,
+        fn_constructor_kwargs=dict(model=model, directions=directions, settings=settings, layout=layout,
                                    source=str(data), threads=threads),
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_gpus=1 if gpus else 0, num_cpus=actor_cpus,
     ).materialize()
-    raw = np.concatenate([batch["margin_raw"] for batch in
-                          scored.select_columns(["margin_raw"]).iter_batches(batch_format="numpy")])
-    binning = settings.binning or Binning.fit(raw, settings.levels, settings.level_values)
-    # Identical chosen/rejected get exactly 0, so zero margins count them (a real margin is never exactly 0.0).
-    margins = MarginResult(raw=raw, n_identical=int((raw == 0).sum()), n_truncated_texts=0, n_tokens=0,
-                           seconds=time.perf_counter() - start,
-                           extra={"engine": "ray", "workers": num_workers, "gpus": gpus})
-    summary = annotation_summary(str(data), layout, margins, binning, direction,
-                                 _summary_model(model, direction), time.perf_counter() - start,
-                                 engine="ray", num_workers=num_workers)
-    # Token and truncation counts stay in the actors; the summary says so instead of guessing.
-    summary.update(truncated_texts=None, tokens=None, forward_tokens=None)
-    final = scored.map_batches(add_levels, fn_kwargs={"binning": binning}, batch_format="pyarrow",
-                               batch_size=settings.chunk_rows)
-    sidecar = sidecar_document(data, out, direction_path, binning, settings, summary)
+    collected = _collect(scored, [raw_name for raw_name, _ in columns])
+    raws = [collected[raw_name] for raw_name, _ in columns]
+    binnings = fit_binnings(raws, settings)
+    counts = {name: int(collected[name].sum()) for name in COUNT_COLUMNS}
+    forward_known = bool((collected["_legend_forward_tokens"] >= 0).all())
+    seconds = time.perf_counter() - start
+    margins = [MarginResult(raw=raw, n_identical=counts["_legend_identical"],
+                            n_truncated_texts=counts["_legend_truncated_texts"], n_tokens=counts["_legend_tokens"],
+                            seconds=seconds,
+                            extra={"engine": "ray", "workers": num_workers, "gpus": gpus,
+                                   "forward_tokens": counts["_legend_forward_tokens"] if forward_known else None})
+               for raw in raws]
+    summary = annotation_summary(str(data), layout, margins[0], binnings[0], directions[0],
+                                 _summary_model(model, directions[0]), seconds, engine="ray", num_workers=num_workers)
+    if len(directions) > 1:
+        summary["other_directions"] = other_directions_summary(directions, raws, binnings)
+    final = scored.map_batches(add_levels, fn_kwargs={"binnings": binnings, "columns": columns},
+                               batch_format="pyarrow", batch_size=settings.chunk_rows)
+    sidecar = sidecar_document(data, out, direction_path, binnings[0], settings, summary,
+                               {d.name: b for d, b in zip(directions[1:], binnings[1:])})
     if to_folder:
         final.write_parquet(out_name)
         if not _is_uri(out_name):
@@ -177,9 +209,20 @@ def annotate_file_ray(
         with sidecar_with(out, sidecar), ChunkWriter(out) as writer:
             for batch in final.iter_batches(batch_format="pyarrow", batch_size=settings.chunk_rows):
                 writer.write(datasets.Dataset(batch))
-            if writer.rows != len(raw):
-                raise DataError(f"{writer.rows} rows written for {len(raw)} margins", source=str(out))
-    return Annotation(dataset=None, binning=binning, summary=summary, margins=margins)
+            if writer.rows != len(raws[0]):
+                raise DataError(f"{writer.rows} rows written for {len(raws[0])} margins", source=str(out))
+    return Annotation(dataset=None, binning=binnings[0], summary=summary, margins=margins[0],
+                      secondary=secondary_of(directions, margins, binnings))
+
+
+def _collect(scored, raw_columns: list[str]) -> dict[str, np.ndarray]:
+    """The raw margin and count columns, whole, on the driver (8 bytes a row each)."""
+    wanted = raw_columns + list(COUNT_COLUMNS)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+    for batch in scored.select_columns(wanted).iter_batches(batch_format="numpy"):
+        for name in wanted:
+            parts[name].append(batch[name])
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 class _SummaryModel:
