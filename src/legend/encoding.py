@@ -12,6 +12,7 @@ from L + 1, so -1 is L (the paper's "last layer").
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,6 +26,10 @@ Message = dict[str, str]
 Pooling = Literal["last", "mean"]
 POOLINGS: tuple[str, ...] = ("last", "mean")
 TemplateKind = Literal["auto", "chat", "plain"]
+SharingMethod = Literal["auto", "packed", "cache"]
+SHARING_METHODS: tuple[str, ...] = ("auto", "packed", "cache")
+# "auto" packs a prompt's answers into one row up to this many answers, and uses the KV cache above it.
+PACKED_MAX_ANSWERS = 3
 
 PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 PLAIN_TEMPLATE_DOC = (
@@ -47,8 +52,11 @@ class EncodeConfig:
     max_padding: float = 0.1
     progress: bool = False
     description: str = "encoding"
-    # Texts with the same (token-level) prompt are packed into one sequence so the prompt is run once.
+    # Texts with the same (token-level) prompt run the prompt once (see encode_tokenized).
     prefix_sharing: bool = True
+    # How the prompt is shared: "packed" rows with a block mask, "cache" (prompt keys/values reused),
+    # or "auto" (packed for short rows where the attention takes our mask, else cache).
+    sharing_method: SharingMethod = "auto"
 
     def __post_init__(self) -> None:
         bad = [p for p in self.poolings if p not in POOLINGS]
@@ -58,6 +66,8 @@ class EncodeConfig:
             raise ValueError("max_length must be at least 2")
         if not 0 <= self.max_padding <= 1:
             raise ValueError("max_padding must be between 0 and 1")
+        if self.sharing_method not in SHARING_METHODS:
+            raise ValueError(f"unknown sharing_method {self.sharing_method!r}; choose from {', '.join(SHARING_METHODS)}")
 
 
 @dataclass
@@ -203,21 +213,27 @@ def capture_hidden(
     attention_mask: torch.Tensor,
     layers: Sequence[int],
     position_ids: torch.Tensor | None = None,
+    cache: object | None = None,
 ) -> dict[int, torch.Tensor]:
     """Run the base model and return the hidden states [batch, seq, hidden] of `layers` (0..L).
 
     Hooks read the needed layers and stop the forward after the deepest one; no logits and no
     copy of every layer's states are made. Unknown architectures fall back to output_hidden_states.
     `attention_mask` is the usual 2D padding mask, or a ready 4D mask (with `position_ids`) for packed rows.
+    With a transformers `cache` (a DynamicCache) the run continues from the keys/values it holds and
+    adds its own, for the blocks that ran (see `_encode_with_cache`).
     """
     base = lm.model.base_model
     num_layers = lm.num_layers
     blocks, norm = find_blocks(base, num_layers), find_final_norm(base)
     wanted = sorted(set(layers))
     extra = {} if position_ids is None else {"position_ids": position_ids}
+    use_cache = cache is not None
+    if use_cache:
+        extra["cache"] = cache
     if blocks is None or (num_layers in wanted and norm is None):
         hidden = base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                      use_cache=False, **extra).hidden_states
+                      use_cache=use_cache, **extra).hidden_states
         return {layer: hidden[layer] for layer in wanted}
 
     captured: dict[int, torch.Tensor] = {}
@@ -240,7 +256,7 @@ def capture_hidden(
     if num_layers in wanted:
         handles.append(norm.register_forward_hook(lambda _m, _a, out: keep(num_layers, _first_tensor(out))))
     try:
-        base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+        base(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **extra)
     except _StopForward:
         pass
     finally:
@@ -262,29 +278,24 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, answer_starts: torch.Tenso
 def encode_tokenized(lm: LoadedModel, texts: Sequence[TokenizedText], config: EncodeConfig) -> Encoded:
     """Encode already tokenised texts; the result is in input order and independent of batching.
 
-    With `config.prefix_sharing` (and a model whose attention takes a custom mask), texts with the
-    same prompt tokens are packed into one sequence and the prompt is computed once (see
-    `pack_by_prefix`); otherwise each text is its own right-padded sequence.
+    With `config.prefix_sharing`, texts with the same prompt tokens run the prompt once, in one of
+    two ways (`config.sharing_method`, chosen per prompt by `sharing_routes`): packed into one row
+    with a block mask (`pack_by_prefix`), or the prompt encoded once and each answer continued from
+    its cached keys/values (`_encode_with_cache`). Otherwise each text is its own right-padded row.
     """
     layers = tuple(dict.fromkeys(resolve_layer(layer, lm.num_layers) for layer in config.layers))
     out = {(layer, pooling): torch.empty(len(texts), lm.hidden_size, dtype=torch.float32)
            for layer in layers for pooling in config.poolings}
-    shared = config.prefix_sharing and supports_packed_rows(lm)
-    rows = pack_by_prefix(texts, 2 * config.max_length) if shared else [
-        PackedRow(prefix=(), members=(i,)) for i in range(len(texts))]
-    row_lengths = [row_length(row, texts, shared) for row in rows]
-    batches = plan_batches(row_lengths, config.batch_size, config.max_batch_tokens, config.max_padding)
+    plain, packed, cached = sharing_routes(lm, texts, config, max(layers))
     bar = tqdm(total=len(texts), desc=config.description, unit="text", disable=not config.progress, smoothing=0.1)
     with torch.inference_mode():
-        for batch in batches:
-            batch_rows = [rows[i] for i in batch]
-            if shared:
-                inputs, spans = _packed_inputs(lm, batch_rows, texts)
-            else:
-                inputs, spans = _padded_inputs(lm, batch_rows, texts)
-            hidden = capture_hidden(lm, layers=layers, **inputs)
-            _pool_spans(hidden, spans, config.poolings, out)
-            bar.update(len(spans))
+        rows = [PackedRow(prefix=(), members=(i,)) for i in plain]
+        n_forward = _encode_rows(lm, rows, texts, False, layers, config, out, bar)
+        subset = [texts[i] for i in packed]
+        rows = [PackedRow(row.prefix, tuple(packed[m] for m in row.members))
+                for row in pack_by_prefix(subset, 2 * config.max_length)]
+        n_forward += _encode_rows(lm, rows, texts, True, layers, config, out, bar)
+        n_forward += _encode_with_cache(lm, cached, texts, layers, config, out, bar)
     bar.close()
     # Keys use the layer as the user named it, so callers can look up what they asked for.
     named = {}
@@ -293,7 +304,20 @@ def encode_tokenized(lm: LoadedModel, texts: Sequence[TokenizedText], config: En
             named[(layer, pooling)] = out[(resolve_layer(layer, lm.num_layers), pooling)]
     return Encoded(vectors=named, n_texts=len(texts), n_truncated=sum(t.truncated for t in texts),
                    n_tokens=sum(len(t.ids) for t in texts), truncated=[t.truncated for t in texts],
-                   n_forward_tokens=sum(row_lengths))
+                   n_forward_tokens=n_forward)
+
+
+def _encode_rows(lm: LoadedModel, rows: Sequence[PackedRow], texts: Sequence[TokenizedText], packed: bool,
+                 layers: Sequence[int], config: EncodeConfig, out: dict, bar: tqdm) -> int:
+    """Run plain (one text each) or packed rows in token-budget batches; return the tokens run."""
+    lengths = [row_length(row, texts, packed) for row in rows]
+    for batch in plan_batches(lengths, config.batch_size, config.max_batch_tokens, config.max_padding):
+        batch_rows = [rows[i] for i in batch]
+        inputs, spans = (_packed_inputs if packed else _padded_inputs)(lm, batch_rows, texts)
+        hidden = capture_hidden(lm, layers=layers, **inputs)
+        _pool_spans(hidden, spans, config.poolings, out)
+        bar.update(len(spans))
+    return sum(lengths)
 
 
 # ---------------------------------------------------------------- prefix sharing
@@ -425,6 +449,139 @@ def _pool_spans(hidden: dict[int, torch.Tensor], spans: Sequence[_Span], pooling
             out[(layer, "mean")][texts] = means.cpu()
 
 
+# ---------------------------------------------------------------- prefix sharing through a KV cache
+
+def sharing_routes(lm: LoadedModel, texts: Sequence[TokenizedText], config: EncodeConfig, deepest: int,
+                   ) -> tuple[list[int], list[int], list[tuple[tuple[int, ...], list[int]]]]:
+    """Split texts by how they run: plain rows, packed rows, or (prompt, answers) groups for the cache.
+
+    Decided per prompt (the prompt tokens after truncation). "auto" packs when the attention takes
+    our 4D block mask and the prompt has at most PACKED_MAX_ANSWERS answers: one forward, no copies
+    of keys/values. With more answers a packed row is the prompt plus all answers, and its attention
+    (and mask) grow with the square of that length (best-of-16 scoring: one row of 16 answers),
+    while from the cache each answer costs only its own length × (prompt + itself); and with
+    flash/flex attention (no custom 4D mask) the cache is the only way to share. A method the model
+    cannot run falls back to the other one, then to plain rows. Texts whose prompt was truncated
+    away share nothing and stay plain (or packed, as before, where packing is possible).
+    """
+    if not config.prefix_sharing:
+        return list(range(len(texts))), [], []
+    packed_ok = supports_packed_rows(lm)
+    cache_ok = deepest > 0 and supports_prompt_cache(lm, deepest)   # layer 0 does not depend on the prompt
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, text in enumerate(texts):
+        groups.setdefault(text.ids[: text.answer_start], []).append(index)
+    plain: list[int] = []
+    packed: list[int] = []
+    cached: list[tuple[tuple[int, ...], list[int]]] = []
+    for prefix, members in groups.items():
+        answers_ok = all(len(texts[i].ids) > len(prefix) for i in members)
+        wants_cache = config.sharing_method == "cache" or (len(members) > 1 and (
+            not packed_ok or (config.sharing_method == "auto" and len(members) > PACKED_MAX_ANSWERS)))
+        if prefix and answers_ok and cache_ok and wants_cache:
+            cached.append((prefix, members))
+        elif packed_ok and (prefix or config.sharing_method != "cache"):
+            packed.extend(members)
+        else:
+            plain.extend(members)
+    return sorted(plain), sorted(packed), cached
+
+
+def supports_prompt_cache(lm: LoadedModel, deepest: int) -> bool:
+    """Whether prompt keys/values can be cached and continued from, up to layer `deepest` (1..L).
+
+    The hooks must find the blocks (and the final norm when L is read), the base model must take
+    a `cache`, and every layer of its DynamicCache must be a plain full-attention one: a sliding-
+    window or hybrid cache keeps only part of the prompt, which the copies below would not respect.
+    """
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    base = lm.model.base_model
+    if find_blocks(base, lm.num_layers) is None or (deepest == lm.num_layers and find_final_norm(base) is None):
+        return False
+    if "cache" not in inspect.signature(base.forward).parameters:
+        return False
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=lm.model.config).layers)
+
+
+def _encode_with_cache(lm: LoadedModel, groups: Sequence[tuple[tuple[int, ...], list[int]]],
+                       texts: Sequence[TokenizedText], layers: Sequence[int], config: EncodeConfig,
+                       out: dict, bar: tqdm) -> int:
+    """Encode each distinct prompt once, then all its answers continuing from its keys/values.
+
+    A batch of prompts runs once with a cache; the forward stops after the deepest needed layer, so
+    the cache holds exactly the blocks that the answer passes run. Their answers then run in
+    right-padded sub-batches (under the same row and token budgets, counting the prompt width),
+    each row with its own prompt's keys/values. Returns the tokens run (each prompt once, no padding).
+    """
+    n_forward = 0
+    prompt_lengths = [len(prefix) for prefix, _ in groups]
+    for batch in plan_batches(prompt_lengths, config.batch_size, config.max_batch_tokens, config.max_padding):
+        prompts = [groups[i] for i in batch]
+        keys_values, prompt_mask = _prompt_cache(lm, [prefix for prefix, _ in prompts], layers)
+        answers = [(row, index) for row, (_, members) in enumerate(prompts) for index in members]
+        lengths = [len(texts[index].ids) - texts[index].answer_start for _, index in answers]
+        rows = max(1, min(config.batch_size, config.max_batch_tokens // (prompt_mask.shape[1] + max(lengths))))
+        for sub in plan_batches(lengths, rows, config.max_batch_tokens, config.max_padding):
+            inputs, spans = _answer_inputs(lm, [answers[i] for i in sub], texts, keys_values, prompt_mask)
+            _pool_spans(capture_hidden(lm, layers=layers, **inputs), spans, config.poolings, out)
+            bar.update(len(spans))
+        n_forward += sum(prompt_lengths[i] for i in batch) + sum(lengths)
+    return n_forward
+
+
+def _prompt_cache(lm: LoadedModel, prompts: Sequence[tuple[int, ...]], layers: Sequence[int]):
+    """Run prompts left-padded (each ends in the last column); return per-block (keys, values) and the 2D mask.
+
+    Positions count from each prompt's first real token, as if it ran alone.
+    """
+    from transformers import DynamicCache
+
+    width = max(len(prefix) for prefix in prompts)
+    ids = torch.full((len(prompts), width), lm.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    positions = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, prefix in enumerate(prompts):
+        ids[r, width - len(prefix):] = torch.tensor(prefix, dtype=torch.long)
+        mask[r, width - len(prefix):] = 1
+        positions[r, width - len(prefix):] = torch.arange(len(prefix))
+    cache = DynamicCache(config=lm.model.config)
+    mask = mask.to(lm.device)
+    capture_hidden(lm, ids.to(lm.device), mask, layers, position_ids=positions.to(lm.device), cache=cache)
+    keys_values = [(layer.keys, layer.values) for layer in cache.layers if layer.get_seq_length() > 0]
+    needed = min(max(layers), lm.num_layers)    # blocks that run up to the deepest layer
+    if len(keys_values) != needed:
+        raise RuntimeError(f"prompt cache holds {len(keys_values)} layers, expected {needed}")
+    return keys_values, mask
+
+
+def _answer_inputs(lm: LoadedModel, answers: Sequence[tuple[int, int]], texts: Sequence[TokenizedText],
+                   keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]], prompt_mask: torch.Tensor):
+    """Right-padded answers (prompt row, text index) with their prompts' keys/values as a fresh cache.
+
+    The mask is prompt mask ⊕ answer mask, and positions continue after each prompt's real length.
+    """
+    from transformers import DynamicCache
+
+    lengths = [len(texts[index].ids) - texts[index].answer_start for _, index in answers]
+    width = max(lengths)
+    ids = torch.full((len(answers), width), lm.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(answers), width), dtype=torch.long)
+    spans = []
+    for r, ((_, index), length) in enumerate(zip(answers, lengths)):
+        text = texts[index]
+        ids[r, :length] = torch.tensor(text.ids[text.answer_start:], dtype=torch.long)
+        mask[r, :length] = 1
+        spans.append(_Span(index, r, 0, length))
+    device = prompt_mask.device
+    rows = torch.tensor([row for row, _ in answers], device=device)
+    cache = DynamicCache(ddp_cache_data=[(keys[rows], values[rows]) for keys, values in keys_values])
+    prompt = prompt_mask[rows]
+    positions = prompt.sum(1, keepdim=True) + torch.arange(width, device=device)
+    return {"input_ids": ids.to(device), "attention_mask": torch.cat([prompt, mask.to(device)], 1),
+            "position_ids": positions, "cache": cache}, spans
+
+
 def encode(lm: LoadedModel, items: Sequence[tuple[Sequence[Message], str]], config: EncodeConfig) -> Encoded:
     """Encode (prompt messages, response) items; identical items are computed once."""
     keys = [(tuple((m["role"], m["content"]) for m in prompt), response) for prompt, response in items]
@@ -445,6 +602,7 @@ def encode(lm: LoadedModel, items: Sequence[tuple[Sequence[Message], str]], conf
         n_truncated=sum(encoded.truncated[i] for i in gather.tolist()),
         n_tokens=encoded.n_tokens,
         truncated=[encoded.truncated[i] for i in gather.tolist()],
+        n_forward_tokens=encoded.n_forward_tokens,
     )
 
 
