@@ -87,6 +87,9 @@ def test_multi_direction_annotation_equals_separate_annotations(tiny_lm, two_dir
     assert table["margin_raw_helpful"][-1] == 0.0  # identical pair
     assert both.secondary["helpful"]["binning"].edges != both.binning.edges
     assert both.summary["other_directions"]["helpful"]["layer"] == 2
+    # The shared pass reports the same token counts as a single-direction pass.
+    for key in ("tokens", "forward_tokens", "truncated_texts"):
+        assert both.summary[key] == alone_safety.summary[key] is not None
 
 
 def test_multi_direction_is_one_encoding_pass(tiny_lm, two_directions, preferences, monkeypatch):

@@ -194,14 +194,14 @@ def compute_margins_multi(
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress, description="annotate",
         prefix_sharing=prefix_sharing, **({"max_length": max_length} if max_length else {}))
     raws = [np.zeros(len(views), dtype=np.float64) for _ in directions]
-    n_truncated = n_tokens = 0
+    n_truncated = n_tokens = n_forward = 0
     if len(todo):
         encoded = encode(lm, items, config)
         for raw, direction in zip(raws, directions):
             vectors = encoded.get(direction.layer, direction.pooling)
             raw[todo] = project(vectors[: len(todo)], vectors[len(todo):], direction.vector)
-        n_truncated, n_tokens = encoded.n_truncated, encoded.n_tokens
+        n_truncated, n_tokens, n_forward = encoded.n_truncated, encoded.n_tokens, encoded.n_forward_tokens
     seconds = time.perf_counter() - start
     return [MarginResult(raw=raw, n_identical=int(identical.sum()), n_truncated_texts=n_truncated, n_tokens=n_tokens,
-                         seconds=seconds, extra={"direction": d.name, "shared_pass": len(directions)})
+                         seconds=seconds, extra={"direction": d.name, "shared_pass": len(directions), "forward_tokens": n_forward})
             for raw, d in zip(raws, directions)]

@@ -163,16 +163,9 @@ def annotate(
                      .add_column(f"margin_{other.name}", other_binned.tolist()))
         secondary[other.name] = {"binning": other_binning, "margins": other_result, "direction": other,
                                  "margin_raw": describe(other_raw), "margin": describe(other_binned, other_binned)}
-    summary = {
-        "source": source, "rows": len(views), "layout": layout, "identical_pairs": result.n_identical,
-        "truncated_texts": result.n_truncated_texts, "tokens": result.n_tokens, "seconds": round(seconds, 3),
-        "pairs_per_second": round(len(views) / seconds, 3) if seconds > 0 else None,
-        "margin_raw": describe(raw), "margin": describe(binned, binned),
-        "direction": {"name": direction.name, "model_id": direction.model_id, "layer": direction.layer,
-                      "pooling": direction.pooling, "estimator": direction.estimator,
-                      "fingerprint": direction.fingerprint},
-        "model_id": lm.model_id, "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
-    }
+    from .engines.local import annotation_summary  # engines import this module: a late import
+
+    summary = annotation_summary(source, layout, result, binning, direction, lm, seconds)
     if secondary:
         summary["other_directions"] = {
             name: {"columns": [f"margin_raw_{name}", f"margin_{name}"], "layer": info["direction"].layer,
