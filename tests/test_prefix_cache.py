@@ -152,10 +152,18 @@ def _route_sizes(lm, config, deepest=4):
     return len(plain), len(packed), sorted(len(members) for _, members in groups)
 
 
-def test_auto_packs_short_rows_and_caches_many_answers(tiny_lm, monkeypatch):
+def test_auto_packs_short_rows_and_caches_long_ones(tiny_lm, monkeypatch):
     auto = EncodeConfig()
-    # sdpa takes the block mask: the prompts with 1 and 2 answers are packed, the one with 5 is cached.
+    texts = tokenize_items(tiny_lm.tokenizer, _items(), auto)
+    long_row = sum(len(t.ids) for t in texts[3:]) - 4 * texts[3].answer_start  # the prompt once, 5 answers
+    assert long_row > 2 * sum(len(t.ids) for t in texts[:3])
+    # sdpa takes the block mask: short rows are packed ...
+    assert _route_sizes(tiny_lm, auto) == (0, 8, [])
+    # ... and a row longer than the limit (prompt + its 5 answers) goes through the cache.
+    monkeypatch.setattr(encoding, "PACKED_MAX_ROW_TOKENS", long_row - 1)
     assert _route_sizes(tiny_lm, auto) == (0, 3, [5])
+    monkeypatch.setattr(encoding, "PACKED_MAX_ROW_TOKENS", long_row)
+    assert _route_sizes(tiny_lm, auto) == (0, 8, [])
     assert _route_sizes(tiny_lm, EncodeConfig(sharing_method="packed")) == (0, 8, [])
     assert _route_sizes(tiny_lm, EncodeConfig(prefix_sharing=False)) == (8, 0, [])
     # Only the embeddings are read: they do not depend on the prompt, so nothing is cached.

@@ -28,8 +28,10 @@ POOLINGS: tuple[str, ...] = ("last", "mean")
 TemplateKind = Literal["auto", "chat", "plain"]
 SharingMethod = Literal["auto", "packed", "cache"]
 SHARING_METHODS: tuple[str, ...] = ("auto", "packed", "cache")
-# "auto" packs a prompt's answers into one row up to this many answers, and uses the KV cache above it.
-PACKED_MAX_ANSWERS = 3
+# "auto" packs a prompt and its answers into one row up to this many tokens, and uses the KV cache
+# above it (measured on CPU with SmolLM2: packed rows win ~1.2x at 480 tokens, the cache ~1.2x at
+# 1,550 and 2x at 4,800; docs/speed.md).
+PACKED_MAX_ROW_TOKENS = 1024
 
 PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 PLAIN_TEMPLATE_DOC = (
@@ -55,7 +57,7 @@ class EncodeConfig:
     # Texts with the same (token-level) prompt run the prompt once (see encode_tokenized).
     prefix_sharing: bool = True
     # How the prompt is shared: "packed" rows with a block mask, "cache" (prompt keys/values reused),
-    # or "auto" (packed for short rows where the attention takes our mask, else cache).
+    # or "auto" (packed for short rows where the attention takes our mask, else cache; see sharing_routes).
     sharing_method: SharingMethod = "auto"
 
     def __post_init__(self) -> None:
@@ -456,13 +458,13 @@ def sharing_routes(lm: LoadedModel, texts: Sequence[TokenizedText], config: Enco
     """Split texts by how they run: plain rows, packed rows, or (prompt, answers) groups for the cache.
 
     Decided per prompt (the prompt tokens after truncation). "auto" packs when the attention takes
-    our 4D block mask and the prompt has at most PACKED_MAX_ANSWERS answers: one forward, no copies
-    of keys/values. With more answers a packed row is the prompt plus all answers, and its attention
-    (and mask) grow with the square of that length (best-of-16 scoring: one row of 16 answers),
-    while from the cache each answer costs only its own length × (prompt + itself); and with
-    flash/flex attention (no custom 4D mask) the cache is the only way to share. A method the model
-    cannot run falls back to the other one, then to plain rows. Texts whose prompt was truncated
-    away share nothing and stay plain (or packed, as before, where packing is possible).
+    our 4D block mask and the row (prompt + all its answers) has at most PACKED_MAX_ROW_TOKENS
+    tokens: one forward, no copies of keys/values. A longer row (many or long answers, as in
+    best-of-n scoring) pays attention and a mask that grow with the square of its length, while
+    from the cache each answer costs only its own length × (prompt + itself); and with flash/flex
+    attention (no custom 4D mask) the cache is the only way to share. A method the model cannot
+    run falls back to the other one, then to plain rows (so does a lone answer, which shares
+    nothing). Texts whose prompt was truncated away stay plain (packed, as before, where possible).
     """
     if not config.prefix_sharing:
         return list(range(len(texts))), [], []
@@ -476,8 +478,9 @@ def sharing_routes(lm: LoadedModel, texts: Sequence[TokenizedText], config: Enco
     cached: list[tuple[tuple[int, ...], list[int]]] = []
     for prefix, members in groups.items():
         answers_ok = all(len(texts[i].ids) > len(prefix) for i in members)
+        row_tokens = len(prefix) + sum(len(texts[i].ids) - len(prefix) for i in members)
         wants_cache = config.sharing_method == "cache" or (len(members) > 1 and (
-            not packed_ok or (config.sharing_method == "auto" and len(members) > PACKED_MAX_ANSWERS)))
+            not packed_ok or (config.sharing_method == "auto" and row_tokens > PACKED_MAX_ROW_TOKENS)))
         if prefix and answers_ok and cache_ok and wants_cache:
             cached.append((prefix, members))
         elif packed_ok and (prefix or config.sharing_method != "cache"):
@@ -521,8 +524,10 @@ def _encode_with_cache(lm: LoadedModel, groups: Sequence[tuple[tuple[int, ...], 
         keys_values, prompt_mask = _prompt_cache(lm, [prefix for prefix, _ in prompts], layers)
         answers = [(row, index) for row, (_, members) in enumerate(prompts) for index in members]
         lengths = [len(texts[index].ids) - texts[index].answer_start for _, index in answers]
-        rows = max(1, min(config.batch_size, config.max_batch_tokens // (prompt_mask.shape[1] + max(lengths))))
-        for sub in plan_batches(lengths, rows, config.max_batch_tokens, config.max_padding):
+        # A row reads the whole prompt width as well, so budget and padding share count it: short
+        # answers of one prompt then run together instead of in many small forwards.
+        widths = [prompt_mask.shape[1] + length for length in lengths]
+        for sub in plan_batches(widths, config.batch_size, config.max_batch_tokens, config.max_padding):
             inputs, spans = _answer_inputs(lm, [answers[i] for i in sub], texts, keys_values, prompt_mask)
             _pool_spans(capture_hidden(lm, layers=layers, **inputs), spans, config.poolings, out)
             bar.update(len(spans))
