@@ -10,7 +10,8 @@ On the embedded model (SmolLM2-135M-Instruct) and the bundled hh-rlhf sample it 
      separately (how the paper's released code works); ratio ours / reference;
   3. limit: a plain batched forward of the base model (all layers, no hooks) over exactly the
      tokens of both full texts of every pair, batched as ours; ratio ours / limit, and what prefix
-     sharing and early exit contribute (each switched off in turn);
+     sharing and early exit contribute (each switched off in turn), and prefix sharing through the
+     KV cache instead of packed rows;
   4. bf16 + a middle-layer direction, compared with the same fp32 reference and limit;
   5. scaling: time for growing numbers of pairs (should be linear: s/pair about constant).
 Timings on a shared CPU are noisy: `--repeats` runs the main comparison several times and reports
@@ -143,6 +144,7 @@ def compare(lm, data_path, views, layer, settings, reference_s=None, limit_s=Non
     row["tokens"], row["forward_tokens"] = result.margins.n_tokens, result.margins.extra.get("forward_tokens")
     row["sharing_on_s"], _ = run_encode(lm, items, config)
     row["sharing_off_s"], _ = run_encode(lm, items, EncodeConfig(**{**config.__dict__, "prefix_sharing": False}))
+    row["sharing_cache_s"], _ = run_encode(lm, items, EncodeConfig(**{**config.__dict__, "sharing_method": "cache"}))
     row["early_exit_off_s"], _ = run_encode(lm, items, EncodeConfig(**{**config.__dict__, "layers": (layer, -1)}))
     row["padding_limit_off_s"], _ = run_encode(lm, items, EncodeConfig(**{**config.__dict__, "max_padding": 1.0}))
     row["limit_s"], row["limit_tokens"] = run_limit(lm, items, config) if limit_s is None else (limit_s, None)
@@ -227,6 +229,7 @@ def main(argv=None) -> dict:
             print(f"  {'':<38} peak memory +{main_row['peak_mb']:.0f} MB")
             print(report_line("engine: prefix sharing + early exit", main_row["sharing_on_s"], n, tokens, ref, lim))
             print(report_line("engine: prefix sharing off", main_row["sharing_off_s"], n, tokens, ref, lim))
+            print(report_line("engine: prefix sharing via KV cache", main_row["sharing_cache_s"], n, tokens, ref, lim))
             print(report_line("engine: early exit off (all layers)", main_row["early_exit_off_s"], n, tokens, ref, lim))
             print(report_line("engine: padding limit off", main_row["padding_limit_off_s"], n, tokens, ref, lim))
             print(report_line("reference (batch 1, all hidden states)", ref, n, tokens, None, lim))
@@ -245,6 +248,7 @@ def main(argv=None) -> dict:
                   "reference and fp32 limit above)")
             print(report_line("ours (legend annotate, file to file)", row16["ours_s"], n, tokens, ref, lim))
             print(report_line("engine: prefix sharing off", row16["sharing_off_s"], n, tokens, ref, lim))
+            print(report_line("engine: prefix sharing via KV cache", row16["sharing_cache_s"], n, tokens, ref, lim))
             print(report_line("engine: early exit off (all layers)", row16["early_exit_off_s"], n, tokens, ref, lim))
             print(report_line("bf16 bare forward (all layers)", row16["limit_s"], n, tokens, ref, lim))
             del lm16
