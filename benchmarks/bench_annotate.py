@@ -2,6 +2,7 @@
 
     python benchmarks/bench_annotate.py                      # defaults: 64 pairs, fp32, last layer
     python benchmarks/bench_annotate.py --pairs 200 --sizes 50,100,200,400 --json runs/bench.json
+    python benchmarks/bench_annotate.py --device cuda --pairs 512 --batch-size 64 --sizes 128,256,512,1024  # GPU
 
 On the embedded model (SmolLM2-135M-Instruct) and the bundled hh-rlhf sample it prints, from ONE run:
   1. ours: `legend annotate`'s library path (`pipeline.annotate_file`: read, margins, binning, write)
@@ -76,6 +77,8 @@ def random_direction(lm, layer: int, pooling: str) -> Direction:
 def timed(fn):
     start = time.perf_counter()
     value = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()   # GPU kernels run asynchronously: count them in the time
     return time.perf_counter() - start, value
 
 
@@ -188,6 +191,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-bf16", action="store_true")
     parser.add_argument("--parts", default="main,bf16,scaling",
                         help="which parts to run (comma-separated); bf16 ratios need main in the same run")
+    parser.add_argument("--model", default="default", help="annotator model (default: the embedded SmolLM2)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
@@ -207,7 +212,7 @@ def main(argv=None) -> dict:
         data_path = Path(folder) / "hh.jsonl"
         write_table(table.select(range(n_max)), data_path)
         views = pair_views(table.select(range(args.pairs)), layout)
-        lm = load_model("default", dtype=args.dtype)
+        lm = load_model(args.model, dtype=args.dtype, device=args.device)
         print(f"legend annotate benchmark: {lm.model_id} ({args.dtype}), {args.pairs} hh-rlhf pairs, layer "
               f"{args.layer}, {torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}")
         parts = set(args.parts.split(","))
@@ -240,7 +245,7 @@ def main(argv=None) -> dict:
 
         if not args.skip_bf16 and "bf16" in parts:
             mid = args.mid_layer if args.mid_layer is not None else lm.num_layers // 2
-            lm16 = load_model("default", dtype="bfloat16")
+            lm16 = load_model(args.model, dtype="bfloat16", device=args.device)
             warm_up(lm16, views)
             row16 = compare(lm16, data_path, views, mid, settings, with_reference=False)
             results["bf16_mid"] = {"layer": mid, **row16}

@@ -101,6 +101,22 @@ def test_annotate_reads_a_saved_datasets_folder_and_reuses_bins(workspace, tmp_p
     assert meta["binning"]["edges"] == json.loads(sidecar.read_text())["binning"]["edges"]
 
 
+def test_sharing_methods_give_the_same_margins_and_a_bad_one_is_refused(workspace, tmp_path):
+    data = write_jsonl(tmp_path / "hh.jsonl", HH)
+    margins = {}
+    for option in ("--no-prefix-sharing", "--sharing-method=packed", "--sharing-method=cache"):
+        out = tmp_path / f"out{len(margins)}.jsonl"
+        result = annotate(workspace, data, out, option)
+        assert result.exit_code == 0, result.output
+        margins[option] = load_table(out)["margin_raw"]
+    plain = margins.pop("--no-prefix-sharing")
+    for values in margins.values():
+        assert values == pytest.approx(plain, rel=1e-4, abs=1e-5)
+    result = annotate(workspace, data, tmp_path / "bad.jsonl", "--sharing-method", "kv")
+    assert_one_line_error(result, "sharing_method")
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
 def test_missing_column_names_file_and_columns(workspace, tmp_path):
     data = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": "a", "answer_b": "b"}])
     out = tmp_path / "out.jsonl"

@@ -105,10 +105,12 @@ def compute_margins(
     max_length: int | None = None,
     progress: bool = False,
     prefix_sharing: bool = True,
+    sharing_method: str = "auto",
 ) -> MarginResult:
     """Raw margins of every pair. Pairs whose chosen and rejected are identical get exactly 0.
 
-    With `prefix_sharing` each pair's prompt is run once for both answers (same margins, less work).
+    With `prefix_sharing` each pair's prompt is run once for both answers (same margins, less work),
+    by `sharing_method` "auto", "packed" or "cache" (see `EncodeConfig.sharing_method`).
     """
     direction.check_compatible(lm)
     start = time.perf_counter()
@@ -117,6 +119,7 @@ def compute_margins(
     items = [(views[i].prompt, views[i].chosen) for i in todo] + [(views[i].prompt, views[i].rejected) for i in todo]
     config = direction.encode_config(batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress,
                                      description="annotate", prefix_sharing=prefix_sharing,
+                                     sharing_method=sharing_method,
                                      **({"max_length": max_length} if max_length else {}))
     raw = np.zeros(len(views), dtype=np.float64)
     n_truncated = n_tokens = n_forward = 0
@@ -175,6 +178,7 @@ def compute_margins_multi(
     max_length: int | None = None,
     progress: bool = False,
     prefix_sharing: bool = True,
+    sharing_method: str = "auto",
 ) -> list[MarginResult]:
     """Raw margins of every pair for each direction, from ONE encoding pass.
 
@@ -192,7 +196,8 @@ def compute_margins_multi(
         layers=tuple(dict.fromkeys(d.layer for d in directions)),
         poolings=tuple(dict.fromkeys(d.pooling for d in directions)),
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress, description="annotate",
-        prefix_sharing=prefix_sharing, **({"max_length": max_length} if max_length else {}))
+        prefix_sharing=prefix_sharing, sharing_method=sharing_method,
+        **({"max_length": max_length} if max_length else {}))
     raws = [np.zeros(len(views), dtype=np.float64) for _ in directions]
     n_truncated = n_tokens = n_forward = 0
     if len(todo):

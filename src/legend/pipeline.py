@@ -78,6 +78,7 @@ class AnnotateSettings:
     columns: ColumnNames = field(default_factory=ColumnNames)
     progress: bool = False
     prefix_sharing: bool = True             # run each pair's prompt once for both answers (same margins)
+    sharing_method: str = "auto"            # how: "packed" rows, a KV "cache", or "auto" (EncodeConfig)
     chunk_rows: int = 4096                  # annotate_file streams the input in chunks of this many rows
 
 
@@ -87,7 +88,8 @@ def annotate_views(
     """Raw margins, binned margins and the binning for a list of pairs."""
     result = compute_margins(lm, views, direction, batch_size=settings.batch_size,
                              max_batch_tokens=settings.max_batch_tokens, max_length=settings.max_length,
-                             progress=settings.progress, prefix_sharing=settings.prefix_sharing)
+                             progress=settings.progress, prefix_sharing=settings.prefix_sharing,
+                             sharing_method=settings.sharing_method)
     binning = settings.binning or Binning.fit(result.raw, settings.levels, settings.level_values)
     return result.raw, binning.apply(result.raw), binning, result
 
@@ -102,7 +104,8 @@ def annotate_views_multi(
     """
     results = compute_margins_multi(lm, views, directions, batch_size=settings.batch_size,
                                     max_batch_tokens=settings.max_batch_tokens, max_length=settings.max_length,
-                                    progress=settings.progress, prefix_sharing=settings.prefix_sharing)
+                                    progress=settings.progress, prefix_sharing=settings.prefix_sharing,
+                                    sharing_method=settings.sharing_method)
     out = []
     for index, result in enumerate(results):
         fitted = settings.binning if index == 0 and settings.binning else None

@@ -180,6 +180,7 @@ def annotate(
     trust_remote_code: TrustRemoteCode = False,
     summary_json: Annotated[bool, typer.Option(help="Print the summary as JSON instead of a table.")] = False,
     prefix_sharing: Annotated[bool, typer.Option(help="Run each pair's prompt once for both answers (same margins, less work).")] = True,
+    sharing_method: Annotated[str, typer.Option(help="How a prompt is shared: auto | packed (one row, block mask) | cache (prompt keys/values reused; works with flash attention).")] = "auto",
     chunk_rows: Annotated[int, typer.Option(min=1, help="Rows read, annotated and written at a time (memory stays flat).")] = 4096,
     engine: Annotated[str, typer.Option(help="local (one process) | ray (Ray Data actors; pip install 'legend[ray]').")] = "local",
     num_workers: Annotated[int, typer.Option(min=1, help="--engine ray: model actors (one GPU each where the cluster has GPUs).")] = 2,
@@ -198,7 +199,7 @@ def annotate(
         levels=levels, level_values=_parse_floats(level_values), binning=Binning.load(bins_from) if bins_from else None,
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_length=max_length,
         columns=ColumnNames(prompt=prompt_column, chosen=chosen_column, rejected=rejected_column), progress=not quiet,
-        prefix_sharing=prefix_sharing, chunk_rows=chunk_rows,
+        prefix_sharing=prefix_sharing, sharing_method=sharing_method, chunk_rows=chunk_rows,
     )
     result = annotate_file(data, direction if len(direction) > 1 else direction[0], out, lm, settings, split=split,
                            limit=limit, engine=engine, num_workers=num_workers, resume=resume)

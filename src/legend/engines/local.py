@@ -199,7 +199,8 @@ def with_margins(chunk: datasets.Dataset, raws: list[np.ndarray], binnings: list
 def chunk_margins(lm: LoadedModel, views, directions: list[Direction], settings: Any) -> list[MarginResult]:
     """Raw margins of one chunk for every direction, from one encoding pass."""
     options = dict(batch_size=settings.batch_size, max_batch_tokens=settings.max_batch_tokens,
-                   max_length=settings.max_length, progress=settings.progress, prefix_sharing=settings.prefix_sharing)
+                   max_length=settings.max_length, progress=settings.progress, prefix_sharing=settings.prefix_sharing,
+                   sharing_method=settings.sharing_method)
     if len(directions) == 1:
         return [compute_margins(lm, views, directions[0], **options)]
     return compute_margins_multi(lm, views, directions, **options)
