@@ -228,8 +228,8 @@ def main(argv=None) -> dict:
         ref, lim = main_row["reference_s"], main_row["limit_s"]
         if "main" in parts:
             results["main"] = {"dtype": args.dtype, "layer": args.layer, "rounds": rounds, "median": main_row}
-            print(f"\n== {args.dtype}, direction at layer {args.layer} ({n} pairs, {tokens} tokens in both full texts, "
-                  f"{main_row['forward_tokens']} run with prefix sharing)")
+            print(f"\n== {args.dtype}, direction at layer {args.layer} ({n} pairs, {tokens:.0f} tokens in both full texts, "
+                  f"{main_row['forward_tokens']:.0f} run with prefix sharing)")
             print(report_line("ours (legend annotate, file to file)", main_row["ours_s"], n, tokens, ref, lim))
             print(f"  {'':<38} peak memory +{main_row['peak_mb']:.0f} MB")
             print(report_line("engine: prefix sharing + early exit", main_row["sharing_on_s"], n, tokens, ref, lim))
