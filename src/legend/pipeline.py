@@ -31,6 +31,7 @@ from .data import (
 )
 from .directions import Direction, build_direction
 from .induce import DEFAULT_REFUSALS, GenerationConfig, induce_pairs
+from .encoding import SHARING_METHODS
 from .margins import (
     DEFAULT_LEVELS,
     Binning,
@@ -80,6 +81,11 @@ class AnnotateSettings:
     prefix_sharing: bool = True             # run each pair's prompt once for both answers (same margins)
     sharing_method: str = "auto"            # how: "packed" rows, a KV "cache", or "auto" (EncodeConfig)
     chunk_rows: int = 4096                  # annotate_file streams the input in chunks of this many rows
+
+    def __post_init__(self) -> None:
+        # Refuse a bad method here, before any data is read or a model loaded.
+        if self.sharing_method not in SHARING_METHODS:
+            raise ValueError(f"unknown sharing_method {self.sharing_method!r}; choose from {', '.join(SHARING_METHODS)}")
 
 
 def annotate_views(
