@@ -61,3 +61,13 @@ def tiny_lm(tiny_tokenizer):
 
     model = build_tiny_llama(len(tiny_tokenizer))
     return wrap_model(model, tiny_tokenizer, model_id="tiny-random-llama")
+
+
+def hh_pair_items(n: int):
+    """The first `n` bundled hh-rlhf pairs as (views, items): items = every (prompt, chosen), then every (prompt, rejected)."""
+    from legend.data import detect_layout, load_table, pair_views
+    from legend.resources import HH_RLHF_SAMPLE, sample_path
+
+    table = load_table(sample_path(HH_RLHF_SAMPLE)).select(range(n))
+    views = pair_views(table, detect_layout(table))
+    return views, [(v.prompt, v.chosen) for v in views] + [(v.prompt, v.rejected) for v in views]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import hh_pair_items
 from legend.encoding import (
     EncodeConfig,
     TokenizedText,
@@ -236,15 +237,11 @@ def test_streamed_reading_holds_one_chunk_not_the_file(tmp_path):
 
 @pytest.mark.e2e
 def test_prefix_sharing_margins_match_the_plain_path_on_the_embedded_model():
-    from legend.data import detect_layout, load_table, pair_views
     from legend.margins import project
     from legend.models import load_model
-    from legend.resources import HH_RLHF_SAMPLE, sample_path
 
     lm = load_model("default")
-    table = load_table(sample_path(HH_RLHF_SAMPLE)).select(range(4))
-    views = pair_views(table, detect_layout(table))
-    items = [(v.prompt, v.chosen) for v in views] + [(v.prompt, v.rejected) for v in views]
+    views, items = hh_pair_items(4)
     vector = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     config = dict(layers=(-1, 15), poolings=("last", "mean"))  # last layer and a middle one, both poolings
     shared = encode(lm, items, EncodeConfig(**config, prefix_sharing=True))

@@ -11,6 +11,7 @@ import random
 import pytest
 import torch
 
+from conftest import hh_pair_items
 from legend import encoding
 from legend.encoding import EncodeConfig, encode, resolve_layer, sharing_routes, tokenize_items
 
@@ -185,14 +186,10 @@ def test_unknown_sharing_method_is_refused():
 
 @pytest.mark.e2e
 def test_cache_path_matches_the_plain_path_on_the_embedded_model():
-    from legend.data import detect_layout, load_table, pair_views
     from legend.models import load_model
-    from legend.resources import HH_RLHF_SAMPLE, sample_path
 
     lm = load_model("default")
-    table = load_table(sample_path(HH_RLHF_SAMPLE)).select(range(12))
-    views = pair_views(table, detect_layout(table))
-    items = [(v.prompt, v.chosen) for v in views] + [(v.prompt, v.rejected) for v in views]
+    views, items = hh_pair_items(12)
     # One prompt scored against many answers, as best-of-n does.
     items += [(views[0].prompt, v.chosen) for v in views[1:5]]
     common = dict(layers=(-1, 15), poolings=("last", "mean"))  # after the final norm, and a middle layer
