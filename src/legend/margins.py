@@ -112,24 +112,9 @@ def compute_margins(
     With `prefix_sharing` each pair's prompt is run once for both answers (same margins, less work),
     by `sharing_method` "auto", "packed" or "cache" (see `EncodeConfig.sharing_method`).
     """
-    direction.check_compatible(lm)
-    start = time.perf_counter()
-    identical = np.array([v.chosen == v.rejected for v in views], dtype=bool)
-    todo = np.flatnonzero(~identical)
-    items = [(views[i].prompt, views[i].chosen) for i in todo] + [(views[i].prompt, views[i].rejected) for i in todo]
-    config = direction.encode_config(batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress,
-                                     description="annotate", prefix_sharing=prefix_sharing,
-                                     sharing_method=sharing_method,
-                                     **({"max_length": max_length} if max_length else {}))
-    raw = np.zeros(len(views), dtype=np.float64)
-    n_truncated = n_tokens = n_forward = 0
-    if len(todo):
-        encoded = encode(lm, items, config)
-        vectors = encoded.get(direction.layer, direction.pooling)
-        raw[todo] = project(vectors[: len(todo)], vectors[len(todo):], direction.vector)
-        n_truncated, n_tokens, n_forward = encoded.n_truncated, encoded.n_tokens, encoded.n_forward_tokens
-    return MarginResult(raw=raw, n_identical=int(identical.sum()), n_truncated_texts=n_truncated,
-                        n_tokens=n_tokens, seconds=time.perf_counter() - start, extra={"forward_tokens": n_forward})
+    return compute_margins_multi(lm, views, [direction], batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                 max_length=max_length, progress=progress, prefix_sharing=prefix_sharing,
+                                 sharing_method=sharing_method)[0]
 
 
 def describe(raw: np.ndarray, binned: np.ndarray | None = None) -> dict[str, Any]:

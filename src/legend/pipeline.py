@@ -26,7 +26,7 @@ from .data import (
     pair_views,
     read_contrast_pairs,
     read_questions,
-    write_json,
+    write_json,  # the engines write sidecars through pipeline.write_json (tests replace it to simulate a failure)
     write_table,
 )
 from .directions import Direction, build_direction
@@ -37,7 +37,6 @@ from .margins import (
     Binning,
     MarginResult,
     check_directions_agree,
-    compute_margins,
     compute_margins_multi,
     describe,
 )
@@ -92,12 +91,7 @@ def annotate_views(
     views: Sequence[PairView], direction: Direction, lm: LoadedModel, settings: AnnotateSettings = AnnotateSettings()
 ) -> tuple[np.ndarray, np.ndarray, Binning, MarginResult]:
     """Raw margins, binned margins and the binning for a list of pairs."""
-    result = compute_margins(lm, views, direction, batch_size=settings.batch_size,
-                             max_batch_tokens=settings.max_batch_tokens, max_length=settings.max_length,
-                             progress=settings.progress, prefix_sharing=settings.prefix_sharing,
-                             sharing_method=settings.sharing_method)
-    binning = settings.binning or Binning.fit(result.raw, settings.levels, settings.level_values)
-    return result.raw, binning.apply(result.raw), binning, result
+    return annotate_views_multi(views, [direction], lm, settings)[0]
 
 
 def annotate_views_multi(
@@ -156,12 +150,8 @@ def annotate(
     # Only now load the model: bad input fails in a second, not after loading weights.
     lm = as_loaded(model, fallback=direction.model_id)
     start = time.perf_counter()
-    if len(directions) > 1:
-        per_direction = annotate_views_multi(views, directions, lm, settings)
-        raw, binned, binning, result = per_direction[0]
-    else:
-        per_direction = [annotate_views(views, direction, lm, settings)]
-        raw, binned, binning, result = per_direction[0]
+    per_direction = annotate_views_multi(views, directions, lm, settings)
+    raw, binned, binning, result = per_direction[0]
     seconds = time.perf_counter() - start
     columns = list(MARGIN_COLUMNS) + [f"{c}_{d.name}" for d in directions[1:] for c in MARGIN_COLUMNS]
     annotated = dataset.remove_columns([c for c in columns if c in dataset.column_names])
@@ -212,18 +202,6 @@ def annotate_file(
         direction = direction[0]
     return run_engine(engine, data, direction, out, model, settings, split=split, limit=limit,
                       num_workers=num_workers, resume=resume)
-
-
-def write_outputs(dataset: datasets.Dataset, sidecar: dict[str, Any], out: str | os.PathLike) -> None:
-    """Write the annotated table and its sidecar so that either both appear or neither does."""
-    final_sidecar = sidecar_path(out)
-    pending = final_sidecar.with_name(f".{final_sidecar.name}.pending")
-    write_json(sidecar, pending)
-    try:
-        write_table(dataset, out)
-        os.replace(pending, final_sidecar)
-    finally:
-        pending.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- directions and pairs

@@ -40,7 +40,7 @@ from ..data import (
     pair_views,
 )
 from ..directions import Direction
-from ..margins import Binning, MarginResult, check_directions_agree, compute_margins, compute_margins_multi, describe
+from ..margins import Binning, MarginResult, check_directions_agree, compute_margins_multi, describe
 from ..models import LoadedModel
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -201,8 +201,6 @@ def chunk_margins(lm: LoadedModel, views, directions: list[Direction], settings:
     options = dict(batch_size=settings.batch_size, max_batch_tokens=settings.max_batch_tokens,
                    max_length=settings.max_length, progress=settings.progress, prefix_sharing=settings.prefix_sharing,
                    sharing_method=settings.sharing_method)
-    if len(directions) == 1:
-        return [compute_margins(lm, views, directions[0], **options)]
     return compute_margins_multi(lm, views, directions, **options)
 
 
