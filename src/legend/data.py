@@ -27,6 +27,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -822,6 +823,29 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
     with _atomic_path(Path(path)) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         json.dump(obj, handle, ensure_ascii=False, indent=2, default=_json_default)
         handle.write("\n")
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``target``; on success it becomes ``target``.
+
+    An existing ``target`` is replaced, or, with ``replace=False``, kept (another process finished
+    first) and the new folder dropped. On any error the temporary folder is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield temporary
+        if target.exists() and not replace:
+            shutil.rmtree(temporary)
+            return
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

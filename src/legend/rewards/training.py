@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ..data import ColumnNames, DataError, PairView, detect_layout, load_table, pair_views, write_json
+from ..data import ColumnNames, DataError, PairView, atomic_folder, detect_layout, load_table, pair_views, write_json
 from ..encoding import EncodeConfig, tokenize_items
 from ..models import DEFAULT_MODEL, resolve_model_path
 
@@ -361,19 +360,10 @@ def train_reward_model(
 
 def save_reward_model(trained: TrainedRewardModel, out: str | os.PathLike) -> None:
     """Save model + tokenizer + legend_rm.json to a folder, atomically (temp folder renamed over `out`)."""
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_folder(out) as tmp:
         trained.model.save_pretrained(tmp)
         trained.tokenizer.save_pretrained(tmp)
         write_json(trained.report, tmp / REPORT_FILE)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_training_report(model_dir: str | os.PathLike) -> dict[str, Any] | None:
