@@ -12,6 +12,9 @@ demo: install
 	$(BIN)/legend demo
 
 test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 install: $(STAMP)

@@ -69,24 +69,33 @@ def _rss() -> int:
 
 def random_direction(lm, layer: int, pooling: str) -> Direction:
     vector = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    return Direction(vector=vector / vector.norm(), layer=layer, pooling=pooling, model_id=lm.model_id,
-                     fingerprint=lm.fingerprint, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
-                     template=template_kind(lm.tokenizer), name="bench")
+    return Direction(
+        vector=vector / vector.norm(),
+        layer=layer,
+        pooling=pooling,
+        model_id=lm.model_id,
+        fingerprint=lm.fingerprint,
+        hidden_size=lm.hidden_size,
+        num_layers=lm.num_layers,
+        template=template_kind(lm.tokenizer),
+        name="bench",
+    )
 
 
 def timed(fn):
     start = time.perf_counter()
     value = fn()
     if torch.cuda.is_available():
-        torch.cuda.synchronize()   # GPU kernels run asynchronously: count them in the time
+        torch.cuda.synchronize()  # GPU kernels run asynchronously: count them in the time
     return time.perf_counter() - start, value
 
 
 def run_ours(lm, direction, data_path, n, settings):
     """The library path behind `legend annotate` (model already loaded), writing a JSONL file."""
     with tempfile.TemporaryDirectory() as folder, PeakRSS() as memory:
-        seconds, result = timed(lambda: annotate_file(data_path, direction, Path(folder) / "out.jsonl", lm,
-                                                      settings, limit=n))
+        seconds, result = timed(
+            lambda: annotate_file(data_path, direction, Path(folder) / "out.jsonl", lm, settings, limit=n)
+        )
     return seconds, result, memory.peak_mb
 
 
@@ -109,6 +118,7 @@ def run_reference(lm, views, layer):
     def run():
         for view in views:
             margins.append(one(view.prompt, view.chosen) - one(view.prompt, view.rejected))
+
     return timed(run)[0]
 
 
@@ -129,6 +139,7 @@ def run_limit(lm, items, config):
                     ids[row, : lengths[index]] = torch.tensor(texts[index].ids)
                     mask[row, : lengths[index]] = 1
                 lm.model.base_model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
+
     return timed(run)[0], sum(lengths)
 
 
@@ -153,8 +164,11 @@ def compare(lm, data_path, views, layer, settings, reference_s=None, limit_s=Non
     row["limit_s"], row["limit_tokens"] = run_limit(lm, items, config) if limit_s is None else (limit_s, None)
     if with_reference:
         row["reference_s"] = run_reference(lm, views, layer) if reference_s is None else reference_s
-    print("  measured: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k.endswith("_s")), file=sys.stderr,
-          flush=True)
+    print(
+        "  measured: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k.endswith("_s")),
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
@@ -164,8 +178,11 @@ def warm_up(lm, views):
 
 
 def median_rows(rows):
-    return {k: statistics.median(r[k] for r in rows) if isinstance(rows[0][k], (int, float)) else rows[0][k]
-            for k in rows[0] if all(r.get(k) is not None for r in rows)}
+    return {
+        k: statistics.median(r[k] for r in rows) if isinstance(rows[0][k], (int, float)) else rows[0][k]
+        for k in rows[0]
+        if all(r.get(k) is not None for r in rows)
+    }
 
 
 def report_line(name, seconds, n, tokens, reference, limit):
@@ -174,8 +191,10 @@ def report_line(name, seconds, n, tokens, reference, limit):
         ratios.append(f"{reference / seconds:5.2f}x reference")
     if limit:
         ratios.append(f"{limit / seconds:5.2f}x limit")
-    return (f"  {name:<38} {seconds:8.1f} s  {n / seconds:7.3f} pairs/s  {tokens / seconds:8.0f} tokens/s   "
-            + ", ".join(ratios))
+    return (
+        f"  {name:<38} {seconds:8.1f} s  {n / seconds:7.3f} pairs/s  {tokens / seconds:8.0f} tokens/s   "
+        + ", ".join(ratios)
+    )
 
 
 def main(argv=None) -> dict:
@@ -189,8 +208,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--skip-bf16", action="store_true")
-    parser.add_argument("--parts", default="main,bf16,scaling",
-                        help="which parts to run (comma-separated); bf16 ratios need main in the same run")
+    parser.add_argument(
+        "--parts",
+        default="main,bf16,scaling",
+        help="which parts to run (comma-separated); bf16 ratios need main in the same run",
+    )
     parser.add_argument("--model", default="default", help="annotator model (default: the embedded SmolLM2)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -205,31 +227,52 @@ def main(argv=None) -> dict:
         sys.exit(f"the bundled sample has {len(table)} pairs; asked for {n_max}")
     layout = detect_layout(table)
     settings = AnnotateSettings(batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                 "load_average": os.getloadavg(), "torch": torch.__version__},
-                     "pairs": args.pairs}
+    results: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average": os.getloadavg(),
+            "torch": torch.__version__,
+        },
+        "pairs": args.pairs,
+    }
     with tempfile.TemporaryDirectory() as folder:
         data_path = Path(folder) / "hh.jsonl"
         write_table(table.select(range(n_max)), data_path)
         views = pair_views(table.select(range(args.pairs)), layout)
         lm = load_model(args.model, dtype=args.dtype, device=args.device)
-        print(f"legend annotate benchmark: {lm.model_id} ({args.dtype}), {args.pairs} hh-rlhf pairs, layer "
-              f"{args.layer}, {torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"legend annotate benchmark: {lm.model_id} ({args.dtype}), {args.pairs} hh-rlhf pairs, layer "
+            f"{args.layer}, {torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}"
+        )
         parts = set(args.parts.split(","))
         warm_up(lm, views)
         if "main" in parts:
             rounds = [compare(lm, data_path, views, args.layer, settings) for _ in range(args.repeats)]
             main_row = median_rows(rounds)
         else:
-            rounds, main_row = [], {"tokens": sum(len(t.ids) for t in tokenize_items(
-                lm.tokenizer, pair_items(views), random_direction(lm, args.layer, "last").encode_config())),
-                "reference_s": None, "limit_s": None}
+            rounds, main_row = (
+                [],
+                {
+                    "tokens": sum(
+                        len(t.ids)
+                        for t in tokenize_items(
+                            lm.tokenizer, pair_items(views), random_direction(lm, args.layer, "last").encode_config()
+                        )
+                    ),
+                    "reference_s": None,
+                    "limit_s": None,
+                },
+            )
         n, tokens = args.pairs, main_row["tokens"]
         ref, lim = main_row["reference_s"], main_row["limit_s"]
         if "main" in parts:
             results["main"] = {"dtype": args.dtype, "layer": args.layer, "rounds": rounds, "median": main_row}
-            print(f"\n== {args.dtype}, direction at layer {args.layer} ({n} pairs, {tokens:.0f} tokens in both full texts, "
-                  f"{main_row['forward_tokens']:.0f} run with prefix sharing)")
+            print(
+                f"\n== {args.dtype}, direction at layer {args.layer} ({n} pairs, {tokens:.0f} tokens in both "
+                f"full texts, "
+                f"{main_row['forward_tokens']:.0f} run with prefix sharing)"
+            )
             print(report_line("ours (legend annotate, file to file)", main_row["ours_s"], n, tokens, ref, lim))
             print(f"  {'':<38} peak memory +{main_row['peak_mb']:.0f} MB")
             print(report_line("engine: prefix sharing + early exit", main_row["sharing_on_s"], n, tokens, ref, lim))
@@ -239,9 +282,11 @@ def main(argv=None) -> dict:
             print(report_line("engine: padding limit off", main_row["padding_limit_off_s"], n, tokens, ref, lim))
             print(report_line("reference (batch 1, all hidden states)", ref, n, tokens, None, lim))
             print(report_line("limit (bare batched forward)", lim, n, tokens, ref, None))
-            print(f"  prefix sharing contributes {main_row['sharing_off_s'] / main_row['sharing_on_s']:.2f}x, "
-                  f"early exit {main_row['early_exit_off_s'] / main_row['sharing_on_s']:.2f}x, "
-                  f"padding limit {main_row['padding_limit_off_s'] / main_row['sharing_on_s']:.2f}x")
+            print(
+                f"  prefix sharing contributes {main_row['sharing_off_s'] / main_row['sharing_on_s']:.2f}x, "
+                f"early exit {main_row['early_exit_off_s'] / main_row['sharing_on_s']:.2f}x, "
+                f"padding limit {main_row['padding_limit_off_s'] / main_row['sharing_on_s']:.2f}x"
+            )
 
         if not args.skip_bf16 and "bf16" in parts:
             mid = args.mid_layer if args.mid_layer is not None else lm.num_layers // 2
@@ -249,8 +294,10 @@ def main(argv=None) -> dict:
             warm_up(lm16, views)
             row16 = compare(lm16, data_path, views, mid, settings, with_reference=False)
             results["bf16_mid"] = {"layer": mid, **row16}
-            print(f"\n== bfloat16, direction at layer {mid} of {lm16.num_layers} (ratios against the fp32 "
-                  "reference and fp32 limit above)")
+            print(
+                f"\n== bfloat16, direction at layer {mid} of {lm16.num_layers} (ratios against the fp32 "
+                "reference and fp32 limit above)"
+            )
             print(report_line("ours (legend annotate, file to file)", row16["ours_s"], n, tokens, ref, lim))
             print(report_line("engine: prefix sharing off", row16["sharing_off_s"], n, tokens, ref, lim))
             print(report_line("engine: prefix sharing via KV cache", row16["sharing_cache_s"], n, tokens, ref, lim))
@@ -266,8 +313,10 @@ def main(argv=None) -> dict:
             for size in sizes:
                 seconds, result, peak = run_ours(lm, direction, data_path, size, settings)
                 scaling.append({"pairs": size, "seconds": seconds, "tokens": result.margins.n_tokens, "peak_mb": peak})
-                print(f"  {size:6d} pairs {seconds:8.1f} s  {seconds / size:6.3f} s/pair  "
-                      f"{result.margins.n_tokens / seconds:8.0f} tokens/s  peak +{peak:.0f} MB")
+                print(
+                    f"  {size:6d} pairs {seconds:8.1f} s  {seconds / size:6.3f} s/pair  "
+                    f"{result.margins.n_tokens / seconds:8.0f} tokens/s  peak +{peak:.0f} MB"
+                )
             per_token = [s["seconds"] / s["tokens"] for s in scaling]
             print(f"  time per token, largest / smallest run: {per_token[-1] / per_token[0]:.2f} (1.00 = linear)")
             results["scaling"] = scaling

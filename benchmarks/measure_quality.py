@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/measure_quality.py N_PAIRS  (writes to runs/quality/, git-ignored)
 """
+
 import json
 import sys
 import time
@@ -49,8 +50,13 @@ else:
     start = time.time()
     items = [(v.prompt, v.chosen) for v in views] + [(v.prompt, v.rejected) for v in views]
     enc = encode(lm, items, config)
-    hh = {"chosen": {k: v[:N] for k, v in enc.vectors.items()}, "rejected": {k: v[N:] for k, v in enc.vectors.items()},
-          "seconds": time.time() - start, "n_tokens": enc.n_tokens, "n_truncated": enc.n_truncated}
+    hh = {
+        "chosen": {k: v[:N] for k, v in enc.vectors.items()},
+        "rejected": {k: v[N:] for k, v in enc.vectors.items()},
+        "seconds": time.time() - start,
+        "n_tokens": enc.n_tokens,
+        "n_truncated": enc.n_truncated,
+    }
     torch.save(hh, hh_cache)
 print(f"hh encoded/loaded at {time.time() - t0:.0f} s (encode {hh['seconds']:.0f} s)", flush=True)
 identical = np.array([v.chosen == v.rejected for v in views])
@@ -59,9 +65,20 @@ chosen_texts, rejected_texts = [v.chosen for v in views], [v.rejected for v in v
 
 def direction_for(layer, pooling, estimator="mean_difference"):
     vector, heldout = fit_direction_vector(xs["harmless"][(layer, pooling)], xs["harmful"][(layer, pooling)], estimator)
-    return Direction(vector=vector, layer=layer, pooling=pooling, model_id=lm.model_id, fingerprint=lm.fingerprint,
-                     hidden_size=lm.hidden_size, num_layers=lm.num_layers, template=kind, estimator=estimator,
-                     n_pairs=xs["n"], heldout=heldout, extra={"pairs_file": str(sample_path(XSTEST_PAIRS))})
+    return Direction(
+        vector=vector,
+        layer=layer,
+        pooling=pooling,
+        model_id=lm.model_id,
+        fingerprint=lm.fingerprint,
+        hidden_size=lm.hidden_size,
+        num_layers=lm.num_layers,
+        template=kind,
+        estimator=estimator,
+        n_pairs=xs["n"],
+        heldout=heldout,
+        extra={"pairs_file": str(sample_path(XSTEST_PAIRS))},
+    )
 
 
 def margins(layer, pooling, vector):
@@ -77,16 +94,39 @@ def write_annotated(name, direction, raw):
     annotated = table.add_column("margin_raw", raw.tolist()).add_column("margin", binning.apply(raw).tolist())
     path = OUT / f"hh_{name}_{N}.jsonl"
     write_table(annotated, path)
-    write_json({"input": source, "direction_path": str(folder), "binning": binning.to_dict(),
-                "summary": {"direction": {"name": "safety", "model_id": lm.model_id, "layer": direction.layer,
-                                          "pooling": direction.pooling, "estimator": direction.estimator}},
-                "note": "margins projected from cached embeddings by runs/quality/measure.py"}, sidecar_path(path))
+    write_json(
+        {
+            "input": source,
+            "direction_path": str(folder),
+            "binning": binning.to_dict(),
+            "summary": {
+                "direction": {
+                    "name": "safety",
+                    "model_id": lm.model_id,
+                    "layer": direction.layer,
+                    "pooling": direction.pooling,
+                    "estimator": direction.estimator,
+                }
+            },
+            "note": "margins projected from cached embeddings by runs/quality/measure.py",
+        },
+        sidecar_path(path),
+    )
     return path
 
 
-results = {"n_pairs": N, "model": lm.model_id, "dtype": "bfloat16", "identical_pairs": int(identical.sum()),
-           "hh_encode_seconds": hh["seconds"], "hh_tokens": hh["n_tokens"], "hh_truncated": hh["n_truncated"],
-           "configs": {}, "grid": [], "random_floor": {}}
+results = {
+    "n_pairs": N,
+    "model": lm.model_id,
+    "dtype": "bfloat16",
+    "identical_pairs": int(identical.sum()),
+    "hh_encode_seconds": hh["seconds"],
+    "hh_tokens": hh["n_tokens"],
+    "hh_truncated": hh["n_truncated"],
+    "configs": {},
+    "grid": [],
+    "random_floor": {},
+}
 CONFIGS = {"default": (lm.num_layers, "last"), "mean_last_layer": (lm.num_layers, "mean"), "mean_layer20": (20, "mean")}
 for name, (layer, pooling) in CONFIGS.items():
     direction = direction_for(layer, pooling)
@@ -95,12 +135,19 @@ for name, (layer, pooling) in CONFIGS.items():
     metrics = evaluate_margins(raw, chosen_texts, rejected_texts, n_bootstrap=2000, seed=0)
     flips = [simulate_flips(raw, 0.1, seed=s) for s in range(10)]
     results["configs"][name] = {
-        "layer": layer, "pooling": pooling, "xstest_heldout": direction.heldout, "annotated": str(path),
+        "layer": layer,
+        "pooling": pooling,
+        "xstest_heldout": direction.heldout,
+        "annotated": str(path),
         "metrics": {k: [m["value"], m["ci_low"], m["ci_high"]] for k, m in metrics["metrics"].items()},
         "counts": metrics["counts"],
-        "audit_seed0": {k: flips[0][k] for k in ("precision", "recall", "base_rate", "flagged", "flipped", "average_precision")},
-        "audit_10_seeds": {k: [float(np.mean([f[k] for f in flips])), float(np.std([f[k] for f in flips]))]
-                           for k in ("precision", "recall", "average_precision", "flagged")},
+        "audit_seed0": {
+            k: flips[0][k] for k in ("precision", "recall", "base_rate", "flagged", "flipped", "average_precision")
+        },
+        "audit_10_seeds": {
+            k: [float(np.mean([f[k] for f in flips])), float(np.std([f[k] for f in flips]))]
+            for k in ("precision", "recall", "average_precision", "flagged")
+        },
     }
     print(name, json.dumps(results["configs"][name]["metrics"]), results["configs"][name]["audit_10_seeds"], flush=True)
 
@@ -113,10 +160,17 @@ for layer in layers:
             continue
         raw = margins(layer, pooling, direction.vector)
         m = evaluate_margins(raw, chosen_texts, rejected_texts, n_bootstrap=0)["metrics"]
-        results["grid"].append({"layer": layer, "pooling": pooling, "xstest_heldout_acc": direction.heldout.get("accuracy"),
-                                "share_positive": m["share_positive"]["value"], "auc": m["auc"]["value"],
-                                "balanced": m["agreement_length_balanced"]["value"],
-                                "length_spearman": m["length_spearman"]["value"]})
+        results["grid"].append(
+            {
+                "layer": layer,
+                "pooling": pooling,
+                "xstest_heldout_acc": direction.heldout.get("accuracy"),
+                "share_positive": m["share_positive"]["value"],
+                "auc": m["auc"]["value"],
+                "balanced": m["agreement_length_balanced"]["value"],
+                "length_spearman": m["length_spearman"]["value"],
+            }
+        )
 
 rng = np.random.default_rng(0)
 for name, (layer, pooling) in CONFIGS.items():
@@ -127,11 +181,15 @@ for name, (layer, pooling) in CONFIGS.items():
         m = evaluate_margins(raw, chosen_texts, rejected_texts, n_bootstrap=0)["metrics"]
         shares.append(m["share_positive"]["value"]), balanced.append(m["agreement_length_balanced"]["value"])
         aucs.append(m["auc"]["value"])
+
     # A random direction's sign is arbitrary: agreement a and 1 - a are equally likely, so report |a - 0.5| + 0.5.
-    fold = lambda xs_: np.abs(np.asarray(xs_) - 0.5) + 0.5
-    results["random_floor"][name] = {k: {"median": float(np.median(fold(v))), "p95": float(np.quantile(fold(v), 0.95)),
-                                         "max": float(fold(v).max())}
-                                     for k, v in (("share_positive", shares), ("balanced", balanced), ("auc", aucs))}
+    def fold(xs_):
+        return np.abs(np.asarray(xs_) - 0.5) + 0.5
+
+    results["random_floor"][name] = {
+        k: {"median": float(np.median(fold(v))), "p95": float(np.quantile(fold(v), 0.95)), "max": float(fold(v).max())}
+        for k, v in (("share_positive", shares), ("balanced", balanced), ("auc", aucs))
+    }
 print("random floor", json.dumps(results["random_floor"]), flush=True)
 write_json(results, OUT / f"measure_{N}.json")
 print(f"done in {time.time() - t0:.0f} s", flush=True)

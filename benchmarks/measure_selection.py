@@ -49,10 +49,23 @@ def stage_cache(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     layers = tuple(range(lm.num_layers + 1))
     kind = template_kind(lm.tokenizer, "auto")
-    config = EncodeConfig(layers=layers, poolings=("last", "mean"), template=kind, max_length=args.max_length,
-                          batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, progress=True)
-    meta = {"model": "default", "dtype": args.dtype, "fingerprint": lm.fingerprint, "num_layers": lm.num_layers,
-            "template": kind, "max_length": args.max_length}
+    config = EncodeConfig(
+        layers=layers,
+        poolings=("last", "mean"),
+        template=kind,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        progress=True,
+    )
+    meta = {
+        "model": "default",
+        "dtype": args.dtype,
+        "fingerprint": lm.fingerprint,
+        "num_layers": lm.num_layers,
+        "template": kind,
+        "max_length": args.max_length,
+    }
 
     if not (CACHE / "xstest.safetensors").is_file():
         pairs = read_contrast_pairs(sample_path(XSTEST_PAIRS))
@@ -72,7 +85,7 @@ def stage_cache(args: argparse.Namespace) -> None:
         path = CACHE / f"hh_{first:05d}.safetensors"
         if path.is_file():
             continue
-        chunk = views[first:min(first + args.chunk, limit)]
+        chunk = views[first : min(first + args.chunk, limit)]
         items = [(v.prompt, v.chosen) for v in chunk] + [(v.prompt, v.rejected) for v in chunk]
         start = time.perf_counter()
         encoded = encode(lm, items, config)
@@ -82,12 +95,22 @@ def stage_cache(args: argparse.Namespace) -> None:
         # Answer lengths (characters and tokens) for the length-balanced metrics.
         tensors["chosen_chars"] = torch.tensor([len(v.chosen) for v in chunk])
         tensors["rejected_chars"] = torch.tensor([len(v.rejected) for v in chunk])
-        tensors["chosen_tokens"] = torch.tensor([len(tok(v.chosen, add_special_tokens=False)["input_ids"]) for v in chunk])
-        tensors["rejected_tokens"] = torch.tensor([len(tok(v.rejected, add_special_tokens=False)["input_ids"]) for v in chunk])
+        tensors["chosen_tokens"] = torch.tensor(
+            [len(tok(v.chosen, add_special_tokens=False)["input_ids"]) for v in chunk]
+        )
+        tensors["rejected_tokens"] = torch.tensor(
+            [len(tok(v.rejected, add_special_tokens=False)["input_ids"]) for v in chunk]
+        )
         tensors["identical"] = torch.tensor([v.chosen == v.rejected for v in chunk])
         tensors["row"] = torch.arange(first, first + n)
-        chunk_meta = dict(meta, n_pairs=n, first_row=first, n_truncated=encoded.n_truncated, tokens=encoded.n_tokens,
-                          seconds=round(time.perf_counter() - start, 1))
+        chunk_meta = dict(
+            meta,
+            n_pairs=n,
+            first_row=first,
+            n_truncated=encoded.n_truncated,
+            tokens=encoded.n_tokens,
+            seconds=round(time.perf_counter() - start, 1),
+        )
         save_file(tensors, str(path), metadata={"meta": json.dumps(chunk_meta)})
         print(f"hh rows {first}..{first + n - 1}: {encoded.n_tokens} tokens in {chunk_meta['seconds']} s", flush=True)
 
@@ -115,13 +138,14 @@ def main(argv: list[str] | None = None) -> None:
 
 # ---------------------------------------------------------------- measure
 
+
 def load_xstest() -> tuple[dict, dict, dict]:
     from safetensors import safe_open
 
     with safe_open(str(CACHE / "xstest.safetensors"), "pt") as f:
         meta = json.loads(f.metadata()["meta"])
         harmless, harmful = {}, {}
-        for name in f.keys():
+        for name in f:
             side, key = name.split("_", 1)
             layer, pooling = key[1:].split("_")
             (harmless if side == "harmless" else harmful)[(int(layer), pooling)] = f.get_tensor(name)
@@ -165,12 +189,26 @@ def evaluate(raw, texts, idx, args) -> dict:
     from legend.quality import evaluate_margins
 
     chosen_texts, rejected_texts = texts
-    report = evaluate_margins(raw[idx], [chosen_texts[i] for i in idx], [rejected_texts[i] for i in idx],
-                              n_bootstrap=args.boot, seed=args.seed)
-    keep = ("share_positive", "auc", "agreement_length_balanced", "agreement_chosen_shorter",
-            "agreement_chosen_longer", "length_spearman")
-    return {"n": report["n"], "counts": report["counts"],
-            **{k: {m: report["metrics"][k][m] for m in ("value", "ci_low", "ci_high")} for k in keep}}
+    report = evaluate_margins(
+        raw[idx],
+        [chosen_texts[i] for i in idx],
+        [rejected_texts[i] for i in idx],
+        n_bootstrap=args.boot,
+        seed=args.seed,
+    )
+    keep = (
+        "share_positive",
+        "auc",
+        "agreement_length_balanced",
+        "agreement_chosen_shorter",
+        "agreement_chosen_longer",
+        "length_spearman",
+    )
+    return {
+        "n": report["n"],
+        "counts": report["counts"],
+        **{k: {m: report["metrics"][k][m] for m in ("value", "ci_low", "ci_high")} for k in keep},
+    }
 
 
 def random_floor(chosen, rejected, key, identical, texts, idx, n_random, seed) -> dict:
@@ -188,14 +226,20 @@ def random_floor(chosen, rejected, key, identical, texts, idx, n_random, seed) -
         shares.append(metrics["share_positive"])
         aucs.append(metrics["auc"])
         balanced.append(metrics["agreement_length_balanced"])
-    return {"n_random": n_random, "share_positive_best": max(shares), "share_positive_mean": float(np.mean(shares)),
-            "auc_best": max(aucs), "auc_mean": float(np.mean(aucs)),
-            "length_balanced_best": max(balanced), "length_balanced_mean": float(np.mean(balanced))}
+    return {
+        "n_random": n_random,
+        "share_positive_best": max(shares),
+        "share_positive_mean": float(np.mean(shares)),
+        "auc_best": max(aucs),
+        "auc_mean": float(np.mean(aucs)),
+        "length_balanced_best": max(balanced),
+        "length_balanced_mean": float(np.mean(balanced)),
+    }
 
 
 def stage_measure(args: argparse.Namespace) -> None:
     from legend.data import detect_layout, load_table, pair_views
-    from legend.directions import ContrastEmbeddings, ESTIMATORS, split_indices
+    from legend.directions import ESTIMATORS, ContrastEmbeddings, split_indices
     from legend.resources import HH_RLHF_SAMPLE, sample_path
     from legend.selection import all_candidates, best_row, select_on_preferences, sweep_embeddings
 
@@ -211,58 +255,98 @@ def stage_measure(args: argparse.Namespace) -> None:
     everything = np.arange(n)
     dev, test = split_indices(n, 1.0 - args.dev_fraction, args.seed)
     contrast = ContrastEmbeddings(harmless=x_harmless, harmful=x_harmful, n_truncated=0)
-    out: dict = {"model": "embedded SmolLM2-135M-Instruct (default)", "dtype": hh_meta["dtype"],
-                 "hh_pairs": n, "hh_source": "first rows of the bundled hh-rlhf harmless dev sample",
-                 "contrast_pairs": "bundled XSTest contrast pairs (131)", "dev": len(dev), "test": len(test),
-                 "bootstrap": args.boot, "seed": args.seed, "configs": {}}
+    out: dict = {
+        "model": "embedded SmolLM2-135M-Instruct (default)",
+        "dtype": hh_meta["dtype"],
+        "hh_pairs": n,
+        "hh_source": "first rows of the bundled hh-rlhf harmless dev sample",
+        "contrast_pairs": "bundled XSTest contrast pairs (131)",
+        "dev": len(dev),
+        "test": len(test),
+        "bootstrap": args.boot,
+        "seed": args.seed,
+        "configs": {},
+    }
 
     def report(label: str, layer: int, pooling: str, estimator: str, how: str) -> None:
         key = (layer, pooling)
         vector = ESTIMATORS[estimator](x_harmless[key], x_harmful[key])
         raw = margins_of(chosen, rejected, key, vector, identical)
         out["configs"][label] = {
-            "layer": layer, "pooling": pooling, "estimator": estimator, "how": how,
+            "layer": layer,
+            "pooling": pooling,
+            "estimator": estimator,
+            "how": how,
             "all_pairs": evaluate(raw, texts, everything, args),
             "test_pairs": evaluate(raw, texts, test, args),
-            "random_floor_all": random_floor(chosen, rejected, key, identical, texts, everything, args.random, args.seed),
+            "random_floor_all": random_floor(
+                chosen, rejected, key, identical, texts, everything, args.random, args.seed
+            ),
             "random_floor_test": random_floor(chosen, rejected, key, identical, texts, test, args.random, args.seed),
         }
-        print(f"[{time.strftime('%H:%M:%S')}] {label}: layer {layer} {pooling} {estimator}: all {_short(out['configs'][label]['all_pairs'])}; "
-              f"test {_short(out['configs'][label]['test_pairs'])}", flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {label}: layer {layer} {pooling} {estimator}: all "
+            f"{_short(out['configs'][label]['all_pairs'])}; "
+            f"test {_short(out['configs'][label]['test_pairs'])}",
+            flush=True,
+        )
 
     report("paper_default", num_layers, "last", "mean_difference", "the paper: last layer, last token, mean difference")
 
-    auto = sweep_embeddings(contrast, all_candidates(layers, ("last", "mean"), tuple(ESTIMATORS)), test_fraction=0.2,
-                            seed=args.seed)
+    auto = sweep_embeddings(
+        contrast, all_candidates(layers, ("last", "mean"), tuple(ESTIMATORS)), test_fraction=0.2, seed=args.seed
+    )
     out["select_auto_sweep_top"] = [r.to_dict() for r in sorted(auto.rows, key=_sort_key, reverse=True)[:10]]
-    report("select_auto", auto.best.layer, auto.best.pooling, auto.best.estimator,
-           "--select auto on the XSTest pairs (held-out separation)")
+    report(
+        "select_auto",
+        auto.best.layer,
+        auto.best.pooling,
+        auto.best.estimator,
+        "--select auto on the XSTest pairs (held-out separation)",
+    )
 
     # --select-on: choose on the hh dev split only; the held-out hh test split is the one to read.
     fitted: dict = {}  # candidate -> vector fitted on all XSTest pairs, shared by both select-on runs
-    for label, estimators in (("select_on_all", tuple(ESTIMATORS)), ("select_on_mean_difference", ("mean_difference",))):
+    for label, estimators in (
+        ("select_on_all", tuple(ESTIMATORS)),
+        ("select_on_mean_difference", ("mean_difference",)),
+    ):
         # The contrast sweep was already run above: reuse its rows (fresh copies) instead of refitting.
         rows = [copy.deepcopy(r) for r in auto.rows if r.estimator in estimators]
         result = dataclasses.replace(auto, rows=rows, best=best_row(rows))
-        record = select_on_preferences(result, contrast, chosen, rejected, dev_fraction=args.dev_fraction,
-                                       seed=args.seed, fitted=fitted)
+        record = select_on_preferences(
+            result, contrast, chosen, rejected, dev_fraction=args.dev_fraction, seed=args.seed, fitted=fitted
+        )
         out[f"{label}_record"] = {k: v for k, v in record.items() if k != "test_rows"}
-        report(label, result.best.layer, result.best.pooling, result.best.estimator,
-               f"--select-on hh dev split ({len(dev)} pairs), estimators {', '.join(estimators)}")
+        report(
+            label,
+            result.best.layer,
+            result.best.pooling,
+            result.best.estimator,
+            f"--select-on hh dev split ({len(dev)} pairs), estimators {', '.join(estimators)}",
+        )
 
     # Descriptive layer profile (mean difference, XSTest direction) on all cached pairs: not used to choose.
     profile = []
     for layer in layers:
         for pooling in ("last", "mean"):
             key = (layer, pooling)
-            raw = margins_of(chosen, rejected, key, ESTIMATORS["mean_difference"](x_harmless[key], x_harmful[key]),
-                             identical)
+            raw = margins_of(
+                chosen, rejected, key, ESTIMATORS["mean_difference"](x_harmless[key], x_harmful[key]), identical
+            )
             from legend.quality import margin_metrics
 
             diff = np.array([len(c) - len(r) for c, r in zip(*texts)], dtype=np.float64)
             m = margin_metrics(raw, diff)
-            profile.append({"layer": layer, "pooling": pooling, "share_positive": m["share_positive"], "auc": m["auc"],
-                            "length_balanced": m["agreement_length_balanced"]})
+            profile.append(
+                {
+                    "layer": layer,
+                    "pooling": pooling,
+                    "share_positive": m["share_positive"],
+                    "auc": m["auc"],
+                    "length_balanced": m["agreement_length_balanced"],
+                }
+            )
     out["layer_profile_mean_difference"] = profile
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
@@ -282,8 +366,10 @@ def _short(metrics: dict) -> str:
         m = metrics[name]
         return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
-    return (f"n={metrics['n']} share+ {fmt('share_positive')}, AUC {fmt('auc')}, "
-            f"length-balanced {fmt('agreement_length_balanced')}")
+    return (
+        f"n={metrics['n']} share+ {fmt('share_positive')}, AUC {fmt('auc')}, "
+        f"length-balanced {fmt('agreement_length_balanced')}"
+    )
 
 
 if __name__ == "__main__":

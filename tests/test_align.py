@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import build_tiny_llama, build_tokenizer
+from helpers import build_tiny_llama, build_tokenizer
 from legend.align.best_of_n import (
     SamplingConfig,
     best_of_n_indices,
@@ -21,24 +21,34 @@ from legend.align.best_of_n import (
     sample_responses,
 )
 from legend.align.dpo import MarginDPOTrainer, dpo_config, preference_dataset
-from legend.align.scoring import DirectionScorer, RewardModelScorer, win_rate
+from legend.align.scoring import DirectionScorer, RewardModelScorer
 from legend.cli import app
 from legend.data import DataError
 from legend.directions import Direction
+from legend.metrics import win_rate
 from legend.models import wrap_model
 
-PROMPTS = [({"role": "user", "content": "How do I pick a lock?"},),
-           ({"role": "user", "content": "Write a script that can exploit vulnerabilities."},),
-           ({"role": "user", "content": "The quick brown fox?"},)]
+PROMPTS = [
+    ({"role": "user", "content": "How do I pick a lock?"},),
+    ({"role": "user", "content": "Write a script that can exploit vulnerabilities."},),
+    ({"role": "user", "content": "The quick brown fox?"},),
+]
 
 
 def build_tiny_reward_model(vocab_size: int, seed: int, num_labels: int = 1, hidden: int = 32):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         num_labels=num_labels)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_labels=num_labels,
+    )
     model = LlamaForSequenceClassification(config).eval()
     with torch.no_grad():  # a random head is near zero; scale it so rewards differ clearly between texts
         model.score.weight.normal_(0, 1.0)
@@ -47,12 +57,14 @@ def build_tiny_reward_model(vocab_size: int, seed: int, num_labels: int = 1, hid
 
 def chat_ids(tokenizer, prompt, response) -> list[int]:
     """Independent rendering: the full chat text, ending at the end-of-turn token, tokenised in one go."""
-    text = tokenizer.apply_chat_template([*map(dict, prompt), {"role": "assistant", "content": response}],
-                                         tokenize=False).rstrip("\n")
+    text = tokenizer.apply_chat_template(
+        [*map(dict, prompt), {"role": "assistant", "content": response}], tokenize=False
+    ).rstrip("\n")
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 # ---------------------------------------------------------------- win rates and picks
+
 
 def test_win_rate_counts_ties_as_half():
     a = [1.0, 2.0, 3.0, 3.0, 0.0]
@@ -89,6 +101,7 @@ def test_best_of_n_index_rejects_n_beyond_samples():
 
 # ---------------------------------------------------------------- sampling and scoring
 
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_tokenizer()
@@ -111,8 +124,14 @@ def test_reward_scores_and_best_of_n_picks_match_independent_scoring(policy, tok
     rm_a = RewardModelScorer(build_tiny_reward_model(len(tokenizer), seed=1), build_tokenizer(), name="A", batch_size=5)
     rm_b = RewardModelScorer(build_tiny_reward_model(len(tokenizer), seed=2), build_tokenizer(), name="B", batch_size=5)
     judge = RewardModelScorer(build_tiny_reward_model(len(tokenizer), seed=5), build_tokenizer(), name="J")
-    run = run_best_of_n(policy, PROMPTS, [rm_a, rm_b], judge, ns=[1, 2, 4],
-                        sampling=SamplingConfig(max_new_tokens=6, batch_size=8, seed=1))
+    run = run_best_of_n(
+        policy,
+        PROMPTS,
+        [rm_a, rm_b],
+        judge,
+        ns=[1, 2, 4],
+        sampling=SamplingConfig(max_new_tokens=6, batch_size=8, seed=1),
+    )
     assert [len(r) for r in run.responses] == [4, 4, 4]
 
     def one_by_one(scorer):  # one text at a time, no padding, own tokenisation
@@ -139,8 +158,16 @@ def test_reward_scores_and_best_of_n_picks_match_independent_scoring(policy, tok
 
 def test_direction_judge_is_the_projection_of_the_last_token(policy, tokenizer):
     vector = torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(0)), dim=0)
-    direction = Direction(vector=vector, layer=4, pooling="last", model_id="tiny-policy",
-                          fingerprint=policy.fingerprint, hidden_size=32, num_layers=4, template="chat")
+    direction = Direction(
+        vector=vector,
+        layer=4,
+        pooling="last",
+        model_id="tiny-policy",
+        fingerprint=policy.fingerprint,
+        hidden_size=32,
+        num_layers=4,
+        template="chat",
+    )
     responses = ["I can't answer that.", "Sure, here is how to pick a lock."]
     scores = DirectionScorer(policy, direction).score(PROMPTS[:2], responses)
     for prompt, response, score in zip(PROMPTS, responses, scores):
@@ -153,10 +180,15 @@ def test_direction_judge_is_the_projection_of_the_last_token(policy, tokenizer):
 def test_read_prompts_from_questions_and_preference_data(tmp_path):
     questions = tmp_path / "q.csv"
     questions.write_text("goal,target\nHow to pick a lock,Sure\nWrite malware,Sure\n")
-    assert read_prompts(questions) == [({"role": "user", "content": "How to pick a lock"},),
-                                       ({"role": "user", "content": "Write malware"},)]
+    assert read_prompts(questions) == [
+        ({"role": "user", "content": "How to pick a lock"},),
+        ({"role": "user", "content": "Write malware"},),
+    ]
     prefs = tmp_path / "p.jsonl"
-    prefs.write_text(json.dumps({"chosen": "\n\nHuman: Hi?\n\nAssistant: No.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Yes."}) + "\n")
+    prefs.write_text(
+        json.dumps({"chosen": "\n\nHuman: Hi?\n\nAssistant: No.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Yes."})
+        + "\n"
+    )
     assert read_prompts(prefs) == [({"role": "user", "content": "Hi?"},)]
 
 
@@ -181,11 +213,24 @@ def completion_logps(model, batch) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_trainer(tmp_path, tokenizer, policy_model, ref_model, cls=MarginDPOTrainer, **kwargs):
-    config = dpo_config(tmp_path / "dpo", per_device_train_batch_size=4, report_to="none", bf16=False,
-                        gradient_checkpointing=False, max_steps=1, beta=0.1)
+    config = dpo_config(
+        tmp_path / "dpo",
+        per_device_train_batch_size=4,
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        max_steps=1,
+        beta=0.1,
+    )
     data = preference_dataset(datasets.Dataset.from_dict(PAIRS))
-    return cls(model=copy.deepcopy(policy_model), ref_model=copy.deepcopy(ref_model), args=config,
-               train_dataset=data, processing_class=tokenizer, **kwargs)
+    return cls(
+        model=copy.deepcopy(policy_model),
+        ref_model=copy.deepcopy(ref_model),
+        args=config,
+        train_dataset=data,
+        processing_class=tokenizer,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +280,14 @@ def test_dpo_offset_refuses_other_losses(tmp_path, tokenizer, dpo_models):
     config = dpo_config(tmp_path / "x", report_to="none", bf16=False, loss_type=["ipo"])
     data = preference_dataset(datasets.Dataset.from_dict(PAIRS))
     with pytest.raises(ValueError, match="sigmoid"):
-        MarginDPOTrainer(model=copy.deepcopy(dpo_models[0]), ref_model=copy.deepcopy(dpo_models[1]), args=config,
-                         train_dataset=data, processing_class=tokenizer, alpha=1.0)
+        MarginDPOTrainer(
+            model=copy.deepcopy(dpo_models[0]),
+            ref_model=copy.deepcopy(dpo_models[1]),
+            args=config,
+            train_dataset=data,
+            processing_class=tokenizer,
+            alpha=1.0,
+        )
 
 
 def test_preference_dataset_names_bad_margin_rows():
@@ -253,6 +304,7 @@ def test_preference_dataset_names_bad_margin_rows():
 
 # ---------------------------------------------------------------- CLI
 
+
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory, tokenizer, policy):
     root = tmp_path_factory.mktemp("models")
@@ -262,8 +314,16 @@ def saved_models(tmp_path_factory, tokenizer, policy):
         build_tiny_reward_model(len(tokenizer), seed).save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     vector = torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(1)), dim=0)
-    Direction(vector=vector, layer=4, pooling="last", model_id=str(root / "policy"), fingerprint=policy.fingerprint,
-              hidden_size=32, num_layers=4, template="chat").save(root / "direction")
+    Direction(
+        vector=vector,
+        layer=4,
+        pooling="last",
+        model_id=str(root / "policy"),
+        fingerprint=policy.fingerprint,
+        hidden_size=32,
+        num_layers=4,
+        template="chat",
+    ).save(root / "direction")
     (root / "prompts.csv").write_text("goal\nHow do I pick a lock?\nWrite a script\nThe quick brown fox?\n")
     rows = [dict(zip(PAIRS, values)) for values in zip(*PAIRS.values())]
     (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -273,10 +333,31 @@ def saved_models(tmp_path_factory, tokenizer, policy):
 def test_cli_best_of_n_writes_report_plot_and_samples(saved_models, tmp_path):
     root = saved_models
     out = tmp_path / "bon.json"
-    result = CliRunner().invoke(app, [
-        "best-of-n", "--prompts", str(root / "prompts.csv"), "--policy", str(root / "policy"),
-        "-r", str(root / "rm_plain"), "-r", str(root / "rm_legend"), "--direction", str(root / "direction"),
-        "--n", "1,2,4", "--max-new-tokens", "4", "--out", str(out), "--samples-out", str(tmp_path / "s.jsonl"), "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "best-of-n",
+            "--prompts",
+            str(root / "prompts.csv"),
+            "--policy",
+            str(root / "policy"),
+            "-r",
+            str(root / "rm_plain"),
+            "-r",
+            str(root / "rm_legend"),
+            "--direction",
+            str(root / "direction"),
+            "--n",
+            "1,2,4",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(out),
+            "--samples-out",
+            str(tmp_path / "s.jsonl"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["ns"] == [1, 2, 4] and report["n_prompts"] == 3 and report["baseline"] == "rm_plain"
@@ -290,8 +371,20 @@ def test_cli_best_of_n_writes_report_plot_and_samples(saved_models, tmp_path):
 
 def test_cli_best_of_n_with_judge_model_and_bad_input(saved_models, tmp_path):
     root = saved_models
-    base = ["best-of-n", "--prompts", str(root / "prompts.csv"), "--policy", str(root / "policy"),
-            "-r", str(root / "rm_plain"), "--max-new-tokens", "3", "--out", str(tmp_path / "r.json"), "-q"]
+    base = [
+        "best-of-n",
+        "--prompts",
+        str(root / "prompts.csv"),
+        "--policy",
+        str(root / "policy"),
+        "-r",
+        str(root / "rm_plain"),
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(tmp_path / "r.json"),
+        "-q",
+    ]
     result = CliRunner().invoke(app, [*base, "--judge-model", str(root / "rm_legend"), "--n", "1,2"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r.json").read_text())["judge"] == "judge:rm_legend"
@@ -303,8 +396,23 @@ def test_cli_best_of_n_with_judge_model_and_bad_input(saved_models, tmp_path):
 
 def test_cli_dpo_with_and_without_offset(saved_models, tmp_path):
     root = saved_models
-    common = ["dpo", "--data", str(root / "pairs.jsonl"), "--model", str(root / "policy"), "--max-steps", "1",
-              "--batch-size", "2", "--bf16", "false", "--gradient_checkpointing", "false", "--save_strategy", "no"]
+    common = [
+        "dpo",
+        "--data",
+        str(root / "pairs.jsonl"),
+        "--model",
+        str(root / "policy"),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--bf16",
+        "false",
+        "--gradient_checkpointing",
+        "false",
+        "--save_strategy",
+        "no",
+    ]
     result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "odpo"), "--alpha", "0.5"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "odpo" / "legend_dpo.json").read_text())

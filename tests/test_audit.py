@@ -29,7 +29,7 @@ def test_flags_need_both_the_quantile_and_the_score():
     q30 = np.quantile(raw, 0.3)
     expected = (raw <= q30) & (-raw / scale >= 1.0)
     np.testing.assert_array_equal(result.flags, expected)
-    assert result.flags.tolist() == [False] * 8 + [True, True]   # -1.0 is in the quantile but under 1 SD
+    assert result.flags.tolist() == [False] * 8 + [True, True]  # -1.0 is in the quantile but under 1 SD
     loose = audit_margins(raw, AuditSettings(quantile=0.3, min_score=0.0))
     assert loose.flags.sum() == 3
     with pytest.raises(ValueError, match="quantile"):
@@ -42,7 +42,7 @@ def test_flip_labels_is_seeded_and_negates_exactly_the_flipped_rows():
     assert mask.sum() == 10
     np.testing.assert_array_equal(flipped[mask], -raw[mask])
     np.testing.assert_array_equal(flipped[~mask], raw[~mask])
-    again, mask_again = flip_labels(raw, 0.1, seed=4)
+    _again, mask_again = flip_labels(raw, 0.1, seed=4)
     np.testing.assert_array_equal(mask, mask_again)
     assert not np.array_equal(mask, flip_labels(raw, 0.1, seed=5)[1])
     with pytest.raises(ValueError, match="flip rate"):
@@ -88,8 +88,10 @@ def test_add_audit_columns_keeps_every_row_in_order():
 
 
 def _write(path, raw):
-    rows = [{"prompt": f"q{i}", "chosen": f"safe {i}", "rejected": f"bad {i}", "margin_raw": float(m)}
-            for i, m in enumerate(raw)]
+    rows = [
+        {"prompt": f"q{i}", "chosen": f"safe {i}", "rejected": f"bad {i}", "margin_raw": float(m)}
+        for i, m in enumerate(raw)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -97,8 +99,22 @@ def test_cli_audit_writes_all_rows_and_measures_flips(tmp_path):
     raw = np.random.default_rng(5).uniform(1.0, 2.0, 100)
     raw[[3, 50]] = [-5.0, -4.0]
     _write(tmp_path / "ann.jsonl", raw)
-    result = CliRunner().invoke(app, ["audit", "--data", str(tmp_path / "ann.jsonl"), "--out", str(tmp_path / "a.jsonl"),
-                                      "--simulate-flips", "0.1", "--seed", "0", "--json", str(tmp_path / "a.json")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "--data",
+            str(tmp_path / "ann.jsonl"),
+            "--out",
+            str(tmp_path / "a.jsonl"),
+            "--simulate-flips",
+            "0.1",
+            "--seed",
+            "0",
+            "--json",
+            str(tmp_path / "a.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert len(rows) == 100 and [r["prompt"] for r in rows] == [f"q{i}" for i in range(100)]
@@ -108,8 +124,12 @@ def test_cli_audit_writes_all_rows_and_measures_flips(tmp_path):
     assert "precision" in result.output and "recall" in result.output
     assert not (tmp_path / "a.jsonl.legend.json").exists()  # no sidecar in, none out
     (tmp_path / "ann.jsonl.legend.json").write_text(json.dumps({"binning": {"edges": [0.0, 1.5]}}))
-    assert CliRunner().invoke(app, ["audit", "--data", str(tmp_path / "ann.jsonl"), "--out",
-                                    str(tmp_path / "b.jsonl")]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(app, ["audit", "--data", str(tmp_path / "ann.jsonl"), "--out", str(tmp_path / "b.jsonl")])
+        .exit_code
+        == 0
+    )
     carried = json.loads((tmp_path / "b.jsonl.legend.json").read_text())
     assert carried["binning"]["edges"] == [0.0, 1.5] and carried["audit"]["flagged"] == 2
 

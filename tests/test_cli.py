@@ -10,20 +10,25 @@ import datasets
 import pytest
 from typer.testing import CliRunner
 
+from helpers import build_tiny_llama, build_tokenizer
 from legend.cli import app
 from legend.data import load_table
-
-from conftest import build_tiny_llama, build_tokenizer
 
 runner = CliRunner()
 
 HH = [
-    {"chosen": "\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help with that.",
-     "rejected": "\n\nHuman: How do I pick a lock?\n\nAssistant: Sure, rake the pins with a wrench."},
-    {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Write an exploit\n\nAssistant: No.",
-     "rejected": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Write an exploit\n\nAssistant: Here it is: ..."},
-    {"chosen": "\n\nHuman: Same?\n\nAssistant: Same answer.",
-     "rejected": "\n\nHuman: Same?\n\nAssistant: Same answer."},
+    {
+        "chosen": "\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help with that.",
+        "rejected": "\n\nHuman: How do I pick a lock?\n\nAssistant: Sure, rake the pins with a wrench.",
+    },
+    {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Write an exploit\n\nAssistant: No.",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Write an exploit\n\nAssistant: Here it is: ...",
+    },
+    {
+        "chosen": "\n\nHuman: Same?\n\nAssistant: Same answer.",
+        "rejected": "\n\nHuman: Same?\n\nAssistant: Same answer.",
+    },
 ]
 
 
@@ -44,10 +49,17 @@ def workspace(tmp_path_factory):
     model = build_tiny_llama(len(tokenizer), seed=11)
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
-    pairs = write_jsonl(root / "pairs.jsonl", [
-        {"question": f"How do I pick lock {i}?", "harmful": f"Sure, rake lock {i}.", "harmless": "I can't answer that."}
-        for i in range(8)
-    ])
+    pairs = write_jsonl(
+        root / "pairs.jsonl",
+        [
+            {
+                "question": f"How do I pick lock {i}?",
+                "harmful": f"Sure, rake lock {i}.",
+                "harmless": "I can't answer that.",
+            }
+            for i in range(8)
+        ],
+    )
     result = run("direction", "--pairs", pairs, "--out", root / "dir", "--model", root / "model", "--quiet")
     assert result.exit_code == 0, result.output
     return root
@@ -176,12 +188,12 @@ def test_direction_from_another_model_is_refused(workspace, tmp_path):
 
 
 def test_failed_write_leaves_no_partial_output(workspace, tmp_path, monkeypatch):
-    import legend.pipeline as pipeline
+    import legend.engines.local as local
 
     def explode(obj, path):
         raise ValueError("disk full")
 
-    monkeypatch.setattr(pipeline, "write_json", explode)
+    monkeypatch.setattr(local, "write_json", explode)
     out = tmp_path / "out.jsonl"
     result = annotate(workspace, write_jsonl(tmp_path / "hh.jsonl", HH), out)
     assert result.exit_code == 2
@@ -192,8 +204,22 @@ def test_induce_pairs_questions_with_refusal_templates(workspace, tmp_path):
     questions = tmp_path / "advbench.csv"
     questions.write_text("goal,target\nWrite an exploit,Sure here is\nPick a lock,Sure here is\nSteal a car,Sure\n")
     out = tmp_path / "pairs.jsonl"
-    result = run("induce", "--questions", questions, "--out", out, "--model", workspace / "model",
-                 "--max-new-tokens", "4", "--refusal", "No.", "--refusal", "I won't.", "--quiet")
+    result = run(
+        "induce",
+        "--questions",
+        questions,
+        "--out",
+        out,
+        "--model",
+        workspace / "model",
+        "--max-new-tokens",
+        "4",
+        "--refusal",
+        "No.",
+        "--refusal",
+        "I won't.",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     rows = load_table(out)
     assert rows["question"] == ["Write an exploit", "Pick a lock", "Steal a car"]

@@ -21,9 +21,8 @@ from legend.data import (
     read_contrast_pairs,
     read_questions,
     split_hh_transcript,
-    write_json,
-    write_table,
 )
+from legend.io import write_json, write_table
 
 SHARED = Path("/work/shared/data")
 HH_DEV = SHARED / "hh-rlhf/harmless-base/dev.jsonl.gz"
@@ -98,7 +97,10 @@ def test_explicit_from_csv_and_gzip(tmp_path: Path) -> None:
     gz_path = tmp_path / "pairs.jsonl.gz"
     with gzip.open(gz_path, "wt", encoding="utf-8") as handle:
         handle.write(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n")
-    assert views_of(csv_path) == ("explicit", [PairView(({"role": "user", "content": "Hi, you"},), "Hello, friend", "Go away")])
+    assert views_of(csv_path) == (
+        "explicit",
+        [PairView(({"role": "user", "content": "Hi, you"},), "Hello, friend", "Go away")],
+    )
     assert views_of(gz_path)[1] == [PairView(({"role": "user", "content": "p"},), "c", "r")]
 
 
@@ -144,7 +146,9 @@ def test_conversational_string_prompt_used_only_when_messages_lack_it() -> None:
             }
         ]
     )
-    assert pair_views(ultra, detect_layout(ultra), source="u") == [PairView(({"role": "user", "content": "Hi"},), "Hello", "Bye")]
+    assert pair_views(ultra, detect_layout(ultra), source="u") == [
+        PairView(({"role": "user", "content": "Hi"},), "Hello", "Bye")
+    ]
     bare = table(
         [
             {
@@ -176,7 +180,9 @@ def test_hh_from_jsonl(tmp_path: Path) -> None:
     layout, views = views_of(path)
     assert layout == "hh"
     assert views == [
-        PairView(HH_PROMPT, "I'd call a locksmith; they can let you in safely.", "Insert a tension wrench and rake the pins.")
+        PairView(
+            HH_PROMPT, "I'd call a locksmith; they can let you in safely.", "Insert a tension wrench and rake the pins."
+        )
     ]
 
 
@@ -184,8 +190,20 @@ def test_pku_safer_response_id_picks_chosen(tmp_path: Path) -> None:
     path = write_jsonl(
         tmp_path / "pku.jsonl",
         [
-            {"prompt": "q1", "response_0": "safe A", "response_1": "unsafe B", "safer_response_id": 0, "better_response_id": 1},
-            {"prompt": "q2", "response_0": "unsafe C", "response_1": "safe D", "safer_response_id": 1, "better_response_id": 0},
+            {
+                "prompt": "q1",
+                "response_0": "safe A",
+                "response_1": "unsafe B",
+                "safer_response_id": 0,
+                "better_response_id": 1,
+            },
+            {
+                "prompt": "q2",
+                "response_0": "unsafe C",
+                "response_1": "safe D",
+                "safer_response_id": 1,
+                "better_response_id": 0,
+            },
         ],
     )
     layout, views = views_of(path)
@@ -243,7 +261,9 @@ def test_split_hh_transcript_quirks() -> None:
     assert prompt == ({"role": "user", "content": "Say 'Human: hi' to me"},)
     assert response == ""
     # Repeated turns (seen in hh-rlhf) are joined so that roles alternate.
-    prompt, response = split_hh_transcript("\n\nHuman: Key?\n\nAssistant: Here:\n\nAssistant: ABC-123\n\nAssistant: Done")
+    prompt, response = split_hh_transcript(
+        "\n\nHuman: Key?\n\nAssistant: Here:\n\nAssistant: ABC-123\n\nAssistant: Done"
+    )
     assert prompt == ({"role": "user", "content": "Key?"}, {"role": "assistant", "content": "Here:\n\nABC-123"})
     assert response == "Done"
     with pytest.raises(DataError, match="no '.*Assistant:' turn"):
@@ -253,7 +273,9 @@ def test_split_hh_transcript_quirks() -> None:
 def test_hh_differing_prompts_use_chosen_prompt() -> None:
     rejected = "\n\nHuman: Something else entirely\n\nAssistant: Bad answer"
     ds = table([{"chosen": HH_CHOSEN, "rejected": rejected}])
-    assert pair_views(ds, "hh") == [PairView(HH_PROMPT, "I'd call a locksmith; they can let you in safely.", "Bad answer")]
+    assert pair_views(ds, "hh") == [
+        PairView(HH_PROMPT, "I'd call a locksmith; they can let you in safely.", "Bad answer")
+    ]
 
 
 def test_hh_row_without_assistant_turn_names_row_and_field() -> None:
@@ -323,7 +345,9 @@ def test_hub_name_offline_is_a_data_error(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DataError, match=r"^nobody-xyz/no-such-set: no such local file or folder, and the Hugging Face Hub"):
+    with pytest.raises(
+        DataError, match=r"^nobody-xyz/no-such-set: no such local file or folder, and the Hugging Face Hub"
+    ):
         load_table("nobody-xyz/no-such-set")
 
 
@@ -352,9 +376,7 @@ def test_empty_csv_cell_is_reported(tmp_path: Path) -> None:
 
 
 def test_bad_conversational_and_pku_rows() -> None:
-    conv = table(
-        [{"chosen": [{"role": "user", "content": "q"}], "rejected": [{"role": "assistant", "content": "a"}]}]
-    )
+    conv = table([{"chosen": [{"role": "user", "content": "q"}], "rejected": [{"role": "assistant", "content": "a"}]}])
     with pytest.raises(DataError, match=r"^c: row 1: field 'chosen': the last message must be the assistant's"):
         pair_views(conv, "conversational", source="c")
     pku = table([{"prompt": "q", "response_0": "a", "response_1": "b", "safer_response_id": 2}])
@@ -377,7 +399,9 @@ def test_read_contrast_pairs(tmp_path: Path) -> None:
     assert read_contrast_pairs(path, question="q", harmful="bad", harmless="good") == [
         ContrastPair("How to hack?", "Run this exploit", "I can't help with that")
     ]
-    with pytest.raises(DataError, match=r"contrast.csv: missing column\(s\) 'harmful', 'harmless'; columns found: q, bad, good"):
+    with pytest.raises(
+        DataError, match=r"contrast.csv: missing column\(s\) 'harmful', 'harmless'; columns found: q, bad, good"
+    ):
         read_contrast_pairs(path, question="q")
     path.write_text("question,harmful,harmless\nq,,fine\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"contrast.csv: row 1: field 'harmful': expected a non-empty string, got null"):
@@ -393,7 +417,9 @@ def test_read_questions_formats(tmp_path: Path) -> None:
     assert read_questions(tmp_path / "splits.json") == ["Do X"]
     write_jsonl(tmp_path / "q.jsonl", [{"text": "a", "other": "b"}])
     assert read_questions(tmp_path / "q.jsonl", column="other") == ["b"]
-    with pytest.raises(DataError, match=r"q.jsonl: no question column; columns found: text, other; expected one of question, goal"):
+    with pytest.raises(
+        DataError, match=r"q.jsonl: no question column; columns found: text, other; expected one of question, goal"
+    ):
         read_questions(tmp_path / "q.jsonl")
     (tmp_path / "holes.json").write_text(json.dumps(["fine", ""]), encoding="utf-8")
     with pytest.raises(DataError, match=r"holes.json: row 2: expected a non-empty string, got an empty string"):
@@ -437,7 +463,10 @@ def test_write_jsonl_is_readable_text(tmp_path: Path) -> None:
 
 
 def test_write_csv_round_trip_and_nested_refused(tmp_path: Path) -> None:
-    flat = [{"prompt": "a, b", "chosen": 'say "hi"', "margin": 0.5}, {"prompt": "línea\nnueva", "chosen": "x", "margin": -1.25}]
+    flat = [
+        {"prompt": "a, b", "chosen": 'say "hi"', "margin": 0.5},
+        {"prompt": "línea\nnueva", "chosen": "x", "margin": -1.25},
+    ]
     write_table(table(flat), tmp_path / "flat.csv")
     assert load_table(tmp_path / "flat.csv").to_list() == flat
     with pytest.raises(DataError, match=r"nested.csv: CSV cannot hold nested column\(s\) prompt, chosen"):
@@ -454,11 +483,12 @@ def test_write_unknown_extension(tmp_path: Path) -> None:
 
 
 def test_write_table_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def half_write(self: datasets.Dataset, path: str, *args: object, **kwargs: object) -> None:
-        Path(path).write_bytes(b"PAR1 partial")
-        raise OSError("disk full")
+    import pyarrow.parquet as pq
 
-    monkeypatch.setattr(datasets.Dataset, "to_parquet", half_write)
+    def half_write(self: pq.ParquetWriter, *args: object, **kwargs: object) -> None:
+        raise OSError("disk full")  # the writer has already created its (temporary) file
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", half_write)
     with pytest.raises(OSError, match="disk full"):
         write_table(table(NESTED_ROWS), tmp_path / "out.parquet")
     assert os.listdir(tmp_path) == []
@@ -516,7 +546,7 @@ def test_real_tdc2023_questions() -> None:
 
 
 def test_atomic_folder_replaces_keeps_or_leaves_nothing(tmp_path: Path) -> None:
-    from legend.data import atomic_folder
+    from legend.io import atomic_folder
 
     target = tmp_path / "artifact"
     with atomic_folder(target) as folder:
@@ -524,12 +554,11 @@ def test_atomic_folder_replaces_keeps_or_leaves_nothing(tmp_path: Path) -> None:
     with atomic_folder(target) as folder:
         (folder / "a.txt").write_text("second")
     assert (target / "a.txt").read_text() == "second"
-    with atomic_folder(target, replace=False) as folder:   # another process finished first: keep its folder
+    with atomic_folder(target, replace=False) as folder:  # another process finished first: keep its folder
         (folder / "a.txt").write_text("third")
     assert (target / "a.txt").read_text() == "second"
-    with pytest.raises(RuntimeError):
-        with atomic_folder(target) as folder:
-            (folder / "a.txt").write_text("half")
-            raise RuntimeError("writer failed")
+    with pytest.raises(RuntimeError), atomic_folder(target) as folder:
+        (folder / "a.txt").write_text("half")
+        raise RuntimeError("writer failed")
     assert (target / "a.txt").read_text() == "second"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]   # no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]  # no temporary folder left

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import build_tiny_llama
 from legend.data import ContrastPair
 from legend.directions import (
     Direction,
@@ -16,17 +17,18 @@ from legend.directions import (
     fit_direction_vector,
     logistic_probe,
     mean_difference,
-    pair_accuracy,
     pca_difference,
     split_indices,
 )
+from legend.metrics import pair_accuracy
 from legend.models import wrap_model
 
-from conftest import build_tiny_llama
-
 PAIRS = [
-    ContrastPair(f"Question number {i}: how do I pick lock {i}?",
-                 f"Sure, here is how to pick lock {i}: rake the pins.", "I can't answer that.")
+    ContrastPair(
+        f"Question number {i}: how do I pick lock {i}?",
+        f"Sure, here is how to pick lock {i}: rake the pins.",
+        "I can't answer that.",
+    )
     for i in range(10)
 ]
 
@@ -49,7 +51,7 @@ def test_mean_difference_is_normalised_mean_gap():
 
 @pytest.mark.parametrize("estimator", [mean_difference, pca_difference, logistic_probe])
 def test_estimators_find_the_planted_axis_and_point_to_harmless(estimator):
-    harmless, harmful, shift = _gaussian_pairs()
+    harmless, harmful, _shift = _gaussian_pairs()
     vector = estimator(harmless, harmful).numpy()
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
     assert vector[3] > 0.8  # mostly along the planted axis, pointing to the harmless side
@@ -93,8 +95,18 @@ def test_build_save_load_round_trip(tiny_lm, tmp_path):
     assert "accuracy" in direction.heldout and "auc" in direction.heldout
     direction.save(tmp_path / "dir")
     config = json.loads((tmp_path / "dir" / "config.json").read_text())
-    for key in ("model_id", "fingerprint", "layer", "pooling", "template", "estimator", "n_pairs", "hidden_size",
-                "legend_version", "heldout"):
+    for key in (
+        "model_id",
+        "fingerprint",
+        "layer",
+        "pooling",
+        "template",
+        "estimator",
+        "n_pairs",
+        "hidden_size",
+        "legend_version",
+        "heldout",
+    ):
         assert key in config
     loaded = Direction.load(tmp_path / "dir")
     torch.testing.assert_close(loaded.vector, direction.vector)

@@ -29,14 +29,43 @@ def smollm():
 @pytest.fixture(scope="module")
 def annotated(tmp_path_factory, smollm):
     root = tmp_path_factory.mktemp("e2e")
-    direction = runner.invoke(app, ["direction", "--pairs", str(sample_path(XSTEST_PAIRS)), "--limit", "16",
-                                    "--pooling", "mean", "--max-length", "256", "--out", str(root / "dir"), "--quiet"])
+    direction = runner.invoke(
+        app,
+        [
+            "direction",
+            "--pairs",
+            str(sample_path(XSTEST_PAIRS)),
+            "--limit",
+            "16",
+            "--pooling",
+            "mean",
+            "--max-length",
+            "256",
+            "--out",
+            str(root / "dir"),
+            "--quiet",
+        ],
+    )
     assert direction.exit_code == 0, direction.output
     out = root / "hh.jsonl"
-    result = runner.invoke(app, ["annotate", "--direction", str(root / "dir"), "--data", str(sample_path(HH_RLHF_SAMPLE)),
-                                 "--limit", str(N_PAIRS), "--out", str(out), "--quiet", "--summary-json"])
+    result = runner.invoke(
+        app,
+        [
+            "annotate",
+            "--direction",
+            str(root / "dir"),
+            "--data",
+            str(sample_path(HH_RLHF_SAMPLE)),
+            "--limit",
+            str(N_PAIRS),
+            "--out",
+            str(out),
+            "--quiet",
+            "--summary-json",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    return out, json.loads(result.output[result.output.index("{"):])
+    return out, json.loads(result.output[result.output.index("{") :])
 
 
 def test_cli_annotates_real_pairs(annotated):
@@ -59,12 +88,25 @@ def test_trl_reward_trainer_batches_carry_the_margin(annotated, smollm, tmp_path
 
     out, _ = annotated
     dataset = load_table(out).select_columns(["chosen", "rejected", "margin"])
-    config = LlamaConfig(vocab_size=len(smollm.tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, num_labels=1,
-                         pad_token_id=smollm.tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(smollm.tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=1,
+        pad_token_id=smollm.tokenizer.pad_token_id,
+    )
     model = LlamaForSequenceClassification(config)
-    args = RewardConfig(output_dir=str(tmp_path), per_device_eval_batch_size=4, max_length=None, report_to=[],
-                        use_cpu=True, dataset_num_proc=None)
+    args = RewardConfig(
+        output_dir=str(tmp_path),
+        per_device_eval_batch_size=4,
+        max_length=None,
+        report_to=[],
+        use_cpu=True,
+        dataset_num_proc=None,
+    )
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=smollm.tokenizer)
     batch = next(iter(trainer.get_eval_dataloader(trainer.train_dataset)))
     assert "margin" in batch
@@ -76,8 +118,11 @@ def test_real_model_vector_is_batch_independent(smollm):
     from legend.encoding import EncodeConfig, encode
 
     user = ({"role": "user", "content": "How do I pick a lock?"},)
-    items = [(user, "I can't answer that."), (user, "Sure, here is a long answer about pins. " * 8),
-             (({"role": "user", "content": "Hi"},), "Hello!")]
+    items = [
+        (user, "I can't answer that."),
+        (user, "Sure, here is a long answer about pins. " * 8),
+        (({"role": "user", "content": "Hi"},), "Hello!"),
+    ]
     config = EncodeConfig(layers=(-1, 15), poolings=("last", "mean"))
     together = encode(smollm, items, config)
     alone = encode(smollm, items[:1], config)

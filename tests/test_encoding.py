@@ -22,8 +22,14 @@ def _items():
     return [
         (USER, "I can't answer that."),
         (USER, "Sure, here is how to pick a lock: first insert the tension wrench, then rake the pins."),
-        (({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-          {"role": "user", "content": "Write a script that can exploit vulnerabilities."}), "No."),
+        (
+            (
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Write a script that can exploit vulnerabilities."},
+            ),
+            "No.",
+        ),
         (({"role": "user", "content": "Hi"},), "Hello there, friend."),
     ]
 
@@ -35,7 +41,7 @@ def _reference(lm, prefix_ids, answer_ids, layer, pooling):
         states = lm.model(input_ids=ids, output_hidden_states=True).hidden_states[layer][0]
     if pooling == "last":
         return states[-1]
-    return states[len(prefix_ids):].mean(0)
+    return states[len(prefix_ids) :].mean(0)
 
 
 def test_resolve_layer_counts_from_the_end():
@@ -67,8 +73,13 @@ def test_pooled_states_match_output_hidden_states(tiny_lm, layer, pooling):
     tok = tiny_lm.tokenizer
     for row, (prompt, response) in enumerate(items):
         prefix, answer = render(tok, prompt, response, "chat")
-        expected = _reference(tiny_lm, tok(prefix, add_special_tokens=False)["input_ids"],
-                              tok(answer, add_special_tokens=False)["input_ids"], layer, pooling)
+        expected = _reference(
+            tiny_lm,
+            tok(prefix, add_special_tokens=False)["input_ids"],
+            tok(answer, add_special_tokens=False)["input_ids"],
+            layer,
+            pooling,
+        )
         torch.testing.assert_close(encoded[row], expected, atol=1e-5, rtol=1e-4)
 
 
@@ -100,7 +111,7 @@ def test_truncation_keeps_the_end_and_is_counted(tiny_lm):
     assert len(tokenized[0].ids) == 32 and tokenized[0].truncated
     assert not tokenized[1].truncated
     answer_ids = tiny_lm.tokenizer("the answer ends here<|im_end|>", add_special_tokens=False)["input_ids"]
-    assert list(tokenized[0].ids[-len(answer_ids):]) == answer_ids
+    assert list(tokenized[0].ids[-len(answer_ids) :]) == answer_ids
     assert tokenized[0].answer_start == 32 - len(answer_ids)
     encoded = encode(tiny_lm, items, config)
     assert encoded.n_truncated == 1 and encoded.truncated == [True, False]

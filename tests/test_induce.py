@@ -9,8 +9,18 @@ from legend.induce import GenerationConfig, generate_answers, induce_pairs, look
 QUESTIONS = ["Write an exploit", "How do I pick a lock quickly and quietly without being seen?", "Hi"]
 
 
-@pytest.mark.parametrize("text", ["I can't answer that.", "I cannot help", "Sorry, no.", "I'm sorry, but no",
-                                  "As an AI, I must decline", "  I won't do that", "I am unable to assist"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I can't answer that.",
+        "I cannot help",
+        "Sorry, no.",
+        "I'm sorry, but no",
+        "As an AI, I must decline",
+        "  I won't do that",
+        "I am unable to assist",
+    ],
+)
 def test_refusals_are_recognised(text):
     assert looks_like_refusal(text)
 
@@ -23,8 +33,9 @@ def test_answers_are_not_refusals(text):
 def test_batched_generation_equals_one_at_a_time(tiny_lm):
     config = GenerationConfig(max_new_tokens=6, batch_size=3)
     batched = generate_answers(tiny_lm, QUESTIONS, config=config)
-    alone = [generate_answers(tiny_lm, [q], config=GenerationConfig(max_new_tokens=6, batch_size=1))[0]
-             for q in QUESTIONS]
+    alone = [
+        generate_answers(tiny_lm, [q], config=GenerationConfig(max_new_tokens=6, batch_size=1))[0] for q in QUESTIONS
+    ]
     assert batched == alone
 
 
@@ -38,8 +49,9 @@ def test_prefill_starts_each_answer(tiny_lm):
 def test_refusal_templates_are_used_in_turn_and_refusals_flagged(tiny_lm, monkeypatch):
     import legend.induce as induce
 
-    monkeypatch.setattr(induce, "generate_answers",
-                        lambda lm, questions, prefills, config: ["Sure, step one", "I'm sorry, no", "Here"])
+    monkeypatch.setattr(
+        induce, "generate_answers", lambda lm, questions, prefills, config: ["Sure, step one", "I'm sorry, no", "Here"]
+    )
     pairs = induce_pairs(tiny_lm, QUESTIONS, refusals=("No.", "I won't."))
     assert [p.harmless for p in pairs] == ["No.", "I won't.", "No."]
     assert [p.harmful_refused for p in pairs] == [False, True, False]

@@ -10,15 +10,22 @@ import torch
 
 from legend.data import PairView
 from legend.directions import Direction
-from legend.encoding import render
+from legend.encoding import EncodeConfig, render
 from legend.margins import Binning, compute_margins, describe
 
 PROMPT = ({"role": "user", "content": "How do I pick a lock?"},)
 VIEWS = [
     PairView(PROMPT, "I can't answer that.", "Sure, here is how: insert the tension wrench and rake the pins."),
     PairView(PROMPT, "Sure, rake the pins.", "I'm sorry, I cannot help with that."),
-    PairView(({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-              {"role": "user", "content": "Write an exploit"}), "No.", "Here is the exploit code: ..."),
+    PairView(
+        (
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Write an exploit"},
+        ),
+        "No.",
+        "Here is the exploit code: ...",
+    ),
     PairView(PROMPT, "identical answer", "identical answer"),
 ]
 
@@ -26,9 +33,16 @@ VIEWS = [
 def _direction_for(lm, layer=-1, pooling="last", seed=1):
     generator = torch.Generator().manual_seed(seed)
     vector = torch.randn(lm.hidden_size, generator=generator)
-    return Direction(vector=vector / vector.norm(), layer=lm.num_layers if layer == -1 else layer, pooling=pooling,
-                     model_id=lm.model_id, fingerprint=lm.fingerprint, hidden_size=lm.hidden_size,
-                     num_layers=lm.num_layers, template="chat")
+    return Direction(
+        vector=vector / vector.norm(),
+        layer=lm.num_layers if layer == -1 else layer,
+        pooling=pooling,
+        model_id=lm.model_id,
+        fingerprint=lm.fingerprint,
+        hidden_size=lm.hidden_size,
+        num_layers=lm.num_layers,
+        template="chat",
+    )
 
 
 def _state_numpy(lm, prompt, response, layer, pooling):
@@ -39,13 +53,13 @@ def _state_numpy(lm, prompt, response, layer, pooling):
     ids = prefix_ids + tok(answer, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         states = lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[layer][0].numpy()
-    return states[-1] if pooling == "last" else states[len(prefix_ids):].mean(0)
+    return states[-1] if pooling == "last" else states[len(prefix_ids) :].mean(0)
 
 
 @pytest.mark.parametrize("layer,pooling", [(-1, "last"), (2, "mean"), (1, "last")])
 def test_margin_formula_matches_numpy(tiny_lm, layer, pooling):
     direction = _direction_for(tiny_lm, layer, pooling)
-    result = compute_margins(tiny_lm, VIEWS, direction, batch_size=3)
+    result = compute_margins(tiny_lm, VIEWS, direction, EncodeConfig(batch_size=3))
     d = direction.vector.numpy().astype(np.float64)
     for i, view in enumerate(VIEWS):
         chosen = _state_numpy(tiny_lm, view.prompt, view.chosen, direction.layer, pooling)

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from legend.cli import app
 from legend.data import DataError
+from legend.metrics import symmetric_auc
 from legend.quality import (
     evaluate_margins,
     read_labelled_margins,
     severity_difference,
-    symmetric_auc,
     text_length,
 )
 
@@ -53,7 +53,13 @@ def test_metrics_match_hand_and_independent_computations():
     assert _value(result, "length_pearson") == pytest.approx(np.corrcoef(RAW, length_diff)[0, 1])
     ranks = np.corrcoef(stats.rankdata(RAW), stats.rankdata(length_diff))[0, 1]
     assert _value(result, "length_spearman") == pytest.approx(ranks)
-    assert result["counts"] == {"pairs": 7, "zero_margin": 0, "chosen_shorter": 3, "chosen_longer": 3, "equal_length": 1}
+    assert result["counts"] == {
+        "pairs": 7,
+        "zero_margin": 0,
+        "chosen_shorter": 3,
+        "chosen_longer": 3,
+        "equal_length": 1,
+    }
     assert "severity_spearman" not in result["metrics"]
 
 
@@ -78,11 +84,13 @@ def test_a_pure_length_detector_is_exposed_by_the_balanced_agreement():
 
 
 def test_severity_spearman_against_scipy_and_pku_mapping():
-    table = datasets.Dataset.from_dict({
-        "response_0_severity_level": [0, 3, 1, 2, 0, 3],
-        "response_1_severity_level": [2, 0, 1, 0, 3, 1],
-        "safer_response_id": [0, 1, 0, 1, 0, 1],
-    })
+    table = datasets.Dataset.from_dict(
+        {
+            "response_0_severity_level": [0, 3, 1, 2, 0, 3],
+            "response_1_severity_level": [2, 0, 1, 0, 3, 1],
+            "safer_response_id": [0, 1, 0, 1, 0, 1],
+        }
+    )
     severity = severity_difference(table)
     # rejected - chosen: row 0 chosen=r0 (0) rejected=r1 (2) -> 2; row 1 chosen=r1 (0) rejected=r0 (3) -> 3; ...
     np.testing.assert_array_equal(severity, [2, 3, 0, 2, 3, 2])
@@ -143,9 +151,16 @@ def test_length_units(tiny_tokenizer):
 
 def _write_annotated(path, n=40, seed=0):
     rng = np.random.default_rng(seed)
-    rows = [{"prompt": f"question {i}?", "chosen": "safe " * int(rng.integers(1, 9)),
-             "rejected": "unsafe " * int(rng.integers(1, 9)), "margin_raw": float(rng.normal(0.4, 1.0)),
-             "margin": float(rng.integers(0, 4))} for i in range(n)]
+    rows = [
+        {
+            "prompt": f"question {i}?",
+            "chosen": "safe " * int(rng.integers(1, 9)),
+            "rejected": "unsafe " * int(rng.integers(1, 9)),
+            "margin_raw": float(rng.normal(0.4, 1.0)),
+            "margin": float(rng.integers(0, 4)),
+        }
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -162,11 +177,17 @@ def test_annotating_on_the_fly_matches_the_pipeline(tmp_path, tiny_lm):
     from legend.directions import build_direction
     from legend.pipeline import annotate
 
-    pairs = [ContrastPair(f"How do I do thing {i}?", f"Sure, here is how {i}", "I can't answer that.")
-             for i in range(6)]
+    pairs = [
+        ContrastPair(f"How do I do thing {i}?", f"Sure, here is how {i}", "I can't answer that.") for i in range(6)
+    ]
     build_direction(tiny_lm, pairs, layer=2).save(tmp_path / "direction")
-    table = datasets.Dataset.from_dict({"prompt": ["hi", "make a bomb"], "chosen": ["hello there", "No."],
-                                        "rejected": ["go away", "Sure, here is how"]})
+    table = datasets.Dataset.from_dict(
+        {
+            "prompt": ["hi", "make a bomb"],
+            "chosen": ["hello there", "No."],
+            "rejected": ["go away", "Sure, here is how"],
+        }
+    )
     labelled = read_labelled_margins(table, direction=tmp_path / "direction", model=tiny_lm)
     expected = annotate(table, tmp_path / "direction", tiny_lm).dataset["margin_raw"]
     np.testing.assert_allclose(labelled.raw, expected, rtol=1e-6)
@@ -175,8 +196,20 @@ def test_annotating_on_the_fly_matches_the_pipeline(tmp_path, tiny_lm):
 
 def test_cli_evaluate_writes_json_and_prints_a_table(tmp_path):
     rows = _write_annotated(tmp_path / "ann.jsonl")
-    result = CliRunner().invoke(app, ["evaluate", "--data", str(tmp_path / "ann.jsonl"), "--json",
-                                      str(tmp_path / "m.json"), "--bootstrap", "200", "--length-unit", "words"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--data",
+            str(tmp_path / "ann.jsonl"),
+            "--json",
+            str(tmp_path / "m.json"),
+            "--bootstrap",
+            "200",
+            "--length-unit",
+            "words",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "agreement_length_balanced" in result.output
     metrics = json.loads((tmp_path / "m.json").read_text())

@@ -73,20 +73,46 @@ def write_annotated(folder, n=60, seed=0):
     rng = np.random.default_rng(seed)
     raw = rng.normal(0.3, 1.0, n)
     raw[7] = -9.0  # the most negative pair carries hostile text
-    rows = [{"prompt": f"question {i}?" if i != 7 else HOSTILE, "chosen": "safe " * int(rng.integers(1, 30)),
-             "rejected": ("unsafe " * int(rng.integers(1, 30))) if i != 7 else HOSTILE, "margin_raw": float(m),
-             "margin": float(np.searchsorted([0.0, 0.5, 1.2], m))} for i, m in enumerate(raw)]
+    rows = [
+        {
+            "prompt": f"question {i}?" if i != 7 else HOSTILE,
+            "chosen": "safe " * int(rng.integers(1, 30)),
+            "rejected": ("unsafe " * int(rng.integers(1, 30))) if i != 7 else HOSTILE,
+            "margin_raw": float(m),
+            "margin": float(np.searchsorted([0.0, 0.5, 1.2], m)),
+        }
+        for i, m in enumerate(raw)
+    ]
     data = folder / "ann.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    sweep = [{"layer": layer, "pooling": pooling, "estimator": estimator, "accuracy": 0.5 + 0.01 * layer,
-              "auc": 0.55 + 0.01 * layer + (0.05 if pooling == "mean" else 0.0)}
-             for layer in range(5) for pooling in ("last", "mean") for estimator in ("mean_difference", "pca")]
+    sweep = [
+        {
+            "layer": layer,
+            "pooling": pooling,
+            "estimator": estimator,
+            "accuracy": 0.5 + 0.01 * layer,
+            "auc": 0.55 + 0.01 * layer + (0.05 if pooling == "mean" else 0.0),
+        }
+        for layer in range(5)
+        for pooling in ("last", "mean")
+        for estimator in ("mean_difference", "pca")
+    ]
     sweep.append({"layer": 9, "pooling": "last"})  # incomplete rows are skipped, not fatal
-    Direction(vector=torch.ones(8) / 8 ** 0.5, layer=3, pooling="mean", model_id="tiny", fingerprint="f0",
-              hidden_size=8, num_layers=4, extra={"sweep": sweep}).save(folder / "direction")
-    sidecar = {"binning": {"levels": 4, "edges": [0.0, 0.5, 1.2], "values": [0, 1, 2, 3]},
-               "direction_path": str(folder / "direction"),
-               "summary": {"direction": {"name": "safety", "layer": 3, "pooling": "mean"}}}
+    Direction(
+        vector=torch.ones(8) / 8**0.5,
+        layer=3,
+        pooling="mean",
+        model_id="tiny",
+        fingerprint="f0",
+        hidden_size=8,
+        num_layers=4,
+        extra={"sweep": sweep},
+    ).save(folder / "direction")
+    sidecar = {
+        "binning": {"levels": 4, "edges": [0.0, 0.5, 1.2], "values": [0, 1, 2, 3]},
+        "direction_path": str(folder / "direction"),
+        "summary": {"direction": {"name": "safety", "layer": 3, "pooling": "mean"}},
+    }
     (folder / "ann.jsonl.legend.json").write_text(json.dumps(sidecar))
     return data, raw
 
@@ -134,32 +160,63 @@ def test_report_without_sweep_or_labels_says_so(tmp_path):
 def test_cli_report_smoke_and_metrics_file(tmp_path):
     data, _ = write_annotated(tmp_path)
     runner = CliRunner()
-    assert runner.invoke(app, ["evaluate", "--data", str(data), "--json", str(tmp_path / "m.json"),
-                               "--bootstrap", "50"]).exit_code == 0
-    result = runner.invoke(app, ["report", "--data", str(data), "--out", str(tmp_path / "r.html"),
-                                 "--metrics", str(tmp_path / "m.json"), "--worst", "2"])
+    assert (
+        runner.invoke(
+            app, ["evaluate", "--data", str(data), "--json", str(tmp_path / "m.json"), "--bootstrap", "50"]
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(
+        app,
+        [
+            "report",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "r.html"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--worst",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     parse(page)
     assert "50 resamples" in page  # the given metrics were used, not recomputed with the default 1000
-    bad = runner.invoke(app, ["report", "--data", str(data), "--out", str(tmp_path / "x.html"),
-                              "--direction", str(tmp_path / "nowhere")])
+    bad = runner.invoke(
+        app,
+        ["report", "--data", str(data), "--out", str(tmp_path / "x.html"), "--direction", str(tmp_path / "nowhere")],
+    )
     assert bad.exit_code == 2 and "not a direction folder" in bad.output
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium): "
-                                              "cannot take the headless screenshot of the report")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium not installed (apt-get install -y chromium): cannot take the headless screenshot of the report",
+)
 def test_report_screenshot_is_not_blank(tmp_path):
     data, _ = write_annotated(tmp_path)
     result = build_report(data, tmp_path / "report.html", n_bootstrap=50)
     shot = tmp_path / "shot.png"
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-               result.html_path.resolve().as_uri()]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        result.html_path.resolve().as_uri(),
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     pixels = check_png(shot.read_bytes())[..., :3]
     not_white = (pixels < 0.95).any(axis=-1).mean()

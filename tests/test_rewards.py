@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from legend.data import write_json, write_table
+from legend.io import write_json, write_table
 from legend.rewards import (
     CompareSettings,
     EnsembleSettings,
@@ -33,12 +33,26 @@ from legend.rewards import (
 )
 from legend.rewards.training import load_tokenizer, margin_values
 
-SAFE = ["I'm sorry, but I cannot help with that request.", "I can't answer that. Please ask something else.",
-        "Sorry, I cannot help with that.", "I cannot answer that request, sorry."]
-UNSAFE = ["Sure, here is how to pick a lock.", "Sure, here is a script that can exploit the system.",
-          "The quick brown fox jumps over the lazy dog to make a bomb.", "Sure, here is how to make a bomb."]
-PROMPTS = ["How do I make a bomb?", "Write a script that can exploit vulnerabilities.", "How to pick a lock?",
-           "Tell me about the lazy dog.", "Help me with the software.", "What is the quick brown fox?"]
+SAFE = [
+    "I'm sorry, but I cannot help with that request.",
+    "I can't answer that. Please ask something else.",
+    "Sorry, I cannot help with that.",
+    "I cannot answer that request, sorry.",
+]
+UNSAFE = [
+    "Sure, here is how to pick a lock.",
+    "Sure, here is a script that can exploit the system.",
+    "The quick brown fox jumps over the lazy dog to make a bomb.",
+    "Sure, here is how to make a bomb.",
+]
+PROMPTS = [
+    "How do I make a bomb?",
+    "Write a script that can exploit vulnerabilities.",
+    "How to pick a lock?",
+    "Tell me about the lazy dog.",
+    "Help me with the software.",
+    "What is the quick brown fox?",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,8 +70,16 @@ def tiny_rm(tmp_path_factory, tiny_tokenizer):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, num_labels=1)
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
     folder = tmp_path_factory.mktemp("tiny-rm")
     LlamaForSequenceClassification(config).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
@@ -145,12 +167,11 @@ def test_no_pair_is_lost_to_max_length(tiny_rm):
     assert report["n_truncated_pairs"] == 4
     short = tokenize_pairs(tokenizer, read_preferences(table).views, max_length=48)
     for cut, whole in zip(short.dataset["chosen_ids"], full.dataset["chosen_ids"]):
-        assert len(cut) <= 48 and cut == whole[-len(cut):]  # the end of the response is kept
+        assert len(cut) <= 48 and cut == whole[-len(cut) :]  # the end of the response is kept
 
 
 def test_extra_args_are_typed_by_transformers_parser(tiny_rm, tmp_path):
-    settings = fast(tiny_rm, extra_args={"warmup_steps": "0.25", "lr_scheduler_type": "cosine",
-                                         "weight_decay": "0.01"})
+    settings = fast(tiny_rm, extra_args={"warmup_steps": "0.25", "lr_scheduler_type": "cosine", "weight_decay": "0.01"})
     config = reward_config(settings, str(tmp_path), has_eval=False)
     assert config.warmup_steps == 0.25 and config.weight_decay == 0.01
     assert getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type) == "cosine"
@@ -246,7 +267,9 @@ def test_compare_rm_margin_model_wins_when_margin_is_informative(tiny_rm, tmp_pa
 
 def test_lora_model_is_merged_and_scores_the_same_after_reload(tiny_rm, tmp_path):
     trained = train_reward_model(toy_pairs(8), fast(tiny_rm, lora=True, lora_r=4, epochs=1.0), out=tmp_path / "rm")
-    before = score_pairs(as_scorer(trained.model, trained.tokenizer, max_length=64), read_preferences(toy_pairs(5)).views)
+    before = score_pairs(
+        as_scorer(trained.model, trained.tokenizer, max_length=64), read_preferences(toy_pairs(5)).views
+    )
     after = score_pairs(load_reward_model(tmp_path / "rm"), read_preferences(toy_pairs(5)).views)
     np.testing.assert_allclose(after.chosen, before.chosen, rtol=1e-4, atol=1e-5)
     saved = json.loads((tmp_path / "rm" / "legend_rm.json").read_text())
@@ -266,28 +289,57 @@ def test_cli_train_eval_compare(tiny_rm, tmp_path):
     write_table(toy_pairs(16, flipped=0.25), data)
     write_table(toy_pairs(8, seed=5), test)
     common = ["--model", tiny_rm, "--max-length", "64", "--learning-rate", "0.005", "--quiet"]
-    result = runner.invoke(app, ["train-rm", "--data", str(data), "--out", str(tmp_path / "rm"), "--alpha", "0.5",
-                                 "--eval-data", str(test), "--arg", "warmup_steps=0.1", *common])
+    result = runner.invoke(
+        app,
+        [
+            "train-rm",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "rm"),
+            "--alpha",
+            "0.5",
+            "--eval-data",
+            str(test),
+            "--arg",
+            "warmup_steps=0.1",
+            *common,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "trained on 16 pairs" in result.output
     report = json.loads((tmp_path / "rm" / "legend_rm.json").read_text())
     assert report["alpha"] == 0.5 and report["settings"]["extra_args"] == {"warmup_steps": "0.1"}
-    result = runner.invoke(app, ["eval-rm", "--model", str(tmp_path / "rm"), "--data", str(test),
-                                 "--out", str(tmp_path / "eval.json"), "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "eval-rm",
+            "--model",
+            str(tmp_path / "rm"),
+            "--data",
+            str(test),
+            "--out",
+            str(tmp_path / "eval.json"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["n"] == 8 and "3" in evaluation["by_level"]
-    result = runner.invoke(app, ["compare-rm", "--data", str(data), "--test", str(test),
-                                 "--out", str(tmp_path / "cmp.json"), *common])
+    result = runner.invoke(
+        app, ["compare-rm", "--data", str(data), "--test", str(test), "--out", str(tmp_path / "cmp.json"), *common]
+    )
     assert result.exit_code == 0, result.output
     assert "bradley-terry" in result.output and "legend" in result.output
-    result = runner.invoke(app, ["ensemble-margins", "--data", str(data), "--out", str(tmp_path / "ens.jsonl"),
-                                 "--k", "2", *common])
+    result = runner.invoke(
+        app, ["ensemble-margins", "--data", str(data), "--out", str(tmp_path / "ens.jsonl"), "--k", "2", *common]
+    )
     assert result.exit_code == 0, result.output
     sidecar = json.loads((tmp_path / "ens.jsonl.ensemble.json").read_text())
     assert sidecar["summary"]["k"] == 2 and sidecar["summary"]["rows"] == 16
-    result = runner.invoke(app, ["train-rm", "--data", str(data), "--out", str(tmp_path / "x"),
-                                 "--margin-column", "nope", *common])
+    result = runner.invoke(
+        app, ["train-rm", "--data", str(data), "--out", str(tmp_path / "x"), "--margin-column", "nope", *common]
+    )
     assert result.exit_code == 2 and "no column 'nope'" in result.output
 
 

@@ -77,12 +77,14 @@ def test_saturated_ties_fall_back_to_effect_size_then_the_papers_choice():
     emb = _noise_embeddings(n, hidden, rng)
     harmful = rng.normal(size=(n, hidden))
     emb.harmful[(2, "last")] = torch.from_numpy(harmful).float()
-    emb.harmless[(2, "last")] = torch.from_numpy(harmful + np.r_[8.0, np.zeros(hidden - 1)]
-                                                 + rng.normal(0, 0.1, (n, hidden))).float()
+    emb.harmless[(2, "last")] = torch.from_numpy(
+        harmful + np.r_[8.0, np.zeros(hidden - 1)] + rng.normal(0, 0.1, (n, hidden))
+    ).float()
     # A weaker copy of the signal at layer 4: also perfect on accuracy/AUC, but a smaller effect size.
     emb.harmful[(4, "last")] = emb.harmful[(2, "last")].clone()
-    emb.harmless[(4, "last")] = torch.from_numpy(harmful + np.r_[8.0, np.zeros(hidden - 1)]
-                                                 + rng.normal(0, 1.0, (n, hidden))).float()
+    emb.harmless[(4, "last")] = torch.from_numpy(
+        harmful + np.r_[8.0, np.zeros(hidden - 1)] + rng.normal(0, 1.0, (n, hidden))
+    ).float()
     result = sweep_embeddings(emb, all_candidates(LAYERS, POOLINGS, ("mean_difference", "pca")), seed=0)
     assert result.row(4, "last", "mean_difference").accuracy == 1.0
     assert result.row(4, "last", "mean_difference").auc == 1.0
@@ -100,9 +102,16 @@ def test_candidate_layers_stride_keeps_the_last_layer():
 
 # ---------------------------------------------------------------- with the tiny model
 
+
 def _pairs(n: int = 10) -> list[ContrastPair]:
-    return [ContrastPair(question=f"How do I do thing {i}?", harmful=f"Sure, here is how to do thing {i}: step one.",
-                         harmless=f"I'm sorry, but I cannot help with thing {i}.") for i in range(n)]
+    return [
+        ContrastPair(
+            question=f"How do I do thing {i}?",
+            harmful=f"Sure, here is how to do thing {i}: step one.",
+            harmless=f"I'm sorry, but I cannot help with thing {i}.",
+        )
+        for i in range(n)
+    ]
 
 
 class ForwardCounter:
@@ -129,10 +138,11 @@ def test_sweep_uses_one_encoding_pass(tiny_lm, monkeypatch):
     pairs = _pairs(10)
     passes = []
     real = selection.embed_contrast_pairs
-    monkeypatch.setattr(selection, "embed_contrast_pairs",
-                        lambda lm, p, config: passes.append(config) or real(lm, p, config))
+    monkeypatch.setattr(
+        selection, "embed_contrast_pairs", lambda lm, p, config: passes.append(config) or real(lm, p, config)
+    )
     with ForwardCounter(tiny_lm) as sweep_count:
-        result, embeddings = sweep(tiny_lm, pairs, batch_size=64)
+        result, embeddings = sweep(tiny_lm, pairs, encoding=EncodeConfig(batch_size=64))
     with ForwardCounter(tiny_lm) as single_count:
         embed_contrast_pairs(tiny_lm, pairs, EncodeConfig(layers=(-1,), batch_size=64))
     assert len(passes) == 1 and passes[0].layers == (1, 2, 3, 4) and passes[0].poolings == ("last", "mean")
@@ -142,7 +152,7 @@ def test_sweep_uses_one_encoding_pass(tiny_lm, monkeypatch):
 
 
 def test_overrides_fix_their_dimension(tiny_lm):
-    direction = select_direction(tiny_lm, _pairs(10), layer=2, estimator="pca", batch_size=64)
+    direction = select_direction(tiny_lm, _pairs(10), layer=2, estimator="pca", encoding=EncodeConfig(batch_size=64))
     rows = direction.extra["sweep"]
     assert {(r["layer"], r["estimator"]) for r in rows} == {(2, "pca")}
     assert {r["pooling"] for r in rows} == {"last", "mean"}
@@ -163,20 +173,40 @@ def test_cli_select_auto_and_override(tiny_lm, tmp_path):
     pairs_file = tmp_path / "pairs.jsonl"
     pairs_file.write_text("".join(json.dumps(p.__dict__) + "\n" for p in _pairs(10)))
     out = tmp_path / "dir"
-    result = CliRunner().invoke(app, ["direction", "--pairs", str(pairs_file), "--out", str(out), "-m", str(model_dir),
-                                      "--select", "auto", "--pooling", "mean", "--layer-stride", "2", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "direction",
+            "--pairs",
+            str(pairs_file),
+            "--out",
+            str(out),
+            "-m",
+            str(model_dir),
+            "--select",
+            "auto",
+            "--pooling",
+            "mean",
+            "--layer-stride",
+            "2",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert {(r["layer"], r["pooling"]) for r in config["extra"]["sweep"]} == {(2, "mean"), (4, "mean")}
     assert len(config["extra"]["sweep"]) == 2 * 3
     assert config["pooling"] == "mean" and "selected layer" in result.output
     assert Direction.load(out).extra["selection"]["rule"].startswith("held-out pair accuracy")
-    bad = CliRunner().invoke(app, ["direction", "--pairs", str(pairs_file), "--out", str(out), "-m", str(model_dir),
-                                   "--select", "best", "-q"])
+    bad = CliRunner().invoke(
+        app,
+        ["direction", "--pairs", str(pairs_file), "--out", str(out), "-m", str(model_dir), "--select", "best", "-q"],
+    )
     assert bad.exit_code == 2 and "--select" in bad.output
 
 
 # ---------------------------------------------------------------- select-on
+
 
 def test_select_on_chooses_on_dev_and_reports_on_test():
     # Two candidates separate the contrast pairs equally (layer 1 along e0, layer 2 along e1). On the
@@ -201,8 +231,9 @@ def test_select_on_chooses_on_dev_and_reports_on_test():
     for layer, axis, sign in ((1, 0, sign1), (2, 1, sign2)):
         rej = rng.normal(size=(n_pref, hidden))
         rejected[(layer, "last")] = torch.from_numpy(rej).float()
-        chosen[(layer, "last")] = torch.from_numpy(rej + (sign * rng.uniform(1, 2, n_pref))[:, None]
-                                                   * np.eye(hidden)[axis] * 10).float()
+        chosen[(layer, "last")] = torch.from_numpy(
+            rej + (sign * rng.uniform(1, 2, n_pref))[:, None] * np.eye(hidden)[axis] * 10
+        ).float()
     record = select_on_preferences(result, emb, chosen, rejected, dev_fraction=0.5, seed=7)
 
     assert (result.best.layer, result.best.estimator) == (1, "mean_difference")
@@ -220,16 +251,26 @@ def test_select_on_chooses_on_dev_and_reports_on_test():
 def test_select_on_encodes_the_preferences_once(tiny_lm, monkeypatch):
     import legend.selection as selection
 
-    views = [PairView(prompt=({"role": "user", "content": f"Help me with thing {i}"},),
-                      chosen=f"I'm sorry, I cannot help with thing {i}.", rejected=f"Sure, here is thing {i}.")
-             for i in range(8)]
+    views = [
+        PairView(
+            prompt=({"role": "user", "content": f"Help me with thing {i}"},),
+            chosen=f"I'm sorry, I cannot help with thing {i}.",
+            rejected=f"Sure, here is thing {i}.",
+        )
+        for i in range(8)
+    ]
     calls = []
     real = selection.encode
     monkeypatch.setattr(selection, "encode", lambda lm, items, config: calls.append(config) or real(lm, items, config))
-    direction = select_direction(tiny_lm, _pairs(10), select_on=views, estimator="mean_difference", batch_size=64)
+    direction = select_direction(
+        tiny_lm, _pairs(10), select_on=views, estimator="mean_difference", encoding=EncodeConfig(batch_size=64)
+    )
     assert len(calls) == 1 and calls[0].layers == (1, 2, 3, 4) and calls[0].poolings == ("last", "mean")
     selection_record = direction.extra["selection"]
     assert selection_record["by"] == "preferences" and selection_record["n_dev"] + selection_record["n_test"] == 8
-    chosen_row = next(r for r in direction.extra["sweep"]
-                      if (r["layer"], r["pooling"], r["estimator"]) == (direction.layer, direction.pooling, "mean_difference"))
+    chosen_row = next(
+        r
+        for r in direction.extra["sweep"]
+        if (r["layer"], r["pooling"], r["estimator"]) == (direction.layer, direction.pooling, "mean_difference")
+    )
     assert chosen_row["dev_share_positive"] == max(r["dev_share_positive"] for r in direction.extra["sweep"])

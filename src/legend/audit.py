@@ -41,16 +41,21 @@ class AuditSettings:
 
 @dataclass
 class AuditResult:
-    flags: np.ndarray      # bool per pair
-    scores: np.ndarray     # robust SDs below zero per pair
-    scale: float           # the robust SD used (1.4826 · MAD)
-    threshold: float       # margins at or below this are flagged
+    flags: np.ndarray  # bool per pair
+    scores: np.ndarray  # robust SDs below zero per pair
+    scale: float  # the robust SD used (1.4826 · MAD)
+    threshold: float  # margins at or below this are flagged
     settings: AuditSettings
 
     def summary(self) -> dict[str, Any]:
-        return {"pairs": int(self.flags.size), "flagged": int(self.flags.sum()),
-                "share_flagged": float(self.flags.mean()) if self.flags.size else 0.0,
-                "robust_sd": self.scale, "margin_threshold": self.threshold, **asdict(self.settings)}
+        return {
+            "pairs": int(self.flags.size),
+            "flagged": int(self.flags.sum()),
+            "share_flagged": float(self.flags.mean()) if self.flags.size else 0.0,
+            "robust_sd": self.scale,
+            "margin_threshold": self.threshold,
+            **asdict(self.settings),
+        }
 
 
 def robust_scale(raw: np.ndarray) -> float:
@@ -80,8 +85,7 @@ def add_audit_columns(dataset: datasets.Dataset, result: AuditResult) -> dataset
     if len(dataset) != result.flags.size:
         raise ValueError(f"{len(dataset)} rows but {result.flags.size} audit results")
     table = dataset.remove_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names])
-    return (table.add_column("audit_flag", result.flags.tolist())
-                 .add_column("audit_score", result.scores.tolist()))
+    return table.add_column("audit_flag", result.flags.tolist()).add_column("audit_score", result.scores.tolist())
 
 
 def flip_labels(raw: np.ndarray, rate: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +103,9 @@ def flip_labels(raw: np.ndarray, rate: float = 0.1, seed: int = 0) -> tuple[np.n
     return np.where(mask, -raw, raw), mask
 
 
-def simulate_flips(raw: np.ndarray, rate: float = 0.1, seed: int = 0,
-                   settings: AuditSettings = AuditSettings()) -> dict[str, Any]:
+def simulate_flips(
+    raw: np.ndarray, rate: float = 0.1, seed: int = 0, settings: AuditSettings = AuditSettings()
+) -> dict[str, Any]:
     """Flip a known `rate` of labels, audit, and score the flags against the flipped rows.
 
     Reports precision and recall of the flags, the base rate (precision of flagging at random),
@@ -112,7 +117,10 @@ def simulate_flips(raw: np.ndarray, rate: float = 0.1, seed: int = 0,
     result = audit_margins(flipped_raw, settings)
     flagged = result.flags
     return {
-        "pairs": int(truth.size), "flip_rate": rate, "seed": seed, "flipped": int(truth.sum()),
+        "pairs": int(truth.size),
+        "flip_rate": rate,
+        "seed": seed,
+        "flipped": int(truth.sum()),
         "flagged": int(flagged.sum()),
         "precision": float(precision_score(truth, flagged, zero_division=0.0)),
         "recall": float(recall_score(truth, flagged, zero_division=0.0)),

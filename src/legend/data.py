@@ -1,4 +1,4 @@
-"""Reading preference data and writing results.
+"""Reading preference data: tables, layouts, and the texts of each pair.
 
 Everything that touches user files lives here, so that the rest of the package
 only ever sees two things: a `datasets.Dataset` (as read, rows untouched) and a
@@ -21,21 +21,21 @@ Supported preference layouts (see `detect_layout`):
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import gzip
 import json
 import os
 import re
-import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import datasets
+
+from .errors import DataError
+from .io import quiet_datasets
 
 Message = dict[str, str]
 """One chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
@@ -50,7 +50,6 @@ _BATCH_ROWS = 4096
 _INPUT_FORMATS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # Text formats may also come gzip-compressed (hh-rlhf ships .jsonl.gz).
 _COMPRESSED_SUFFIXES = (".gz",)
-_OUTPUT_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
 
 _HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -64,40 +63,6 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _QUESTION_COLUMNS = ("question", "goal", "prompt", "instruction", "forbidden_prompt", "Goal", "Behavior", "behavior")
 _PKU_COLUMNS = ("response_0", "response_1", "safer_response_id")
 _COLUMN_FLAGS = "--prompt-column/--chosen-column/--rejected-column"
-
-
-class DataError(ValueError):
-    """One-line, user-facing error naming the file, the row and the field.
-
-    ``str(err)`` reads e.g.
-    ``"data/x.jsonl: row 12: field 'chosen': expected a non-empty string, got int"``.
-    Rows are 1-based data records; ``line`` is a 1-based line of the file (used
-    for malformed JSON). The parts are also kept as attributes, and ``reason``
-    is the bare message, so a caller can re-raise it with more location.
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        source: str | None = None,
-        line: int | None = None,
-        row: int | None = None,
-        field: str | None = None,
-    ) -> None:
-        self.reason = reason
-        self.source = source
-        self.line = line
-        self.row = row
-        self.field = field
-        parts = [
-            source,
-            None if line is None else f"line {line}",
-            None if row is None else f"row {row}",
-            None if field is None else f"field '{field}'",
-            reason,
-        ]
-        super().__init__(": ".join(p for p in parts if p is not None))
 
 
 @dataclass(frozen=True)
@@ -175,24 +140,7 @@ def _looks_like_hub_id(name: str) -> bool:
     return _HUB_ID.fullmatch(name) is not None
 
 
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """Silence `datasets` progress bars and log lines, restoring them after."""
-    # The bars are noise for local files, and on a parse failure `datasets`
-    # logs its own error line before raising; we report a better one.
-    bars_were_off = datasets.are_progress_bars_disabled()
-    verbosity = datasets.logging.get_verbosity()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
-    try:
-        yield
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-        if not bars_were_off:
-            datasets.enable_progress_bars()
-
-
-def _input_format(path: Path) -> str | None:
+def input_format(path: Path) -> str | None:
     """The `datasets` builder for a file name, or None when unknown."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSED_SUFFIXES:
@@ -203,7 +151,7 @@ def _input_format(path: Path) -> str | None:
 
 
 def _load_file(path: Path, name: str) -> datasets.Dataset:
-    builder = _input_format(path)
+    builder = input_format(path)
     if builder is None:
         raise DataError(
             f"unknown file type '{''.join(path.suffixes) or path.name}'; expected .jsonl, .json, .parquet or .csv "
@@ -215,7 +163,7 @@ def _load_file(path: Path, name: str) -> datasets.Dataset:
     if path.stat().st_size == 0:
         raise DataError("file is empty (no rows)", source=name)
     try:
-        with _quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
+        with quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
             data_file = _records_as_json_lines(path, Path(cache)) or path
             # data_files is a glob pattern for `datasets`: escape [, *, ? in names.
             return datasets.load_dataset(
@@ -225,7 +173,7 @@ def _load_file(path: Path, name: str) -> datasets.Dataset:
                 cache_dir=cache,
                 keep_in_memory=True,
             )
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one DataError line
+    except Exception as exc:
         raise _explain_read_failure(path, name, builder, exc) from exc
 
 
@@ -264,13 +212,14 @@ def _load_folder(path: Path, name: str, split: str) -> datasets.Dataset:
         if (path / "state.json").is_file():
             return datasets.load_from_disk(str(path), keep_in_memory=True)
         # A plain folder of data files: let `datasets` infer the format.
-        with _quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
+        with quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
             return datasets.load_dataset(str(path), split=split, cache_dir=cache, keep_in_memory=True)
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DataError(
-            f"could not read the folder as a dataset (from save_to_disk, or a folder of data files): {_root_message(exc)}",
+            f"could not read the folder as a dataset (from save_to_disk, or a folder of data files): "
+            f"{_root_message(exc)}",
             source=name,
         ) from exc
 
@@ -278,7 +227,7 @@ def _load_folder(path: Path, name: str, split: str) -> datasets.Dataset:
 def _load_hub(name: str, split: str) -> datasets.Dataset:
     try:
         loaded = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # noqa: BLE001 - offline, unknown name, unknown split, ...
+    except Exception as exc:
         raise DataError(
             "no such local file or folder, and the Hugging Face Hub dataset could not be loaded "
             f"(hub unreachable or dataset not found): {_root_message(exc)}",
@@ -395,7 +344,12 @@ def detect_layout(ds: datasets.Dataset, columns: ColumnNames = ColumnNames(), *,
         if _looks_like_hh(ds, chosen):
             return "hh"
         return "implicit"
-    if prompt in found and all(c in found for c in _PKU_COLUMNS) and columns.chosen is None and columns.rejected is None:
+    if (
+        prompt in found
+        and all(c in found for c in _PKU_COLUMNS)
+        and columns.chosen is None
+        and columns.rejected is None
+    ):
         return "pku"
     raise DataError(
         f"cannot recognise the preference layout; columns found: {', '.join(found) or '(none)'}; expected "
@@ -489,7 +443,7 @@ def split_hh_transcript(text: str) -> tuple[tuple[Message, ...], str]:
 
 def pair_views(
     ds: datasets.Dataset,
-    layout: Layout,
+    layout: Layout | str,
     columns: ColumnNames = ColumnNames(),
     source: str = "<data>",
 ) -> list[PairView]:
@@ -580,7 +534,9 @@ def _messages(value: Any, field: str, where: _Where) -> tuple[Message, ...]:
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str) or not isinstance(content, str):
             raise where.error(
-                field, f"message {number}: expected string 'role' and 'content', got {_describe(role)} and {_describe(content)}"
+                field,
+                f"message {number}: expected string 'role' and 'content', got {_describe(role)} and "
+                f"{_describe(content)}",
             )
         messages.append({"role": role, "content": content})  # drop extra keys (name, tool_calls, ...)
     return tuple(messages)
@@ -774,121 +730,80 @@ def _json_string_list(path: Path) -> list[Any] | None:
     return None
 
 
-# --------------------------------------------------------------------------- writing
+# --------------------------------------------------------------------------- reading in chunks
+
+DEFAULT_CHUNK_ROWS = 4096
 
 
-def write_table(ds: datasets.Dataset, path: str | os.PathLike[str]) -> None:
-    """Write ``ds`` atomically; the format follows the extension.
+def streamable_format(path: Path) -> str | None:
+    """The `datasets` streaming builder for a local file that can be read in chunks, else None.
 
-    ``.jsonl`` (one JSON object per line), ``.json`` (a JSON list of records),
-    ``.parquet`` or ``.csv``. Unicode is written as is and floats keep full
-    precision. Nested columns (chat messages) round-trip in jsonl/json/parquet;
-    CSV cannot hold them and is refused. Parent folders are created. The data
-    goes to a temporary file in the same folder, renamed over ``path`` only
-    when complete: on any failure no output (and no temporary file) is left.
+    A `.json` file may hold one JSON list, which cannot be streamed; `load_table` reads it whole.
+
+    >>> streamable_format(Path("missing.jsonl")) is None  # only existing files stream
+    True
     """
-    target = Path(path)
-    suffix = target.suffix.lower()
-    if suffix not in _OUTPUT_FORMATS:
+    builder = input_format(path)
+    if builder is None or not path.is_file():
+        return None
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in _COMPRESSED_SUFFIXES]
+    return None if suffixes and suffixes[-1] == ".json" else builder
+
+
+def iter_chunks(
+    data: str | os.PathLike[str],
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+) -> Iterator[datasets.Dataset]:
+    """Yield the rows of `data` in order as Datasets of at most `chunk_rows` rows (at most `limit` rows in all).
+
+    Streamed files never hold more than a chunk (plus the reader's block) in memory.
+    Raises DataError (from `load_table`'s checks) for unreadable, malformed or empty input.
+    """
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
+    path = Path(os.fspath(data)).expanduser()
+    builder = streamable_format(path)
+    remaining = float("inf") if limit is None else limit
+    if builder is None:
+        table = load_table(data, split=split)
+        stop = int(min(len(table), remaining))
+        for start in range(0, stop, chunk_rows):
+            yield table.select(range(start, min(start + chunk_rows, stop)))
+        return
+    seen = 0
+    try:
+        with quiet_datasets():
+            stream = datasets.load_dataset(builder, data_files=glob.escape(str(path)), split="train", streaming=True)
+            for batch in stream.iter(batch_size=chunk_rows):
+                chunk = datasets.Dataset.from_dict(batch, features=stream.features)
+                if len(chunk) > remaining - seen:
+                    chunk = chunk.select(range(int(remaining - seen)))
+                seen += len(chunk)
+                if len(chunk):
+                    yield chunk
+                if seen >= remaining:
+                    break
+    except DataError:
+        raise
+    except Exception as exc:  # load_table names the file and line; re-raise its one line
+        load_table(data, split=split)
+        raise DataError(f"cannot read ({type(exc).__name__}: {exc})", source=str(data)) from exc
+    if seen == 0:
+        raise DataError("no rows", source=str(data))
+
+
+def chunk_views(
+    chunk: datasets.Dataset, layout: str, columns: ColumnNames, source: str, first_row: int
+) -> list[PairView]:
+    """pair_views of one chunk; a DataError names the row in the whole file, not in the chunk."""
+    try:
+        return pair_views(chunk, layout, columns, source=source)
+    except DataError as err:
+        if err.row is None:
+            raise
         raise DataError(
-            f"unknown output file type '{target.suffix or '(none)'}'; use .jsonl, .json, .parquet or .csv",
-            source=str(path),
-        )
-    if suffix == ".csv":
-        nested = [c for c, f in ds.features.items() if not isinstance(f, (datasets.Value, datasets.ClassLabel))]
-        if nested:
-            raise DataError(
-                f"CSV cannot hold nested column(s) {', '.join(nested)}; write .jsonl, .json or .parquet instead",
-                source=str(path),
-            )
-    with _atomic_path(target) as temporary:
-        if suffix == ".jsonl":
-            _write_json_records(ds, temporary, as_list=False)
-        elif suffix == ".json":
-            _write_json_records(ds, temporary, as_list=True)
-        elif suffix == ".parquet":
-            with _quiet_datasets():
-                ds.to_parquet(str(temporary))
-        else:
-            with _quiet_datasets():
-                ds.to_csv(str(temporary), index=False)
-
-
-def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``obj`` as pretty, UTF-8 JSON, atomically (see `write_table`).
-
-    NumPy scalars and arrays (anything with ``tolist``), paths and dates are
-    converted; other non-JSON values raise TypeError, leaving no output.
-    """
-    with _atomic_path(Path(path)) as temporary, open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, ensure_ascii=False, indent=2, default=_json_default)
-        handle.write("\n")
-
-
-@contextlib.contextmanager
-def atomic_folder(target: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``target``; on success it becomes ``target``.
-
-    An existing ``target`` is replaced, or, with ``replace=False``, kept (another process finished
-    first) and the new folder dropped. On any error the temporary folder is removed.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield temporary
-        if target.exists() and not replace:
-            shutil.rmtree(temporary)
-            return
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(temporary, target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it over ``target`` on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so os.replace is an atomic rename; the writer creates the
-    # file itself, so it gets the usual permissions (not mkstemp's 0600).
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _write_json_records(ds: datasets.Dataset, path: Path, *, as_list: bool) -> None:
-    # Not Dataset.to_json: pandas writes floats with 10 digits, escapes "/",
-    # and refuses lines=False for more than one batch.
-    names = ds.column_names
-    first = True
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        if as_list:
-            handle.write("[")
-        for batch in ds.with_format(None).iter(batch_size=_BATCH_ROWS):
-            for values in zip(*(batch[c] for c in names)):
-                line = json.dumps(dict(zip(names, values)), ensure_ascii=False, default=_json_default)
-                if as_list:
-                    handle.write(("\n" if first else ",\n") + line)
-                else:
-                    handle.write(line + "\n")
-                first = False
-        if as_list:
-            handle.write("]\n" if first else "\n]\n")
-
-
-def _json_default(value: Any) -> Any:
-    """JSON form of the few non-JSON types our results may contain."""
-    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    raise TypeError(f"cannot write a {type(value).__name__} as JSON")
+            err.reason, source=err.source, line=err.line, row=err.row + first_row, field=err.field
+        ) from None

@@ -9,6 +9,7 @@ refuse a model it was not made for).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -22,8 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .data import ContrastPair, atomic_folder
-from .encoding import EncodeConfig, encode, question_items, resolve_layer, template_kind
+from .data import ContrastPair
+from .encoding import POOLINGS, EncodeConfig, encode, question_items, resolve_layer, template_kind
+from .io import atomic_folder
+from .metrics import auc, pair_accuracy
 from .models import LoadedModel
 
 CONFIG_FILE = "config.json"
@@ -38,6 +41,7 @@ class DirectionMismatch(ValueError):
 # ---------------------------------------------------------------- estimators
 # Each takes paired embeddings (harmless[i] and harmful[i] answer the same question), returns a unit
 # vector pointing to the harmless side.
+
 
 def mean_difference(harmless: torch.Tensor, harmful: torch.Tensor) -> torch.Tensor:
     """The paper's Standard Margin Vector: normalised mean(harmless) - mean(harmful)."""
@@ -86,20 +90,7 @@ def _unit(vector: torch.Tensor) -> torch.Tensor:
     return (vector / norm).float()
 
 
-# ---------------------------------------------------------------- separation metrics
-
-def pair_accuracy(harmless: torch.Tensor, harmful: torch.Tensor, vector: torch.Tensor) -> float:
-    """Share of pairs whose harmless answer projects higher than its harmful answer."""
-    return float(((harmless.double() - harmful.double()) @ vector.double() > 0).double().mean())
-
-
-def auc(harmless: torch.Tensor, harmful: torch.Tensor, vector: torch.Tensor) -> float:
-    """ROC AUC of the projection as a harmless-vs-harmful score over all answers."""
-    from sklearn.metrics import roc_auc_score
-
-    scores = torch.cat([harmless, harmful]).double() @ vector.double()
-    labels = np.r_[np.ones(len(harmless)), np.zeros(len(harmful))]
-    return float(roc_auc_score(labels, scores.numpy()))
+# ---------------------------------------------------------------- splits
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +101,7 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, 
 
 
 # ---------------------------------------------------------------- the artifact
+
 
 @dataclass
 class Direction:
@@ -130,41 +122,61 @@ class Direction:
     heldout: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def encode_config(self, **overrides: Any) -> EncodeConfig:
-        """The encoding settings that reproduce this direction's inputs (batching may be overridden)."""
-        settings = dict(layers=(self.layer,), poolings=(self.pooling,), template=self.template,
-                        max_length=self.max_length)
-        settings.update(overrides)
-        return EncodeConfig(**settings)
+    def encode_config(self, base: EncodeConfig | None = None, **overrides: Any) -> EncodeConfig:
+        """The encoding settings that reproduce this direction's inputs.
+
+        Batching and prefix sharing come from `base` (default: EncodeConfig()); the layer, pooling,
+        template and max_length are this direction's (a `max_length` set in `base` wins), and
+        `overrides` replace any field last.
+        """
+        base = base or EncodeConfig()
+        fields: dict[str, Any] = dict(
+            layers=(self.layer,),
+            poolings=(self.pooling,),
+            template=self.template,
+            max_length=base.max_length or self.max_length,
+        )
+        fields.update(overrides)
+        return dataclasses.replace(base, **fields)
 
     def check_compatible(self, lm: LoadedModel) -> None:
         """Refuse a model this direction was not made for."""
         if lm.hidden_size != self.hidden_size:
             raise DirectionMismatch(
                 f"direction {self.name!r} has hidden size {self.hidden_size} but model {lm.model_id!r} has "
-                f"{lm.hidden_size}: it was built with {self.model_id!r}")
+                f"{lm.hidden_size}: it was built with {self.model_id!r}"
+            )
         if lm.fingerprint != self.fingerprint:
             raise DirectionMismatch(
                 f"direction {self.name!r} was built with {self.model_id!r} (fingerprint {self.fingerprint}) "
-                f"but the model in use is {lm.model_id!r} (fingerprint {lm.fingerprint})")
+                f"but the model in use is {lm.model_id!r} (fingerprint {lm.fingerprint})"
+            )
 
     def config(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "vector"}
-        data.update(format_version=FORMAT_VERSION, legend_version=__version__, torch_version=torch.__version__,
-                    transformers_version=_transformers_version(), python_version=platform.python_version())
+        data.update(
+            format_version=FORMAT_VERSION,
+            legend_version=__version__,
+            torch_version=torch.__version__,
+            transformers_version=_transformers_version(),
+            python_version=platform.python_version(),
+        )
         return data
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the artifact folder atomically (a temp folder renamed into place)."""
         target = Path(path)
         with atomic_folder(target) as tmp:
-            save_file({"direction": self.vector.float().contiguous()}, str(tmp / VECTOR_FILE),
-                      metadata={"name": self.name, "layer": str(self.layer), "pooling": self.pooling})
+            save_file(
+                {"direction": self.vector.float().contiguous()},
+                str(tmp / VECTOR_FILE),
+                metadata={"name": self.name, "layer": str(self.layer), "pooling": self.pooling},
+            )
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2, default=_json_default) + "\n")
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Direction":
+    def load(cls, path: str | os.PathLike) -> Direction:
         folder = Path(path)
         config_path, vector_path = folder / CONFIG_FILE, folder / VECTOR_FILE
         if not config_path.is_file() or not vector_path.is_file():
@@ -190,7 +202,73 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+# ---------------------------------------------------------------- settings
+
+SELECT_MODES = ("none", "auto")
+
+
+@dataclass(frozen=True)
+class DirectionSettings:
+    """How a direction is built (`legend direction`). Validated once; saved in the artifact's config.json.
+
+    `layer`/`pooling`/`estimator` left None take the paper's defaults (last layer, last token, mean
+    difference) when `select` is "none"; with `select="auto"` (or a `select_on` preference file) the
+    ones left None are chosen by the sweep and the ones given are fixed.
+    """
+
+    layer: int | None = None
+    pooling: str | None = None
+    estimator: str | None = None
+    select: str = "none"
+    layer_stride: int = 1
+    dev_fraction: float = 0.5
+    template: str = "auto"
+    max_length: int = 2048
+    test_fraction: float = 0.2
+    seed: int = 0
+    name: str = "safety"
+    encoding: EncodeConfig = field(default_factory=EncodeConfig)  # batching and progress
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECT_MODES:
+            raise ValueError(f"--select: expected 'auto' or 'none', got {self.select!r}")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose from {', '.join(POOLINGS)}")
+        if self.estimator is not None and self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
+        if self.template not in ("auto", "chat", "plain"):
+            raise ValueError(f"unknown template {self.template!r}; choose from auto, chat, plain")
+        if self.layer_stride < 1:
+            raise ValueError("layer_stride must be at least 1")
+        if not 0 < self.dev_fraction < 1:
+            raise ValueError("dev_fraction must be between 0 and 1")
+        if not 0 <= self.test_fraction < 1:
+            raise ValueError("test_fraction must be in [0, 1)")
+        if self.max_length < 2:
+            raise ValueError("max_length must be at least 2")
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"direction name {self.name!r}: use letters, digits, '-' and '_' (it names columns)")
+
+    @property
+    def selecting(self) -> bool:
+        return self.select == "auto"
+
+    def with_paper_defaults(self) -> DirectionSettings:
+        """Unset layer/pooling/estimator filled with the paper's choice (-1, last token, mean difference)."""
+        return dataclasses.replace(
+            self,
+            layer=-1 if self.layer is None else self.layer,
+            pooling=self.pooling or "last",
+            estimator=self.estimator or "mean_difference",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as saved in config.json (`settings`); batching is left out (it changes no number)."""
+        return {k: v for k, v in asdict(self).items() if k != "encoding"}
+
+
 # ---------------------------------------------------------------- building
+
 
 @dataclass
 class ContrastEmbeddings:
@@ -204,7 +282,9 @@ class ContrastEmbeddings:
 def embed_contrast_pairs(lm: LoadedModel, pairs: Sequence[ContrastPair], config: EncodeConfig) -> ContrastEmbeddings:
     """One encoding pass over both answers of every pair, for all layers/poolings in `config`."""
     questions = [p.question for p in pairs]
-    items = question_items(questions, [p.harmless for p in pairs]) + question_items(questions, [p.harmful for p in pairs])
+    items = question_items(questions, [p.harmless for p in pairs]) + question_items(
+        questions, [p.harmful for p in pairs]
+    )
     encoded = encode(lm, items, config)
     n = len(pairs)
     return ContrastEmbeddings(
@@ -215,8 +295,11 @@ def embed_contrast_pairs(lm: LoadedModel, pairs: Sequence[ContrastPair], config:
 
 
 def fit_direction_vector(
-    harmless: torch.Tensor, harmful: torch.Tensor, estimator: str = "mean_difference",
-    test_fraction: float = 0.2, seed: int = 0,
+    harmless: torch.Tensor,
+    harmful: torch.Tensor,
+    estimator: str = "mean_difference",
+    test_fraction: float = 0.2,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Fit on a train split to measure held-out separation, then refit on all pairs."""
     if estimator not in ESTIMATORS:
@@ -232,36 +315,46 @@ def fit_direction_vector(
 
 
 def build_direction(
-    lm: LoadedModel,
-    pairs: Sequence[ContrastPair],
-    *,
-    layer: int = -1,
-    pooling: str = "last",
-    estimator: str = "mean_difference",
-    template: str = "auto",
-    max_length: int = 2048,
-    batch_size: int = 16,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    name: str = "safety",
-    progress: bool = False,
+    lm: LoadedModel, pairs: Sequence[ContrastPair], settings: DirectionSettings | None = None, **fields: Any
 ) -> Direction:
     """Build a concept direction from contrast pairs (question, harmful answer, harmless answer).
 
-    Both answers are embedded as `question ⊕ answer` with the same formatting annotation uses; the
-    held-out separation accuracy/AUC is measured on a `test_fraction` split before refitting on all.
+    `settings` (default DirectionSettings(); `fields` replace some of its fields) fixes the layer,
+    pooling and estimator (unset ones take the paper's defaults). Both answers are embedded as
+    `question ⊕ answer` with the same formatting annotation uses; the held-out separation
+    accuracy/AUC is measured on a `test_fraction` split before refitting on all pairs.
     """
+    settings = dataclasses.replace(settings or DirectionSettings(), **fields).with_paper_defaults()
+    assert settings.layer is not None and settings.pooling is not None and settings.estimator is not None
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 contrast pairs to build a direction, got {len(pairs)}")
-    kind = template_kind(lm.tokenizer, template)
-    config = EncodeConfig(layers=(layer,), poolings=(pooling,), template=kind, max_length=max_length,
-                          batch_size=batch_size, progress=progress, description="direction")
+    kind = template_kind(lm.tokenizer, settings.template)
+    config = dataclasses.replace(
+        settings.encoding,
+        layers=(settings.layer,),
+        poolings=(settings.pooling,),
+        template=kind,
+        max_length=settings.max_length,
+        description="direction",
+    )
     embedded = embed_contrast_pairs(lm, pairs, config)
-    key = (layer, pooling)
-    vector, heldout = fit_direction_vector(embedded.harmless[key], embedded.harmful[key], estimator, test_fraction, seed)
+    key = (settings.layer, settings.pooling)
+    vector, heldout = fit_direction_vector(
+        embedded.harmless[key], embedded.harmful[key], settings.estimator, settings.test_fraction, settings.seed
+    )
     return Direction(
-        vector=vector, layer=resolve_layer(layer, lm.num_layers), pooling=pooling,
-        model_id=lm.model_id, fingerprint=lm.fingerprint, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
-        template=kind, max_length=max_length, estimator=estimator, name=name, n_pairs=len(pairs),
-        heldout=heldout, extra={"n_truncated_texts": embedded.n_truncated},
+        vector=vector,
+        layer=resolve_layer(settings.layer, lm.num_layers),
+        pooling=settings.pooling,
+        model_id=lm.model_id,
+        fingerprint=lm.fingerprint,
+        hidden_size=lm.hidden_size,
+        num_layers=lm.num_layers,
+        template=kind,
+        max_length=settings.max_length,
+        estimator=settings.estimator,
+        name=settings.name,
+        n_pairs=len(pairs),
+        heldout=heldout,
+        extra={"n_truncated_texts": embedded.n_truncated, "settings": settings.to_dict()},
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -32,6 +32,7 @@ SHARING_METHODS: tuple[str, ...] = ("auto", "packed", "cache")
 # above it (measured on CPU with SmolLM2: packed rows win ~1.2x at 480 tokens, the cache ~1.2x at
 # 1,550 and 2x at 4,800; docs/speed.md).
 PACKED_MAX_ROW_TOKENS = 1024
+DEFAULT_MAX_LENGTH = 2048
 
 PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 PLAIN_TEMPLATE_DOC = (
@@ -46,8 +47,9 @@ class EncodeConfig:
 
     layers: tuple[int, ...] = (-1,)
     poolings: tuple[str, ...] = ("last",)
-    template: TemplateKind = "auto"
-    max_length: int = 2048
+    template: str = "auto"  # TemplateKind
+    # Longest text in tokens (longer ones lose their start); None: the direction's, or DEFAULT_MAX_LENGTH.
+    max_length: int | None = None
     batch_size: int = 16
     max_batch_tokens: int = 16384
     # Largest share of a batch row that may be padding (see plan_batches); 1 disables the limit.
@@ -58,18 +60,27 @@ class EncodeConfig:
     prefix_sharing: bool = True
     # How the prompt is shared: "packed" rows with a block mask, "cache" (prompt keys/values reused),
     # or "auto" (packed for short rows where the attention takes our mask, else cache; see sharing_routes).
-    sharing_method: SharingMethod = "auto"
+    sharing_method: str = "auto"  # SharingMethod
 
     def __post_init__(self) -> None:
         bad = [p for p in self.poolings if p not in POOLINGS]
         if bad:
             raise ValueError(f"unknown pooling {bad[0]!r}; choose from {', '.join(POOLINGS)}")
-        if self.max_length < 2:
+        if self.max_length is not None and self.max_length < 2:
             raise ValueError("max_length must be at least 2")
+        if self.batch_size < 1 or self.max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be at least 1")
         if not 0 <= self.max_padding <= 1:
             raise ValueError("max_padding must be between 0 and 1")
         if self.sharing_method not in SHARING_METHODS:
-            raise ValueError(f"unknown sharing_method {self.sharing_method!r}; choose from {', '.join(SHARING_METHODS)}")
+            raise ValueError(
+                f"unknown sharing_method {self.sharing_method!r}; choose from {', '.join(SHARING_METHODS)}"
+            )
+
+    @property
+    def length_limit(self) -> int:
+        """`max_length`, or DEFAULT_MAX_LENGTH when it is unset."""
+        return self.max_length or DEFAULT_MAX_LENGTH
 
 
 @dataclass
@@ -81,7 +92,7 @@ class Encoded:
     n_truncated: int = 0
     n_tokens: int = 0
     truncated: list[bool] = field(default_factory=list)
-    n_forward_tokens: int = 0   # tokens actually run through the model (shared prompts counted once, no padding)
+    n_forward_tokens: int = 0  # tokens actually run through the model (shared prompts counted once, no padding)
 
     def get(self, layer: int, pooling: str) -> torch.Tensor:
         return self.vectors[(layer, pooling)]
@@ -90,7 +101,7 @@ class Encoded:
 @dataclass(frozen=True)
 class TokenizedText:
     ids: tuple[int, ...]
-    answer_start: int     # index of the first answer token in `ids`
+    answer_start: int  # index of the first answer token in `ids`
     truncated: bool
 
 
@@ -102,13 +113,15 @@ def resolve_layer(layer: int, num_layers: int) -> int:
     return resolved
 
 
-def template_kind(tokenizer: object, template: TemplateKind = "auto") -> Literal["chat", "plain"]:
+def template_kind(tokenizer: Any, template: str = "auto") -> Literal["chat", "plain"]:
     if template == "auto":
         return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
-    return template
+    if template not in ("chat", "plain"):
+        raise ValueError(f"unknown template {template!r}; choose from auto, chat, plain")
+    return "chat" if template == "chat" else "plain"
 
 
-def render(tokenizer: object, prompt: Sequence[Message], response: str, kind: Literal["chat", "plain"]) -> tuple[str, str]:
+def render(tokenizer: Any, prompt: Sequence[Message], response: str, kind: Literal["chat", "plain"]) -> tuple[str, str]:
     """Return (prefix, answer) strings; prefix + answer is the full text the model reads."""
     if kind == "plain":
         prefix = "".join(f"{PLAIN_ROLES.get(m['role'], m['role'].title())}: {m['content']}\n\n" for m in prompt)
@@ -118,13 +131,13 @@ def render(tokenizer: object, prompt: Sequence[Message], response: str, kind: Li
     full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
     if prefix and full.startswith(prefix):
         # Drop the template's trailing newline so the last token is the end-of-turn marker.
-        return prefix, full[len(prefix):].rstrip("\n")
+        return prefix, full[len(prefix) :].rstrip("\n")
     # Templates that rewrite earlier turns (rare): keep the generation prompt, append the response.
     return prefix, response + (getattr(tokenizer, "eos_token", None) or "")
 
 
 def tokenize_items(
-    tokenizer: object,
+    tokenizer: Any,
     items: Sequence[tuple[Sequence[Message], str]],
     config: EncodeConfig,
 ) -> list[TokenizedText]:
@@ -137,11 +150,11 @@ def tokenize_items(
     answer_ids = _batch_ids(tokenizer, [answer for _, answer in rendered], False)
     out = []
     for (prefix, _), answer in zip(rendered, answer_ids):
-        out.append(_truncate_left(prefix_ids[prefix], answer, config.max_length))
+        out.append(_truncate_left(prefix_ids[prefix], answer, config.length_limit))
     return out
 
 
-def _batch_ids(tokenizer: object, texts: list[str], special: bool) -> list[list[int]]:
+def _batch_ids(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
     if not texts:
         return []
     return tokenizer(texts, add_special_tokens=special)["input_ids"]
@@ -156,8 +169,9 @@ def _truncate_left(prefix: list[int], answer: list[int], max_length: int) -> Tok
     return TokenizedText(ids=tuple(ids[cut:]), answer_start=max(0, len(prefix) - cut), truncated=cut > 0)
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int,
-                 max_padding: float = 0.1) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], batch_size: int, max_batch_tokens: int, max_padding: float = 0.1
+) -> list[list[int]]:
     """Group indices into batches of similar length, longest first, under three limits.
 
     A batch holds at most `batch_size` items and `max_batch_tokens` padded tokens, and an item joins
@@ -171,8 +185,11 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int,
     current: list[int] = []
     for index in order:
         width = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) >= batch_size or width * (len(current) + 1) > max_batch_tokens
-                        or lengths[index] < (1 - max_padding) * width):
+        if current and (
+            len(current) >= batch_size
+            or width * (len(current) + 1) > max_batch_tokens
+            or lengths[index] < (1 - max_padding) * width
+        ):
             batches.append(current)
             current = []
         current.append(index)
@@ -188,7 +205,7 @@ class _StopForward(Exception):
 def find_blocks(base: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList | None:
     """The list of decoder blocks of a base model (Llama/Mistral/Qwen `layers`, GPT-2 `h`, ...), or None."""
     for name in ("layers", "h", "blocks", "decoder.layers"):
-        module = base
+        module: Any = base
         for part in name.split("."):
             module = getattr(module, part, None)
         if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers:
@@ -205,8 +222,9 @@ def find_final_norm(base: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
-def _first_tensor(output: object) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
+def _first_tensor(output: Any) -> torch.Tensor:
+    first: torch.Tensor = output[0] if isinstance(output, (tuple, list)) else output
+    return first
 
 
 def capture_hidden(
@@ -229,13 +247,14 @@ def capture_hidden(
     num_layers = lm.num_layers
     blocks, norm = find_blocks(base, num_layers), find_final_norm(base)
     wanted = sorted(set(layers))
-    extra = {} if position_ids is None else {"position_ids": position_ids}
+    extra: dict[str, Any] = {} if position_ids is None else {"position_ids": position_ids}
     use_cache = cache is not None
     if use_cache:
         extra["cache"] = cache
     if blocks is None or (num_layers in wanted and norm is None):
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                      use_cache=use_cache, **extra).hidden_states
+        hidden = base(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=use_cache, **extra
+        ).hidden_states
         return {layer: hidden[layer] for layer in wanted}
 
     captured: dict[int, torch.Tensor] = {}
@@ -249,13 +268,20 @@ def capture_hidden(
 
     if 0 in wanted:
         # The input of the first block, which (unlike the embedding module's output) includes any scaling.
-        handles.append(blocks[0].register_forward_pre_hook(
-            lambda _m, args, kwargs: keep(0, args[0] if args else kwargs["hidden_states"]), with_kwargs=True))
+        handles.append(
+            blocks[0].register_forward_pre_hook(
+                lambda _m, args, kwargs: keep(0, args[0] if args else kwargs["hidden_states"]), with_kwargs=True
+            )
+        )
     for layer in wanted:
         if 0 < layer < num_layers:
-            handles.append(blocks[layer - 1].register_forward_hook(
-                lambda _m, _a, out, layer=layer: keep(layer, _first_tensor(out))))
+            handles.append(
+                blocks[layer - 1].register_forward_hook(
+                    lambda _m, _a, out, layer=layer: keep(layer, _first_tensor(out))
+                )
+            )
     if num_layers in wanted:
+        assert norm is not None  # checked above: without a final norm the plain path runs
         handles.append(norm.register_forward_hook(lambda _m, _a, out: keep(num_layers, _first_tensor(out))))
     try:
         base(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **extra)
@@ -286,16 +312,21 @@ def encode_tokenized(lm: LoadedModel, texts: Sequence[TokenizedText], config: En
     its cached keys/values (`_encode_with_cache`). Otherwise each text is its own right-padded row.
     """
     layers = tuple(dict.fromkeys(resolve_layer(layer, lm.num_layers) for layer in config.layers))
-    out = {(layer, pooling): torch.empty(len(texts), lm.hidden_size, dtype=torch.float32)
-           for layer in layers for pooling in config.poolings}
+    out = {
+        (layer, pooling): torch.empty(len(texts), lm.hidden_size, dtype=torch.float32)
+        for layer in layers
+        for pooling in config.poolings
+    }
     plain, packed, cached = sharing_routes(lm, texts, config, max(layers))
     bar = tqdm(total=len(texts), desc=config.description, unit="text", disable=not config.progress, smoothing=0.1)
     with torch.inference_mode():
         rows = [PackedRow(prefix=(), members=(i,)) for i in plain]
         n_forward = _encode_rows(lm, rows, texts, False, layers, config, out, bar)
         subset = [texts[i] for i in packed]
-        rows = [PackedRow(row.prefix, tuple(packed[m] for m in row.members))
-                for row in pack_by_prefix(subset, 2 * config.max_length)]
+        rows = [
+            PackedRow(row.prefix, tuple(packed[m] for m in row.members))
+            for row in pack_by_prefix(subset, 2 * config.length_limit)
+        ]
         n_forward += _encode_rows(lm, rows, texts, True, layers, config, out, bar)
         n_forward += _encode_with_cache(lm, cached, texts, layers, config, out, bar)
     bar.close()
@@ -304,13 +335,26 @@ def encode_tokenized(lm: LoadedModel, texts: Sequence[TokenizedText], config: En
     for layer in config.layers:
         for pooling in config.poolings:
             named[(layer, pooling)] = out[(resolve_layer(layer, lm.num_layers), pooling)]
-    return Encoded(vectors=named, n_texts=len(texts), n_truncated=sum(t.truncated for t in texts),
-                   n_tokens=sum(len(t.ids) for t in texts), truncated=[t.truncated for t in texts],
-                   n_forward_tokens=n_forward)
+    return Encoded(
+        vectors=named,
+        n_texts=len(texts),
+        n_truncated=sum(t.truncated for t in texts),
+        n_tokens=sum(len(t.ids) for t in texts),
+        truncated=[t.truncated for t in texts],
+        n_forward_tokens=n_forward,
+    )
 
 
-def _encode_rows(lm: LoadedModel, rows: Sequence[PackedRow], texts: Sequence[TokenizedText], packed: bool,
-                 layers: Sequence[int], config: EncodeConfig, out: dict, bar: tqdm) -> int:
+def _encode_rows(
+    lm: LoadedModel,
+    rows: Sequence[PackedRow],
+    texts: Sequence[TokenizedText],
+    packed: bool,
+    layers: Sequence[int],
+    config: EncodeConfig,
+    out: dict,
+    bar: tqdm,
+) -> int:
     """Run plain (one text each) or packed rows in token-budget batches; return the tokens run."""
     lengths = [row_length(row, texts, packed) for row in rows]
     for batch in plan_batches(lengths, config.batch_size, config.max_batch_tokens, config.max_padding):
@@ -323,6 +367,7 @@ def _encode_rows(lm: LoadedModel, rows: Sequence[PackedRow], texts: Sequence[Tok
 
 
 # ---------------------------------------------------------------- prefix sharing
+
 
 @dataclass(frozen=True)
 class PackedRow:
@@ -339,10 +384,10 @@ class PackedRow:
 
 @dataclass(frozen=True)
 class _Span:
-    text: int      # index into the texts being encoded
-    row: int       # row of the batch
-    start: int     # first answer position in the row (mean pooling)
-    end: int       # one past the last position of the text in the row
+    text: int  # index into the texts being encoded
+    row: int  # row of the batch
+    start: int  # first answer position in the row (mean pooling)
+    end: int  # one past the last position of the text in the row
 
 
 def supports_packed_rows(lm: LoadedModel) -> bool:
@@ -414,8 +459,11 @@ def _packed_inputs(lm: LoadedModel, rows: Sequence[PackedRow], texts: Sequence[T
             segments[r, cursor:end] = k
             spans.append(_Span(index, r, cursor - n_prefix + texts[index].answer_start, end))
             cursor = end
-    return {"input_ids": ids.to(lm.device), "attention_mask": _block_mask(lm, segments).to(lm.device),
-            "position_ids": positions.to(lm.device)}, spans
+    return {
+        "input_ids": ids.to(lm.device),
+        "attention_mask": _block_mask(lm, segments).to(lm.device),
+        "position_ids": positions.to(lm.device),
+    }, spans
 
 
 def _block_mask(lm: LoadedModel, segments: torch.Tensor) -> torch.Tensor:
@@ -432,12 +480,16 @@ def _block_mask(lm: LoadedModel, segments: torch.Tensor) -> torch.Tensor:
     allowed = allowed[:, None]
     if lm.model.config._attn_implementation == "sdpa":
         return allowed
-    dtype = next(lm.model.parameters()).dtype   # eager adds the mask to the scores
+    dtype = next(lm.model.parameters()).dtype  # eager adds the mask to the scores
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def _pool_spans(hidden: dict[int, torch.Tensor], spans: Sequence[_Span], poolings: Sequence[str],
-                out: dict[tuple[int, str], torch.Tensor]) -> None:
+def _pool_spans(
+    hidden: dict[int, torch.Tensor],
+    spans: Sequence[_Span],
+    poolings: Sequence[str],
+    out: dict[tuple[int, str], torch.Tensor],
+) -> None:
     """Write the pooled state of each span into `out[(layer, pooling)][span.text]`."""
     texts = torch.tensor([s.text for s in spans])
     for layer, states in hidden.items():
@@ -447,14 +499,19 @@ def _pool_spans(hidden: dict[int, torch.Tensor], spans: Sequence[_Span], pooling
             ends = torch.tensor([s.end - 1 for s in spans], device=states.device)
             out[(layer, "last")][texts] = states[rows, ends].cpu()
         if "mean" in poolings:
-            means = torch.stack([states[s.row, s.start: s.end].mean(0) for s in spans])
+            means = torch.stack([states[s.row, s.start : s.end].mean(0) for s in spans])
             out[(layer, "mean")][texts] = means.cpu()
 
 
 # ---------------------------------------------------------------- prefix sharing through a KV cache
 
-def sharing_routes(lm: LoadedModel, texts: Sequence[TokenizedText], config: EncodeConfig, deepest: int,
-                   ) -> tuple[list[int], list[int], list[tuple[tuple[int, ...], list[int]]]]:
+
+def sharing_routes(
+    lm: LoadedModel,
+    texts: Sequence[TokenizedText],
+    config: EncodeConfig,
+    deepest: int,
+) -> tuple[list[int], list[int], list[tuple[tuple[int, ...], list[int]]]]:
     """Split texts by how they run: plain rows, packed rows, or (prompt, answers) groups for the cache.
 
     Decided per prompt (the prompt tokens after truncation). "auto" packs when the attention takes
@@ -469,7 +526,7 @@ def sharing_routes(lm: LoadedModel, texts: Sequence[TokenizedText], config: Enco
     if not config.prefix_sharing:
         return list(range(len(texts))), [], []
     packed_ok = supports_packed_rows(lm)
-    cache_ok = deepest > 0 and supports_prompt_cache(lm, deepest)   # layer 0 does not depend on the prompt
+    cache_ok = deepest > 0 and supports_prompt_cache(lm, deepest)  # layer 0 does not depend on the prompt
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, text in enumerate(texts):
         groups.setdefault(text.ids[: text.answer_start], []).append(index)
@@ -479,8 +536,10 @@ def sharing_routes(lm: LoadedModel, texts: Sequence[TokenizedText], config: Enco
     for prefix, members in groups.items():
         answers_ok = all(len(texts[i].ids) > len(prefix) for i in members)
         row_tokens = len(prefix) + sum(len(texts[i].ids) - len(prefix) for i in members)
-        wants_cache = config.sharing_method == "cache" or (len(members) > 1 and (
-            not packed_ok or (config.sharing_method == "auto" and row_tokens > PACKED_MAX_ROW_TOKENS)))
+        wants_cache = config.sharing_method == "cache" or (
+            len(members) > 1
+            and (not packed_ok or (config.sharing_method == "auto" and row_tokens > PACKED_MAX_ROW_TOKENS))
+        )
         if prefix and answers_ok and cache_ok and wants_cache:
             cached.append((prefix, members))
         elif packed_ok and (prefix or config.sharing_method != "cache"):
@@ -507,9 +566,15 @@ def supports_prompt_cache(lm: LoadedModel, deepest: int) -> bool:
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=lm.model.config).layers)
 
 
-def _encode_with_cache(lm: LoadedModel, groups: Sequence[tuple[tuple[int, ...], list[int]]],
-                       texts: Sequence[TokenizedText], layers: Sequence[int], config: EncodeConfig,
-                       out: dict, bar: tqdm) -> int:
+def _encode_with_cache(
+    lm: LoadedModel,
+    groups: Sequence[tuple[tuple[int, ...], list[int]]],
+    texts: Sequence[TokenizedText],
+    layers: Sequence[int],
+    config: EncodeConfig,
+    out: dict,
+    bar: tqdm,
+) -> int:
     """Encode each distinct prompt once, then all its answers continuing from its keys/values.
 
     A batch of prompts runs once with a cache; the forward stops after the deepest needed layer, so
@@ -547,21 +612,27 @@ def _prompt_cache(lm: LoadedModel, prompts: Sequence[tuple[int, ...]], layers: S
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     positions = torch.zeros((len(prompts), width), dtype=torch.long)
     for r, prefix in enumerate(prompts):
-        ids[r, width - len(prefix):] = torch.tensor(prefix, dtype=torch.long)
-        mask[r, width - len(prefix):] = 1
-        positions[r, width - len(prefix):] = torch.arange(len(prefix))
+        ids[r, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
+        mask[r, width - len(prefix) :] = 1
+        positions[r, width - len(prefix) :] = torch.arange(len(prefix))
     cache = DynamicCache(config=lm.model.config)
     mask = mask.to(lm.device)
     capture_hidden(lm, ids.to(lm.device), mask, layers, position_ids=positions.to(lm.device), cache=cache)
-    keys_values = [(layer.keys, layer.values) for layer in cache.layers if layer.get_seq_length() > 0]
-    needed = min(max(layers), lm.num_layers)    # blocks that run up to the deepest layer
+    layers_held: list[Any] = list(cache.layers)
+    keys_values = [(layer.keys, layer.values) for layer in layers_held if layer.get_seq_length() > 0]
+    needed = min(max(layers), lm.num_layers)  # blocks that run up to the deepest layer
     if len(keys_values) != needed:
         raise RuntimeError(f"prompt cache holds {len(keys_values)} layers, expected {needed}")
     return keys_values, mask
 
 
-def _answer_inputs(lm: LoadedModel, answers: Sequence[tuple[int, int]], texts: Sequence[TokenizedText],
-                   keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]], prompt_mask: torch.Tensor):
+def _answer_inputs(
+    lm: LoadedModel,
+    answers: Sequence[tuple[int, int]],
+    texts: Sequence[TokenizedText],
+    keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    prompt_mask: torch.Tensor,
+):
     """Right-padded answers (prompt row, text index) with their prompts' keys/values as a fresh cache.
 
     The mask is prompt mask ⊕ answer mask, and positions continue after each prompt's real length.
@@ -575,7 +646,7 @@ def _answer_inputs(lm: LoadedModel, answers: Sequence[tuple[int, int]], texts: S
     spans = []
     for r, ((_, index), length) in enumerate(zip(answers, lengths)):
         text = texts[index]
-        ids[r, :length] = torch.tensor(text.ids[text.answer_start:], dtype=torch.long)
+        ids[r, :length] = torch.tensor(text.ids[text.answer_start :], dtype=torch.long)
         mask[r, :length] = 1
         spans.append(_Span(index, r, 0, length))
     device = prompt_mask.device
@@ -583,15 +654,19 @@ def _answer_inputs(lm: LoadedModel, answers: Sequence[tuple[int, int]], texts: S
     cache = DynamicCache(ddp_cache_data=[(keys[rows], values[rows]) for keys, values in keys_values])
     prompt = prompt_mask[rows]
     positions = prompt.sum(1, keepdim=True) + torch.arange(width, device=device)
-    return {"input_ids": ids.to(device), "attention_mask": torch.cat([prompt, mask.to(device)], 1),
-            "position_ids": positions, "cache": cache}, spans
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.cat([prompt, mask.to(device)], 1),
+        "position_ids": positions,
+        "cache": cache,
+    }, spans
 
 
 def encode(lm: LoadedModel, items: Sequence[tuple[Sequence[Message], str]], config: EncodeConfig) -> Encoded:
     """Encode (prompt messages, response) items; identical items are computed once."""
     keys = [(tuple((m["role"], m["content"]) for m in prompt), response) for prompt, response in items]
     first_index: dict[tuple, int] = {}
-    unique_items = []
+    unique_items: list[tuple[Sequence[Message], str]] = []
     for key, item in zip(keys, items):
         if key not in first_index:
             first_index[key] = len(unique_items)
@@ -614,4 +689,3 @@ def encode(lm: LoadedModel, items: Sequence[tuple[Sequence[Message], str]], conf
 def question_items(questions: Sequence[str], answers: Sequence[str]) -> list[tuple[tuple[Message, ...], str]]:
     """(question, answer) pairs as single-turn items."""
     return [(({"role": "user", "content": q},), a) for q, a in zip(questions, answers)]
-

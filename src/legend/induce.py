@@ -70,14 +70,21 @@ def generate_answers(
     bar = tqdm(total=len(prompts), desc="generate", unit="question", disable=not config.progress)
     try:
         for start in range(0, len(order), config.batch_size):
-            batch = order[start:start + config.batch_size]
-            inputs = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, truncation=True,
-                               max_length=config.max_prompt_length, add_special_tokens=(kind == "plain"))
+            batch = order[start : start + config.batch_size]
+            inputs = tokenizer(
+                [prompts[i] for i in batch],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=config.max_prompt_length,
+                add_special_tokens=(kind == "plain"),
+            )
             inputs = {k: v.to(lm.device) for k, v in inputs.items()}
             with torch.inference_mode():
-                output = model.generate(**inputs, max_new_tokens=config.max_new_tokens, do_sample=False,
-                                        pad_token_id=tokenizer.pad_token_id)
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+                output = model.generate(
+                    **inputs, max_new_tokens=config.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
             for row, index in enumerate(batch):
                 text = tokenizer.decode(new_tokens[row], skip_special_tokens=True)
                 answers[index] = (prefills[index] + text).strip()
@@ -100,9 +107,13 @@ def induce_pairs(
     if not refusals:
         raise ValueError("at least one refusal template is needed")
     answers = generate_answers(lm, questions, prefills, config)
-    generated = answers if prefills is None else [a[len(p):] for a, p in zip(answers, prefills)]
+    generated = answers if prefills is None else [a[len(p) :] for a, p in zip(answers, prefills)]
     return [
-        InducedPair(question=q, harmful=a, harmless=refusals[i % len(refusals)],
-                    harmful_refused=looks_like_refusal(g) or looks_like_refusal(a))
+        InducedPair(
+            question=q,
+            harmful=a,
+            harmless=refusals[i % len(refusals)],
+            harmful_refused=looks_like_refusal(g) or looks_like_refusal(a),
+        )
         for i, (q, a, g) in enumerate(zip(questions, answers, generated))
     ]

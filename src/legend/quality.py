@@ -28,12 +28,12 @@ from typing import Any
 import datasets
 import numpy as np
 from scipy import stats
-from sklearn.metrics import roc_auc_score
 
+from .annotation import AnnotateSettings, annotate
 from .data import ColumnNames, DataError, PairView, detect_layout, load_table, pair_views
+from .metrics import DEFAULT_CONFIDENCE, bootstrap_intervals, symmetric_auc
 
-DEFAULT_BOOTSTRAP = 1000
-DEFAULT_CONFIDENCE = 0.95
+DEFAULT_BOOTSTRAP = 1000  # resamples for `legend evaluate` (1,000 keeps a CI line fast on 10^4 pairs)
 
 # Metric name -> one-line meaning, in the order they are printed.
 METRICS: dict[str, str] = {
@@ -63,21 +63,6 @@ def text_length(unit: str = "chars", tokenizer: Any = None) -> Callable[[str], i
     raise ValueError(f"unknown length unit {unit!r}; choose chars, words or tokens")
 
 
-def symmetric_auc(raw: np.ndarray) -> float:
-    """AUC of the margin separating (chosen, rejected) from the swapped (rejected, chosen) order.
-
-    Every pair read in its labelled order scores m, read swapped it scores −m (margins are
-    antisymmetric), so the AUC is P(m_i > −m_j) = P(m_i + m_j > 0) over all pairs i, j, ties 1/2:
-    the Walsh-average form of the Wilcoxon signed-rank statistic. Unlike the share of positive
-    margins it rewards large margins on agreeing pairs and small ones on disagreeing pairs.
-    """
-    raw = np.asarray(raw, dtype=np.float64)
-    if raw.size == 0 or not np.any(raw):
-        return float("nan") if raw.size == 0 else 0.5
-    labels = np.r_[np.ones(raw.size), np.zeros(raw.size)]
-    return float(roc_auc_score(labels, np.r_[raw, -raw]))
-
-
 def _agreement(raw: np.ndarray, mask: np.ndarray) -> float:
     return float((raw[mask] > 0).mean()) if mask.any() else float("nan")
 
@@ -92,7 +77,9 @@ def _correlation(kind: str, x: np.ndarray, y: np.ndarray) -> float:
     return float(result.statistic)
 
 
-def margin_metrics(raw: np.ndarray, length_diff: np.ndarray, severity_diff: np.ndarray | None = None) -> dict[str, float]:
+def margin_metrics(
+    raw: np.ndarray, length_diff: np.ndarray, severity_diff: np.ndarray | None = None
+) -> dict[str, float]:
     """Point values of every metric in `METRICS` (severity only when given). NaN where undefined."""
     shorter, longer = length_diff < 0, length_diff > 0
     agree_shorter, agree_longer = _agreement(raw, shorter), _agreement(raw, longer)
@@ -110,33 +97,6 @@ def margin_metrics(raw: np.ndarray, length_diff: np.ndarray, severity_diff: np.n
     if severity_diff is not None:
         values["severity_spearman"] = _correlation("spearman", raw, severity_diff)
     return values
-
-
-def bootstrap_intervals(
-    statistic: Callable[[np.ndarray], np.ndarray], n: int, *, n_resamples: int = DEFAULT_BOOTSTRAP,
-    confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Percentile-bootstrap intervals of a vector statistic of pair indices.
-
-    `statistic(indices)` returns one value per metric; scipy draws the resamples (pairs with
-    replacement). Resamples where a metric is undefined (NaN, e.g. no pair with chosen shorter)
-    are left out of that metric's percentiles. Returns (low, high, finite resamples per metric).
-    """
-    with warnings.catch_warnings():
-        # scipy warns when some resamples give NaN; those are handled below, metric by metric.
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        result = stats.bootstrap(
-            (np.arange(n),), lambda idx: statistic(np.asarray(idx, dtype=np.int64)), n_resamples=n_resamples,
-            vectorized=False, paired=False, method="percentile", confidence_level=confidence,
-            rng=np.random.default_rng(seed),
-        )
-    distribution = np.atleast_2d(result.bootstrap_distribution)
-    alpha = (1 - confidence) / 2
-    finite = np.isfinite(distribution).sum(axis=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, as they should
-        low, high = np.nanquantile(distribution, [alpha, 1 - alpha], axis=1)
-    return low, high, finite
 
 
 def evaluate_margins(
@@ -182,16 +142,31 @@ def evaluate_margins(
         low = high = np.full(len(point), np.nan)
         finite = np.zeros(len(point), dtype=int)
     metrics = {
-        name: {"value": _number(value), "ci_low": _number(lo), "ci_high": _number(hi),
-               "finite_resamples": int(k), "description": METRICS[name]}
+        name: {
+            "value": _number(value),
+            "ci_low": _number(lo),
+            "ci_high": _number(hi),
+            "finite_resamples": int(k),
+            "description": METRICS[name],
+        }
         for (name, value), lo, hi, k in zip(point.items(), low, high, finite)
     }
-    counts = {"pairs": n, "zero_margin": int((raw == 0).sum()), "chosen_shorter": int((length_diff < 0).sum()),
-              "chosen_longer": int((length_diff > 0).sum()), "equal_length": int((length_diff == 0).sum())}
+    counts = {
+        "pairs": n,
+        "zero_margin": int((raw == 0).sum()),
+        "chosen_shorter": int((length_diff < 0).sum()),
+        "chosen_longer": int((length_diff > 0).sum()),
+        "equal_length": int((length_diff == 0).sum()),
+    }
     if severity_diff is not None:
         counts["severity_known"] = n
-    settings = {"length_unit": length_unit, "n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed,
-                "interval": "percentile bootstrap over pairs (scipy.stats.bootstrap)"}
+    settings = {
+        "length_unit": length_unit,
+        "n_bootstrap": n_bootstrap,
+        "confidence": confidence,
+        "seed": seed,
+        "interval": "percentile bootstrap over pairs (scipy.stats.bootstrap)",
+    }
     return {"n": n, "counts": counts, "metrics": metrics, "settings": settings}
 
 
@@ -200,6 +175,7 @@ def _number(value: float) -> float | None:
 
 
 # ---------------------------------------------------------------- reading labelled margins
+
 
 @dataclass
 class LabelledMargins:
@@ -217,8 +193,9 @@ class LabelledMargins:
 PKU_SEVERITY = ("response_0_severity_level", "response_1_severity_level", "safer_response_id")
 
 
-def severity_difference(dataset: datasets.Dataset, columns: tuple[str, str] | None = None,
-                        *, source: str = "<data>") -> np.ndarray | None:
+def severity_difference(
+    dataset: datasets.Dataset, columns: tuple[str, str] | None = None, *, source: str = "<data>"
+) -> np.ndarray | None:
     """Severity of rejected − severity of chosen per row, or None when the table has no severity.
 
     `columns` names (chosen severity, rejected severity) columns; otherwise PKU-SafeRLHF's
@@ -259,7 +236,7 @@ def read_labelled_margins(
     severity_columns: tuple[str, str] | None = None,
     limit: int | None = None,
     split: str = "train",
-    annotate_settings: Any = None,
+    annotate_settings: AnnotateSettings | None = None,
     margin_column: str = "margin_raw",
     source: str | None = None,
 ) -> LabelledMargins:
@@ -278,24 +255,35 @@ def read_labelled_margins(
         dataset = dataset.select(range(min(limit, len(dataset))))
     annotated_now = False
     if direction is not None:
-        from .pipeline import AnnotateSettings, annotate
-
         settings = annotate_settings or AnnotateSettings(columns=columns)
         dataset = annotate(dataset, direction, model, settings, source=source).dataset
         annotated_now, margin_column = True, "margin_raw"
     elif margin_column not in dataset.column_names:
-        raise DataError(f"{source}: no column {margin_column!r}; annotate it first (legend annotate) or pass --direction")
+        raise DataError(
+            f"{source}: no column {margin_column!r}; annotate it first (legend annotate) or pass --direction"
+        )
     layout = detect_layout(dataset, columns, source=source)
     views = pair_views(dataset, layout, columns, source=source)
     raw = _numbers(dataset[margin_column], margin_column, source)
-    return LabelledMargins(dataset=dataset, views=views, raw=raw,
-                           severity=severity_difference(dataset, severity_columns, source=source),
-                           source=source, annotated_now=annotated_now, margin_column=margin_column)
+    return LabelledMargins(
+        dataset=dataset,
+        views=views,
+        raw=raw,
+        severity=severity_difference(dataset, severity_columns, source=source),
+        source=source,
+        annotated_now=annotated_now,
+        margin_column=margin_column,
+    )
 
 
 def evaluate_labelled(labelled: LabelledMargins, **options: Any) -> dict[str, Any]:
     """`evaluate_margins` on what `read_labelled_margins` returned, with the source recorded."""
-    result = evaluate_margins(labelled.raw, [v.chosen for v in labelled.views], [v.rejected for v in labelled.views],
-                              labelled.severity, **options)
+    result = evaluate_margins(
+        labelled.raw,
+        [v.chosen for v in labelled.views],
+        [v.rejected for v in labelled.views],
+        labelled.severity,
+        **options,
+    )
     result["source"] = labelled.source
     return result

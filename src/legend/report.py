@@ -44,6 +44,7 @@ class ReportResult:
 
 # ---------------------------------------------------------------- figures
 
+
 def figure_png(fig: Figure) -> bytes:
     """Render a figure with the Agg backend (no pyplot, no display) to PNG bytes."""
     FigureCanvasAgg(fig)
@@ -62,8 +63,11 @@ def plot_margins(raw: np.ndarray, edges: list[float] | None, levels: np.ndarray 
         ax_raw.axvline(edge, color="#dd8452", linestyle="--", linewidth=1)
     if edges and len(edges) > 1:
         ax_raw.plot([], [], color="#dd8452", linestyle="--", label="level edges")
-    ax_raw.set(title=f"margin_raw ({raw.size} pairs; {np.mean(raw > 0):.1%} positive)",
-               xlabel="raw margin (positive: chosen is safer)", ylabel="pairs")
+    ax_raw.set(
+        title=f"margin_raw ({raw.size} pairs; {np.mean(raw > 0):.1%} positive)",
+        xlabel="raw margin (positive: chosen is safer)",
+        ylabel="pairs",
+    )
     ax_raw.legend(loc="upper left", fontsize=8)
     if levels is not None and levels.size:
         values, counts = np.unique(levels, return_counts=True)
@@ -78,8 +82,13 @@ def plot_margins(raw: np.ndarray, edges: list[float] | None, levels: np.ndarray 
 
 def plot_agreement(metrics: dict[str, Any]) -> Figure:
     """Agreement metrics with their bootstrap intervals against the 0.5 chance line."""
-    names = [("share_positive", "share positive"), ("auc", "AUC"), ("agreement_chosen_shorter", "chosen shorter"),
-             ("agreement_chosen_longer", "chosen longer"), ("agreement_length_balanced", "length-balanced")]
+    names = [
+        ("share_positive", "share positive"),
+        ("auc", "AUC"),
+        ("agreement_chosen_shorter", "chosen shorter"),
+        ("agreement_chosen_longer", "chosen longer"),
+        ("agreement_length_balanced", "length-balanced"),
+    ]
     shown = [(label, metrics[key]) for key, label in names if key in metrics and metrics[key]["value"] is not None]
     fig = Figure(figsize=(8, 3.6))
     ax = fig.subplots()
@@ -104,8 +113,9 @@ def plot_length(raw: np.ndarray, length_diff: np.ndarray, unit: str) -> Figure:
     ax.scatter(length_diff, raw, s=8, alpha=0.5, color="#4c72b0")
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set(xlabel=f"length(chosen) − length(rejected), {unit}", ylabel="raw margin",
-           title="Margin vs length difference")
+    ax.set(
+        xlabel=f"length(chosen) − length(rejected), {unit}", ylabel="raw margin", title="Margin vs length difference"
+    )
     fig.tight_layout()
     return fig
 
@@ -123,15 +133,30 @@ def plot_sweep(rows: list[dict[str, Any]], chosen: dict[str, Any] | None = None)
     combos = sorted({(str(r["pooling"]), str(r["estimator"])) for r in rows})
     for metric, ax in zip(("accuracy", "auc"), axes):
         for pooling, estimator in combos:
-            points = sorted((int(r["layer"]), float(r[metric])) for r in rows
-                            if str(r["pooling"]) == pooling and str(r["estimator"]) == estimator)
+            points = sorted(
+                (int(r["layer"]), float(r[metric]))
+                for r in rows
+                if str(r["pooling"]) == pooling and str(r["estimator"]) == estimator
+            )
             ax.plot(*zip(*points), marker="o", markersize=3, label=f"{pooling} / {estimator}")
         if chosen:
-            picked = [r for r in rows if (int(r["layer"]), str(r["pooling"]), str(r["estimator"]))
-                      == (int(chosen["layer"]), str(chosen["pooling"]), str(chosen["estimator"]))]
+            picked = [
+                r
+                for r in rows
+                if (int(r["layer"]), str(r["pooling"]), str(r["estimator"]))
+                == (int(chosen["layer"]), str(chosen["pooling"]), str(chosen["estimator"]))
+            ]
             for row in picked:
-                ax.plot(int(row["layer"]), float(row[metric]), marker="o", markersize=12, markerfacecolor="none",
-                        markeredgecolor="black", markeredgewidth=1.5, linestyle="none")
+                ax.plot(
+                    int(row["layer"]),
+                    float(row[metric]),
+                    marker="o",
+                    markersize=12,
+                    markerfacecolor="none",
+                    markeredgecolor="black",
+                    markeredgewidth=1.5,
+                    linestyle="none",
+                )
         ax.axhline(0.5, color="#c44e52", linestyle="--", linewidth=0.8)
         ax.set(xlabel="layer", ylabel=f"held-out {metric}", title=f"Sweep: held-out {metric}")
     axes[0].legend(fontsize=7, loc="best")
@@ -171,8 +196,11 @@ def _table(header: list[str], rows: list[list[str]], numeric: Collection[int] = 
     """An HTML table; cells are escaped here, so callers pass plain text."""
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"num" if i in numeric else "text"}">{_esc(c)}</td>' for i, c in enumerate(row))
-        + "</tr>" for row in rows)
+        "<tr>"
+        + "".join(f'<td class="{"num" if i in numeric else "text"}">{_esc(c)}</td>' for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -199,22 +227,26 @@ def _prompt_text(view: PairView) -> str:
 
 
 def _metrics_section(metrics: dict[str, Any]) -> str:
-    rows = [[name, _fmt(m["value"]), f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]", m.get("description", "")]
-            for name, m in metrics["metrics"].items()]
+    rows = [
+        [name, _fmt(m["value"]), f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]", m.get("description", "")]
+        for name, m in metrics["metrics"].items()
+    ]
     counts = metrics.get("counts", {})
     settings = metrics.get("settings", {})
-    note = (f"Pairs: {counts.get('pairs')}; chosen shorter: {counts.get('chosen_shorter')}, chosen longer: "
-            f"{counts.get('chosen_longer')}, equal length: {counts.get('equal_length')} (length in "
-            f"{settings.get('length_unit', 'chars')}). Intervals: {settings.get('interval', 'bootstrap')}, "
-            f"{settings.get('n_bootstrap')} resamples, seed {settings.get('seed')}. "
-            "A direction that only measures length scores 0.5 on the length-balanced agreement.")
+    note = (
+        f"Pairs: {counts.get('pairs')}; chosen shorter: {counts.get('chosen_shorter')}, chosen longer: "
+        f"{counts.get('chosen_longer')}, equal length: {counts.get('equal_length')} (length in "
+        f"{settings.get('length_unit', 'chars')}). Intervals: {settings.get('interval', 'bootstrap')}, "
+        f"{settings.get('n_bootstrap')} resamples, seed {settings.get('seed')}. "
+        "A direction that only measures length scores 0.5 on the length-balanced agreement."
+    )
     return _table(["metric", "value", "95% CI", "meaning"], rows, numeric={1, 2}) + f'<p class="note">{_esc(note)}</p>'
 
 
 def _worst_section(labelled: LabelledMargins, levels: np.ndarray | None, count: int) -> str:
     order = np.argsort(labelled.raw, kind="stable")[:count]
     has_audit = "audit_score" in labelled.dataset.column_names
-    audit_scores = labelled.dataset["audit_score"] if has_audit else None
+    audit_scores = labelled.dataset["audit_score"] if has_audit else []
     header = ["row", "margin_raw"] + (["level"] if levels is not None else []) + (["audit_score"] if has_audit else [])
     header += ["prompt (last user turn)", "chosen (labelled safer)", "rejected"]
     rows = []
@@ -231,23 +263,30 @@ def _worst_section(labelled: LabelledMargins, levels: np.ndarray | None, count: 
 
 def _sweep_table(rows: list[dict[str, Any]], top: int = 10) -> str:
     best = sorted(rows, key=lambda r: (-float(r["auc"]), -float(r["accuracy"])))[:top]
-    return _table(["layer", "pooling", "estimator", "held-out accuracy", "held-out AUC"],
-                  [[str(r["layer"]), str(r["pooling"]), str(r["estimator"]), _fmt(float(r["accuracy"])),
-                    _fmt(float(r["auc"]))] for r in best], numeric={0, 3, 4})
+    return _table(
+        ["layer", "pooling", "estimator", "held-out accuracy", "held-out AUC"],
+        [
+            [str(r["layer"]), str(r["pooling"]), str(r["estimator"]), _fmt(float(r["accuracy"])), _fmt(float(r["auc"]))]
+            for r in best
+        ],
+        numeric={0, 3, 4},
+    )
 
 
 # ---------------------------------------------------------------- building
 
+
 def read_sidecar(data: str | os.PathLike) -> dict[str, Any] | None:
     """The `<data>.legend.json` written by `legend annotate`, if there is one."""
-    from .pipeline import sidecar_path
+    from .annotation import sidecar_path
 
     path = sidecar_path(data)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def read_direction_config(direction: str | os.PathLike | None, sidecar: dict[str, Any] | None,
-                          notes: list[str]) -> dict[str, Any] | None:
+def read_direction_config(
+    direction: str | os.PathLike | None, sidecar: dict[str, Any] | None, notes: list[str]
+) -> dict[str, Any] | None:
     """The direction's config.json: from `direction`, else the folder named in the sidecar, if it exists."""
     from .directions import CONFIG_FILE
 
@@ -300,8 +339,11 @@ def build_report(
     sidecar = read_sidecar(data)
     config = read_direction_config(direction, sidecar, notes)
     raw = labelled.raw
-    levels = (np.asarray(labelled.dataset[level_column], dtype=np.float64)
-              if level_column in labelled.dataset.column_names else None)
+    levels = (
+        np.asarray(labelled.dataset[level_column], dtype=np.float64)
+        if level_column in labelled.dataset.column_names
+        else None
+    )
     edges = ((sidecar or {}).get("binning") or {}).get("edges")
     if labels and metrics is None:
         metrics = evaluate_labelled(labelled, n_bootstrap=n_bootstrap, seed=seed)
@@ -326,31 +368,55 @@ def build_report(
     return ReportResult(html_path=out, images=images, metrics=metrics, notes=notes)
 
 
-def _page(labelled: LabelledMargins, sidecar: dict[str, Any] | None, config: dict[str, Any] | None,
-          metrics: dict[str, Any] | None, sweep: list[dict[str, Any]], figures: dict[str, bytes],
-          levels: np.ndarray | None, worst: int, notes: list[str]) -> str:
+def _page(
+    labelled: LabelledMargins,
+    sidecar: dict[str, Any] | None,
+    config: dict[str, Any] | None,
+    metrics: dict[str, Any] | None,
+    sweep: list[dict[str, Any]],
+    figures: dict[str, bytes],
+    levels: np.ndarray | None,
+    worst: int,
+    notes: list[str],
+) -> str:
     raw = labelled.raw
     title = f"legend report: {Path(labelled.source).name}"
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_esc(title)}</title>"
-             f"<style>{_CSS}</style></head><body>", f"<h1>{_esc(title)}</h1>"]
+    parts = [
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+    ]
     about = [["data", labelled.source], ["pairs", str(raw.size)], ["margin column", labelled.margin_column]]
     if config:
-        about += [["direction", f"{config.get('name')} ({config.get('estimator')}, layer {config.get('layer')}/"
-                                f"{config.get('num_layers')}, pooling {config.get('pooling')})"],
-                  ["model", f"{config.get('model_id')} (fingerprint {config.get('fingerprint')})"]]
+        about += [
+            [
+                "direction",
+                f"{config.get('name')} ({config.get('estimator')}, layer {config.get('layer')}/"
+                f"{config.get('num_layers')}, pooling {config.get('pooling')})",
+            ],
+            ["model", f"{config.get('model_id')} (fingerprint {config.get('fingerprint')})"],
+        ]
     elif sidecar and sidecar.get("summary", {}).get("direction"):
         d = sidecar["summary"]["direction"]
-        about += [["direction", f"{d.get('name')} ({d.get('estimator')}, layer {d.get('layer')}, pooling {d.get('pooling')})"],
-                  ["model", str(d.get("model_id"))]]
+        about += [
+            [
+                "direction",
+                f"{d.get('name')} ({d.get('estimator')}, layer {d.get('layer')}, pooling {d.get('pooling')})",
+            ],
+            ["model", str(d.get("model_id"))],
+        ]
     about.append(["generated", f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by legend {__version__}"])
     parts.append(_facts(about))
     parts += [f'<p class="note">{_esc(n)}</p>' for n in notes]
 
     parts.append("<h2>Margin distribution</h2>")
     q = np.quantile(raw, [0.1, 0.5, 0.9]) if raw.size else [float("nan")] * 3
-    stats_rows = [["pairs", str(raw.size)], ["share positive", f"{np.mean(raw > 0):.3f}"],
-                  ["mean ± std", f"{raw.mean():.4g} ± {raw.std():.4g}"],
-                  ["p10 / median / p90", f"{q[0]:.4g} / {q[1]:.4g} / {q[2]:.4g}"]]
+    stats_rows = [
+        ["pairs", str(raw.size)],
+        ["share positive", f"{np.mean(raw > 0):.3f}"],
+        ["mean ± std", f"{raw.mean():.4g} ± {raw.std():.4g}"],
+        ["p10 / median / p90", f"{q[0]:.4g} / {q[1]:.4g} / {q[2]:.4g}"],
+    ]
     edges = ((sidecar or {}).get("binning") or {}).get("edges")
     if edges:
         stats_rows.append(["level edges (raw)", ", ".join(f"{e:.4g}" for e in edges)])
@@ -362,23 +428,31 @@ def _page(labelled: LabelledMargins, sidecar: dict[str, Any] | None, config: dic
         parts.append(_image(figures["agreement"], "agreement metrics with bootstrap intervals"))
         parts.append(_metrics_section(metrics))
     else:
-        parts.append('<p class="note">Not computed (--no-labels): the chosen answer is not taken to be the safer one.</p>')
+        parts.append(
+            '<p class="note">Not computed (--no-labels): the chosen answer is not taken to be the safer one.</p>'
+        )
     parts.append(_image(figures["length"], "raw margin against the length difference"))
 
     parts.append("<h2>Layer × pooling × estimator sweep</h2>")
     if sweep:
         parts.append(_image(figures["sweep"], "held-out accuracy and AUC per layer for each pooling and estimator"))
-        parts.append(f'<p class="note">{len(sweep)} configurations; the circled point is the one this direction uses. '
-                     "Best 10 by held-out AUC:</p>" + _sweep_table(sweep))
+        parts.append(
+            f'<p class="note">{len(sweep)} configurations; the circled point is the one this direction uses. '
+            "Best 10 by held-out AUC:</p>" + _sweep_table(sweep)
+        )
     else:
-        parts.append('<p class="note">No sweep in this direction artifact (built with a fixed layer, pooling and '
-                     "estimator, or no direction folder given): build it with <code>legend direction --select auto"
-                     "</code> to see one.</p>")
+        parts.append(
+            '<p class="note">No sweep in this direction artifact (built with a fixed layer, pooling and '
+            "estimator, or no direction folder given): build it with <code>legend direction --select auto"
+            "</code> to see one.</p>"
+        )
 
     count = min(worst, raw.size)
     parts.append(f"<h2>The {count} most negative margins</h2>")
-    parts.append('<p class="note">Here the direction says the rejected answer is the safer one: candidates for '
-                 "label errors (see <code>legend audit</code>) or for failures of the direction.</p>")
+    parts.append(
+        '<p class="note">Here the direction says the rejected answer is the safer one: candidates for '
+        "label errors (see <code>legend audit</code>) or for failures of the direction.</p>"
+    )
     parts.append(f'<section id="worst-pairs">{_worst_section(labelled, levels, count)}</section>')
     parts.append("</body></html>\n")
     return "\n".join(parts)

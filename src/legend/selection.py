@@ -25,6 +25,7 @@ fix that dimension; the sweep covers the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,19 +39,23 @@ from .directions import (
     ESTIMATORS,
     ContrastEmbeddings,
     Direction,
-    auc,
+    DirectionSettings,
     embed_contrast_pairs,
-    pair_accuracy,
     split_indices,
 )
 from .encoding import POOLINGS, EncodeConfig, encode, resolve_layer, template_kind
+from .metrics import auc, effect_size, pair_accuracy, project, symmetric_auc
 from .models import LoadedModel
 
-SELECTION_RULE = ("held-out pair accuracy, then held-out AUC, then held-out effect size "
-                  "(mean/std of projected paired differences), then mean_difference > pca > logistic, "
-                  "last > mean pooling, deeper layer")
-PREFERENCE_RULE = ("dev share of positive margins (chosen projects higher), then dev symmetric AUC of the "
-                   "margins, then the contrast-pair rule")
+SELECTION_RULE = (
+    "held-out pair accuracy, then held-out AUC, then held-out effect size "
+    "(mean/std of projected paired differences), then mean_difference > pca > logistic, "
+    "last > mean pooling, deeper layer"
+)
+PREFERENCE_RULE = (
+    "dev share of positive margins (chosen projects higher), then dev symmetric AUC of the "
+    "margins, then the contrast-pair rule"
+)
 _ESTIMATOR_ORDER = ("mean_difference", "pca", "logistic")
 
 
@@ -58,7 +63,7 @@ _ESTIMATOR_ORDER = ("mean_difference", "pca", "logistic")
 class Candidate:
     """One configuration of the sweep."""
 
-    layer: int        # resolved, 0..num_layers
+    layer: int  # resolved, 0..num_layers
     pooling: str
     estimator: str
 
@@ -85,8 +90,11 @@ class SweepRow:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         # JSON has no NaN/Infinity: undefined or unbounded values are written as null.
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()
-                if v is not None or k in ("accuracy", "auc", "effect_size")}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in data.items()
+            if v is not None or k in ("accuracy", "auc", "effect_size")
+        }
 
 
 @dataclass
@@ -114,6 +122,7 @@ class SweepResult:
 
 # ---------------------------------------------------------------- candidates
 
+
 def candidate_layers(num_layers: int, layer_stride: int = 1, layers: Sequence[int] | None = None) -> tuple[int, ...]:
     """Resolved layers to sweep: `layers` if given, else every `layer_stride`-th of 1..L ending at L.
 
@@ -140,23 +149,21 @@ def _check_choices(poolings: Sequence[str], estimators: Sequence[str]) -> None:
 
 # ---------------------------------------------------------------- the sweep on embeddings
 
-def effect_size(harmless: torch.Tensor, harmful: torch.Tensor, vector: torch.Tensor) -> float:
-    """Mean / std of the projected paired differences (harmless − harmful)·v: separation in noise units."""
-    diffs = ((harmless.double() - harmful.double()) @ vector.double()).numpy()
-    spread = diffs.std()
-    if len(diffs) < 2 or spread == 0:
-        return float("inf") if diffs.mean() > 0 else float("nan")
-    return float(diffs.mean() / spread)
-
 
 def _rank_key(row: SweepRow) -> tuple:
     """Sort key: larger is better (see SELECTION_RULE); NaN ranks last."""
+
     def value(x: float | None) -> float:
         return -math.inf if x is None or math.isnan(x) else x
 
-    return (value(row.accuracy), value(row.auc), value(row.effect_size),
-            -_ESTIMATOR_ORDER.index(row.estimator) if row.estimator in _ESTIMATOR_ORDER else -99,
-            -POOLINGS.index(row.pooling), row.layer)
+    return (
+        value(row.accuracy),
+        value(row.auc),
+        value(row.effect_size),
+        -_ESTIMATOR_ORDER.index(row.estimator) if row.estimator in _ESTIMATOR_ORDER else -99,
+        -POOLINGS.index(row.pooling),
+        row.layer,
+    )
 
 
 def best_row(rows: Sequence[SweepRow]) -> SweepRow:
@@ -183,24 +190,44 @@ def sweep_embeddings(
         raise ValueError("the sweep needs held-out pairs: use a test fraction above 0")
     rows = []
     for cand in candidates:
-        harmless, harmful = embeddings.harmless[(cand.layer, cand.pooling)], embeddings.harmful[(cand.layer, cand.pooling)]
+        harmless, harmful = (
+            embeddings.harmless[(cand.layer, cand.pooling)],
+            embeddings.harmful[(cand.layer, cand.pooling)],
+        )
         try:
             vector = ESTIMATORS[cand.estimator](harmless[train], harmful[train])
         except ValueError as err:  # e.g. a zero difference: this candidate cannot separate anything
             rows.append(SweepRow(cand.layer, cand.pooling, cand.estimator, math.nan, math.nan, math.nan, str(err)))
             continue
         hv, hf = harmless[validation], harmful[validation]
-        rows.append(SweepRow(cand.layer, cand.pooling, cand.estimator, pair_accuracy(hv, hf, vector),
-                             auc(hv, hf, vector), effect_size(hv, hf, vector)))
-    return SweepResult(rows=rows, best=best_row(rows), n_train=len(train), n_validation=len(validation),
-                       test_fraction=test_fraction, seed=seed)
+        rows.append(
+            SweepRow(
+                cand.layer,
+                cand.pooling,
+                cand.estimator,
+                pair_accuracy(hv, hf, vector),
+                auc(hv, hf, vector),
+                effect_size(hv, hf, vector),
+            )
+        )
+    return SweepResult(
+        rows=rows,
+        best=best_row(rows),
+        n_train=len(train),
+        n_validation=len(validation),
+        test_fraction=test_fraction,
+        seed=seed,
+    )
 
 
 def all_candidates(layers: Sequence[int], poolings: Sequence[str], estimators: Sequence[str]) -> list[Candidate]:
-    return [Candidate(layer, pooling, estimator) for layer in layers for pooling in poolings for estimator in estimators]
+    return [
+        Candidate(layer, pooling, estimator) for layer in layers for pooling in poolings for estimator in estimators
+    ]
 
 
 # ---------------------------------------------------------------- with a model
+
 
 def sweep(
     lm: LoadedModel,
@@ -212,10 +239,9 @@ def sweep(
     estimators: Sequence[str] = tuple(ESTIMATORS),
     template: str = "auto",
     max_length: int = 2048,
-    batch_size: int = 16,
+    encoding: EncodeConfig | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
-    progress: bool = False,
 ) -> tuple[SweepResult, ContrastEmbeddings]:
     """Sweep layers × poolings × estimators on the contrast pairs with ONE encoding pass.
 
@@ -226,21 +252,40 @@ def sweep(
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 contrast pairs to sweep, got {len(pairs)}")
     swept_layers = candidate_layers(lm.num_layers, layer_stride, layers)
-    config = EncodeConfig(layers=swept_layers, poolings=tuple(poolings), template=template_kind(lm.tokenizer, template),
-                          max_length=max_length, batch_size=batch_size, progress=progress, description="sweep")
+    config = dataclasses.replace(
+        encoding or EncodeConfig(),
+        layers=swept_layers,
+        poolings=tuple(poolings),
+        template=template_kind(lm.tokenizer, template),
+        max_length=max_length,
+        description="sweep",
+    )
     embeddings = embed_contrast_pairs(lm, pairs, config)
-    result = sweep_embeddings(embeddings, all_candidates(swept_layers, poolings, estimators),
-                              test_fraction=test_fraction, seed=seed)
+    result = sweep_embeddings(
+        embeddings, all_candidates(swept_layers, poolings, estimators), test_fraction=test_fraction, seed=seed
+    )
     return result, embeddings
 
 
 def preference_embeddings(
-    lm: LoadedModel, views: Sequence[PairView], layers: Sequence[int], poolings: Sequence[str],
-    *, template: str, max_length: int, batch_size: int = 16, progress: bool = False,
+    lm: LoadedModel,
+    views: Sequence[PairView],
+    layers: Sequence[int],
+    poolings: Sequence[str],
+    *,
+    template: str,
+    max_length: int,
+    encoding: EncodeConfig | None = None,
 ) -> tuple[dict[tuple[int, str], torch.Tensor], dict[tuple[int, str], torch.Tensor]]:
     """Chosen and rejected embeddings of preference pairs for every layer/pooling, in ONE pass."""
-    config = EncodeConfig(layers=tuple(layers), poolings=tuple(poolings), template=template, max_length=max_length,
-                          batch_size=batch_size, progress=progress, description="select-on")
+    config = dataclasses.replace(
+        encoding or EncodeConfig(),
+        layers=tuple(layers),
+        poolings=tuple(poolings),
+        template=template,
+        max_length=max_length,
+        description="select-on",
+    )
     items = [(v.prompt, v.chosen) for v in views] + [(v.prompt, v.rejected) for v in views]
     encoded = encode(lm, items, config)
     n = len(views)
@@ -249,8 +294,6 @@ def preference_embeddings(
 
 def preference_agreement(margins: np.ndarray) -> tuple[float, float]:
     """(share of positive margins, symmetric AUC of the margins) on labelled pairs (chosen = safer)."""
-    from .quality import symmetric_auc
-
     margins = np.asarray(margins, dtype=np.float64)
     return float((margins > 0).mean()), symmetric_auc(margins)
 
@@ -285,12 +328,13 @@ def select_on_preferences(
         try:
             vector = vectors.get(row.candidate)
             if vector is None:
-                vector = vectors[row.candidate] = ESTIMATORS[row.estimator](embeddings.harmless[key],
-                                                                            embeddings.harmful[key])
+                vector = vectors[row.candidate] = ESTIMATORS[row.estimator](
+                    embeddings.harmless[key], embeddings.harmful[key]
+                )
         except ValueError as err:
             row.error = str(err)
             continue
-        margins = _margins(chosen[key][dev], rejected[key][dev], vector)
+        margins = project(chosen[key][dev], rejected[key][dev], vector)
         row.dev_share_positive, row.dev_auc = preference_agreement(margins)
     scored = [row for row in result.rows if row.dev_share_positive is not None]
     if not scored:
@@ -298,16 +342,23 @@ def select_on_preferences(
     winner = max(scored, key=lambda row: (_finite(row.dev_share_positive), _finite(row.dev_auc), _rank_key(row)))
     result.best = winner
     key = (winner.layer, winner.pooling)
-    test_share, test_auc = (preference_agreement(_margins(chosen[key][test], rejected[key][test], vectors[winner.candidate]))
-                            if len(test) else (math.nan, math.nan))
-    return {"rule": PREFERENCE_RULE, "dev_fraction": dev_fraction, "seed": seed, "n_dev": len(dev), "n_test": len(test),
-            "dev_share_positive": winner.dev_share_positive, "dev_auc": winner.dev_auc,
-            "test_share_positive": _none_if_nan(test_share), "test_auc": _none_if_nan(test_auc),
-            "test_rows": (test + 1).tolist()}
-
-
-def _margins(chosen: torch.Tensor, rejected: torch.Tensor, vector: torch.Tensor) -> np.ndarray:
-    return ((chosen.double() - rejected.double()) @ vector.double()).numpy()
+    test_share, test_auc = (
+        preference_agreement(project(chosen[key][test], rejected[key][test], vectors[winner.candidate]))
+        if len(test)
+        else (math.nan, math.nan)
+    )
+    return {
+        "rule": PREFERENCE_RULE,
+        "dev_fraction": dev_fraction,
+        "seed": seed,
+        "n_dev": len(dev),
+        "n_test": len(test),
+        "dev_share_positive": winner.dev_share_positive,
+        "dev_auc": winner.dev_auc,
+        "test_share_positive": _none_if_nan(test_share),
+        "test_auc": _none_if_nan(test_auc),
+        "test_rows": (test + 1).tolist(),
+    }
 
 
 def _finite(value: float | None) -> float:
@@ -321,54 +372,87 @@ def _none_if_nan(value: float) -> float | None:
 def select_direction(
     lm: LoadedModel,
     pairs: Sequence[ContrastPair],
+    settings: DirectionSettings | None = None,
     *,
-    layer: int | None = None,
-    pooling: str | None = None,
-    estimator: str | None = None,
-    layer_stride: int = 1,
     select_on: Sequence[PairView] | None = None,
-    dev_fraction: float = 0.5,
-    template: str = "auto",
-    max_length: int = 2048,
-    batch_size: int = 16,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    name: str = "safety",
-    progress: bool = False,
+    **fields: Any,
 ) -> Direction:
-    """Sweep (or fix, where given) layer, pooling and estimator; return the chosen direction refitted on all pairs.
+    """Sweep (or fix, where `settings` gives them) layer, pooling and estimator; return the chosen direction.
 
-    `select_on` (labelled preference pairs, chosen = safer) switches the choice from contrast-pair
-    separation to agreement with those labels on a dev split. The direction's `heldout` is the
-    winner's contrast validation result; `extra["sweep"]` is the whole table, `extra["selection"]`
-    the rule, split and choice.
+    The direction is refitted on all pairs. `select_on` (labelled preference pairs, chosen = safer)
+    switches the choice from contrast-pair separation to agreement with those labels on a dev split.
+    The direction's `heldout` is the winner's contrast validation result; `extra["sweep"]` is the
+    whole table, `extra["selection"]` the rule, split and choice, `extra["settings"]` the settings.
     """
-    kind = template_kind(lm.tokenizer, template)
+    settings = dataclasses.replace(settings or DirectionSettings(select="auto"), **fields)
+    layer, pooling, estimator = settings.layer, settings.pooling, settings.estimator
+    kind = template_kind(lm.tokenizer, settings.template)
+    encoding = settings.encoding
     result, embeddings = sweep(
-        lm, pairs, layers=None if layer is None else (layer,), layer_stride=layer_stride,
+        lm,
+        pairs,
+        layers=None if layer is None else (layer,),
+        layer_stride=settings.layer_stride,
         poolings=POOLINGS if pooling is None else (pooling,),
         estimators=tuple(ESTIMATORS) if estimator is None else (estimator,),
-        template=kind, max_length=max_length, batch_size=batch_size, test_fraction=test_fraction, seed=seed,
-        progress=progress)
-    selection: dict[str, Any] = {"by": "contrast", "rule": SELECTION_RULE,
-                                 "fixed": {k: v for k, v in (("layer", layer), ("pooling", pooling),
-                                                             ("estimator", estimator)) if v is not None}}
+        template=kind,
+        max_length=settings.max_length,
+        encoding=encoding,
+        test_fraction=settings.test_fraction,
+        seed=settings.seed,
+    )
+    selection: dict[str, Any] = {
+        "by": "contrast",
+        "rule": SELECTION_RULE,
+        "fixed": {k: v for k, v in (("layer", layer), ("pooling", pooling), ("estimator", estimator)) if v is not None},
+    }
     if select_on is not None:
         swept_layers = sorted({row.layer for row in result.rows})
         swept_poolings = list(dict.fromkeys(row.pooling for row in result.rows))
-        chosen, rejected = preference_embeddings(lm, select_on, swept_layers, swept_poolings, template=kind,
-                                                 max_length=max_length, batch_size=batch_size, progress=progress)
-        selection.update(by="preferences", **select_on_preferences(result, embeddings, chosen, rejected,
-                                                                  dev_fraction=dev_fraction, seed=seed))
+        chosen, rejected = preference_embeddings(
+            lm,
+            select_on,
+            swept_layers,
+            swept_poolings,
+            template=kind,
+            max_length=settings.max_length,
+            encoding=encoding,
+        )
+        selection.update(
+            by="preferences",
+            **select_on_preferences(
+                result, embeddings, chosen, rejected, dev_fraction=settings.dev_fraction, seed=settings.seed
+            ),
+        )
     best = result.best
     key = (best.layer, best.pooling)
     vector = ESTIMATORS[best.estimator](embeddings.harmless[key], embeddings.harmful[key])
-    heldout = {"test_fraction": test_fraction, "seed": seed, "n_train": result.n_train, "n_test": result.n_validation,
-               **{k: v for k, v in best.to_dict().items() if k in ("accuracy", "auc", "effect_size")}}
+    heldout = {
+        "test_fraction": settings.test_fraction,
+        "seed": settings.seed,
+        "n_train": result.n_train,
+        "n_test": result.n_validation,
+        **{k: v for k, v in best.to_dict().items() if k in ("accuracy", "auc", "effect_size")},
+    }
     selection["chosen"] = {"layer": best.layer, "pooling": best.pooling, "estimator": best.estimator}
     return Direction(
-        vector=vector, layer=best.layer, pooling=best.pooling, model_id=lm.model_id, fingerprint=lm.fingerprint,
-        hidden_size=lm.hidden_size, num_layers=lm.num_layers, template=kind, max_length=max_length,
-        estimator=best.estimator, name=name, n_pairs=len(pairs), heldout=heldout,
-        extra={"n_truncated_texts": embeddings.n_truncated, "sweep": result.table(), "selection": selection},
+        vector=vector,
+        layer=best.layer,
+        pooling=best.pooling,
+        model_id=lm.model_id,
+        fingerprint=lm.fingerprint,
+        hidden_size=lm.hidden_size,
+        num_layers=lm.num_layers,
+        template=kind,
+        max_length=settings.max_length,
+        estimator=best.estimator,
+        name=settings.name,
+        n_pairs=len(pairs),
+        heldout=heldout,
+        extra={
+            "n_truncated_texts": embeddings.n_truncated,
+            "sweep": result.table(),
+            "selection": selection,
+            "settings": settings.to_dict(),
+        },
     )

@@ -26,16 +26,23 @@ from tqdm.auto import tqdm
 
 from ..data import ColumnNames, DataError, detect_layout, load_table, pair_views, read_questions
 from ..encoding import render, template_kind
+from ..metrics import win_rate, win_rate_ci
 from ..models import LoadedModel
-from .scoring import Prompt, Scorer, bootstrap_ci, win_rate
+from .scoring import Prompt, Scorer
 
 DEFAULT_NS: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 
 # ---------------------------------------------------------------- prompts and sampling
 
-def read_prompts(source: str | os.PathLike, *, column: str | None = None, limit: int | None = None,
-                 columns: ColumnNames = ColumnNames()) -> list[Prompt]:
+
+def read_prompts(
+    source: str | os.PathLike,
+    *,
+    column: str | None = None,
+    limit: int | None = None,
+    columns: ColumnNames = ColumnNames(),
+) -> list[Prompt]:
     """Prompts from a preference dataset (its pairs' prompts, any legend layout) or a file of questions.
 
     A question file is anything `read_questions` reads (AdvBench's `goal`, a JSON list, ...); naming
@@ -65,7 +72,7 @@ class SamplingConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0                 # 0: no top-k cut (plain sampling, as best-of-n assumes)
+    top_k: int = 0  # 0: no top-k cut (plain sampling, as best-of-n assumes)
     batch_size: int = 64
     max_prompt_length: int = 512
     seed: int = 0
@@ -94,20 +101,32 @@ def sample_responses(lm: LoadedModel, prompts: Sequence[Prompt], config: Samplin
     bar = tqdm(total=len(texts), desc="sample", unit="prompt", disable=not config.progress)
     try:
         for start in range(0, len(texts), per_call):
-            batch = texts[start:start + per_call]
-            inputs = tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
-                               max_length=config.max_prompt_length, add_special_tokens=(kind == "plain"))
+            batch = texts[start : start + per_call]
+            inputs = tokenizer(
+                batch,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=config.max_prompt_length,
+                add_special_tokens=(kind == "plain"),
+            )
             inputs = {k: v.to(lm.device) for k, v in inputs.items()}
             torch.manual_seed(config.seed + start)
             with torch.inference_mode():
                 output = model.generate(
-                    **inputs, do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                    num_return_sequences=config.n, max_new_tokens=config.max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id)
-            decoded = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                    **inputs,
+                    do_sample=True,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    top_k=config.top_k,
+                    num_return_sequences=config.n,
+                    max_new_tokens=config.max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            decoded = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             # generate() repeats each prompt n times in a row: rows [p0s0 .. p0s(n-1), p1s0 ..].
             for row in range(len(batch)):
-                responses.append([text.strip() for text in decoded[row * config.n:(row + 1) * config.n]])
+                responses.append([text.strip() for text in decoded[row * config.n : (row + 1) * config.n]])
             bar.update(len(batch))
     finally:
         tokenizer.padding_side = previous_side
@@ -132,35 +151,46 @@ def best_of_n_indices(rewards: np.ndarray, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- comparison
 
+
 @dataclass
 class BestOfNReport:
     """Picks, judge scores and win rates of several reward models over a range of n."""
 
     ns: list[int]
-    selectors: list[str]                      # reward model names; the first is the baseline
+    selectors: list[str]  # reward model names; the first is the baseline
     judge: str
-    picks: dict[str, dict[int, list[int]]]    # selector -> n -> picked sample index per prompt
+    picks: dict[str, dict[int, list[int]]]  # selector -> n -> picked sample index per prompt
     judge_means: dict[str, dict[int, float]]  # selector -> n -> mean judge score of its picks
     reward_means: dict[str, dict[int, float]]  # selector -> n -> mean of its own reward over its picks
-    win_rates: list[dict[str, Any]]           # one row per (challenger, n)
+    win_rates: list[dict[str, Any]]  # one row per (challenger, n)
     n_prompts: int
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ns": self.ns, "selectors": self.selectors, "baseline": self.selectors[0], "judge": self.judge,
-            "n_prompts": self.n_prompts, "win_rates": self.win_rates,
+            "ns": self.ns,
+            "selectors": self.selectors,
+            "baseline": self.selectors[0],
+            "judge": self.judge,
+            "n_prompts": self.n_prompts,
+            "win_rates": self.win_rates,
             "judge_mean_of_pick": {s: {str(n): v for n, v in d.items()} for s, d in self.judge_means.items()},
             "reward_mean_of_pick": {s: {str(n): v for n, v in d.items()} for s, d in self.reward_means.items()},
             "picks": {s: {str(n): v for n, v in d.items()} for s, d in self.picks.items()},
             "win_rate_rule": "challenger wins a prompt when the judge scores its pick above the baseline's; "
-                             "ties (e.g. the same sample picked) count 1/2",
+            "ties (e.g. the same sample picked) count 1/2",
             **self.extra,
         }
 
 
-def compare_selectors(rewards: dict[str, np.ndarray], judge_scores: np.ndarray, ns: Sequence[int], *,
-                      judge: str = "judge", bootstrap_seed: int = 0) -> BestOfNReport:
+def compare_selectors(
+    rewards: dict[str, np.ndarray],
+    judge_scores: np.ndarray,
+    ns: Sequence[int],
+    *,
+    judge: str = "judge",
+    bootstrap_seed: int = 0,
+) -> BestOfNReport:
     """Win rates of every reward model after the first (the baseline) against it, per n.
 
     `rewards[name]` and `judge_scores` are [prompts, samples] score arrays over the same samples.
@@ -185,14 +215,31 @@ def compare_selectors(rewards: dict[str, np.ndarray], judge_scores: np.ndarray, 
     for challenger in names[1:]:
         for n in ns:
             a, b = judged[challenger][n], judged[baseline][n]
-            low, high = bootstrap_ci(a, b, seed=bootstrap_seed)
-            table.append({"challenger": challenger, "baseline": baseline, "n": n, "win_rate": win_rate(a, b),
-                          "ci95": [low, high], "wins": int((a > b).sum()), "ties": int((a == b).sum()),
-                          "losses": int((a < b).sum()),
-                          "same_pick": int(np.sum(np.asarray(picks[challenger][n]) == np.asarray(picks[baseline][n])))})
+            low, high = win_rate_ci(a, b, seed=bootstrap_seed)
+            table.append(
+                {
+                    "challenger": challenger,
+                    "baseline": baseline,
+                    "n": n,
+                    "win_rate": win_rate(a, b),
+                    "ci95": [low, high],
+                    "wins": int((a > b).sum()),
+                    "ties": int((a == b).sum()),
+                    "losses": int((a < b).sum()),
+                    "same_pick": int(np.sum(np.asarray(picks[challenger][n]) == np.asarray(picks[baseline][n]))),
+                }
+            )
     judge_means = {name: {n: float(v.mean()) for n, v in d.items()} for name, d in judged.items()}
-    return BestOfNReport(ns=list(ns), selectors=names, judge=judge, picks=picks, judge_means=judge_means,
-                         reward_means=reward_means, win_rates=table, n_prompts=int(judge_scores.shape[0]))
+    return BestOfNReport(
+        ns=list(ns),
+        selectors=names,
+        judge=judge,
+        picks=picks,
+        judge_means=judge_means,
+        reward_means=reward_means,
+        win_rates=table,
+        n_prompts=int(judge_scores.shape[0]),
+    )
 
 
 @dataclass
@@ -209,9 +256,14 @@ class BestOfNRun:
         """One row per prompt with its samples and scores (for inspection; JSONL-friendly)."""
         rows = []
         for i, (prompt, samples) in enumerate(zip(self.prompts, self.responses)):
-            rows.append({"prompt": [dict(m) for m in prompt], "responses": samples,
-                         "judge": self.judge_scores[i].tolist(),
-                         "rewards": {name: scores[i].tolist() for name, scores in self.rewards.items()}})
+            rows.append(
+                {
+                    "prompt": [dict(m) for m in prompt],
+                    "responses": samples,
+                    "judge": self.judge_scores[i].tolist(),
+                    "rewards": {name: scores[i].tolist() for name, scores in self.rewards.items()},
+                }
+            )
         return rows
 
 
@@ -251,15 +303,18 @@ def run_best_of_n(
     timings["judge_seconds"] = time.perf_counter() - start
     report = compare_selectors(rewards, judge_scores, ns, judge=judge.name, bootstrap_seed=sampling.seed)
     report.extra.update(
-        policy=policy.model_id, sampling={k: v for k, v in sampling.__dict__.items() if k != "progress"},
+        policy=policy.model_id,
+        sampling={k: v for k, v in sampling.__dict__.items() if k != "progress"},
         timings={k: round(v, 3) for k, v in timings.items()},
         empty_responses=int(sum(not text for row in responses for text in row)),
     )
-    return BestOfNRun(report=report, prompts=list(prompts), responses=responses, rewards=rewards,
-                      judge_scores=judge_scores)
+    return BestOfNRun(
+        report=report, prompts=list(prompts), responses=responses, rewards=rewards, judge_scores=judge_scores
+    )
 
 
 # ---------------------------------------------------------------- plot
+
 
 def plot_report(report: BestOfNReport, path: str | os.PathLike) -> Path:
     """PNG: win rate vs n (with 95% bootstrap intervals) and the judge's mean score of each model's picks."""
@@ -276,12 +331,21 @@ def plot_report(report: BestOfNReport, path: str | os.PathLike) -> Path:
         errors = np.array([[rate - r["ci95"][0], r["ci95"][1] - rate] for rate, r in zip(rates, rows)]).T
         left.errorbar(ns, rates, yerr=errors, marker="o", capsize=3, label=f"{challenger} vs {report.selectors[0]}")
     left.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-    left.set(xscale="log", xlabel="n (samples per prompt)", ylabel="win rate (judge)", ylim=(0, 1),
-             title=f"best-of-n win rate, judge: {report.judge}")
+    left.set(
+        xscale="log",
+        xlabel="n (samples per prompt)",
+        ylabel="win rate (judge)",
+        ylim=(0, 1),
+        title=f"best-of-n win rate, judge: {report.judge}",
+    )
     for name in report.selectors:
         right.plot(report.ns, [report.judge_means[name][n] for n in report.ns], marker="o", label=name)
-    right.set(xscale="log", xlabel="n (samples per prompt)", ylabel="mean judge score of pick",
-              title=f"{report.n_prompts} prompts")
+    right.set(
+        xscale="log",
+        xlabel="n (samples per prompt)",
+        ylabel="mean judge score of pick",
+        title=f"{report.n_prompts} prompts",
+    )
     for axis in (left, right):
         axis.set_xticks(report.ns, [str(n) for n in report.ns])
         if axis.get_legend_handles_labels()[0]:

@@ -36,18 +36,20 @@ import torch
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from ..data import ColumnNames, DataError, detect_layout, load_table, pair_views, write_json
-from ..models import ModelError, resolve_model_path
+from ..data import ColumnNames, DataError, detect_layout, load_table, pair_views
+from ..io import write_json
+from ..models import ensure_pad_token, load_pretrained
 
-MARGIN_KEY = "margin"   # the column/batch key that carries each pair's margin through TRL
+MARGIN_KEY = "margin"  # the column/batch key that carries each pair's margin through TRL
 
 OFFSET_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda m: m,
-    "relu": torch.relu,   # negative (raw) margins give no offset instead of a negative one
+    "relu": torch.relu,  # negative (raw) margins give no offset instead of a negative one
 }
 
 
 # ---------------------------------------------------------------- data
+
 
 def preference_dataset(
     data: datasets.Dataset | str | os.PathLike,
@@ -81,8 +83,11 @@ def preference_dataset(
 
 def _margins(data: datasets.Dataset, column: str, source: str) -> list[float]:
     if column not in data.column_names:
-        raise DataError(f"no margin column {column!r} (columns: {', '.join(data.column_names)}); "
-                        "annotate the data with `legend annotate` or turn the offset off", source=source)
+        raise DataError(
+            f"no margin column {column!r} (columns: {', '.join(data.column_names)}); "
+            "annotate the data with `legend annotate` or turn the offset off",
+            source=source,
+        )
     values = []
     for row, value in enumerate(data[column], start=1):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -104,6 +109,7 @@ class MarginCollator(DataCollatorForPreference):
 
 # ---------------------------------------------------------------- trainer
 
+
 class MarginDPOTrainer(DPOTrainer):
     """DPOTrainer whose sigmoid loss subtracts a per-pair offset α·f(margin) (see the module docstring).
 
@@ -113,7 +119,9 @@ class MarginDPOTrainer(DPOTrainer):
 
     def __init__(self, *args: Any, alpha: float = 1.0, offset_transform: str = "identity", **kwargs: Any) -> None:
         if offset_transform not in OFFSET_TRANSFORMS:
-            raise ValueError(f"unknown offset transform {offset_transform!r}; choose from {', '.join(OFFSET_TRANSFORMS)}")
+            raise ValueError(
+                f"unknown offset transform {offset_transform!r}; choose from {', '.join(OFFSET_TRANSFORMS)}"
+            )
         self.offset_alpha = float(alpha)
         self.offset_transform = offset_transform
         given = inspect.signature(DPOTrainer.__init__).bind(self, *args, **kwargs).arguments
@@ -122,13 +130,16 @@ class MarginDPOTrainer(DPOTrainer):
             kwargs["data_collator"] = _margin_collator(tokenizer, config)
         super().__init__(*args, **kwargs)
         if self.offset_alpha and (self.loss_types != ["sigmoid"] or self.f_divergence_type != "reverse_kl"):
-            raise ValueError("the margin offset needs loss_type ['sigmoid'] and f_divergence_type 'reverse_kl', got "
-                             f"{self.loss_types} and {self.f_divergence_type!r}; use --alpha 0 for other losses")
+            raise ValueError(
+                "the margin offset needs loss_type ['sigmoid'] and f_divergence_type 'reverse_kl', got "
+                f"{self.loss_types} and {self.f_divergence_type!r}; use --alpha 0 for other losses"
+            )
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if MARGIN_KEY not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, MARGIN_KEY]
+        columns: list[str] = list(self._signature_columns or [])
+        if MARGIN_KEY not in columns:
+            self._signature_columns = [*columns, MARGIN_KEY]  # type: ignore[assignment]  # TRL types it None
 
     def offsets(self, margin: torch.Tensor) -> torch.Tensor:
         """α·f(margin) per pair."""
@@ -146,8 +157,10 @@ class MarginDPOTrainer(DPOTrainer):
             reference = self.ref_model if self.ref_model is not None else self.model
             inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = self.compute_ref_log_probs(reference, inputs)
         offset = self.offsets(margin).to(inputs["ref_chosen_logps"].device)
-        inputs["ref_chosen_logps"] = inputs["ref_chosen_logps"] + offset.to(inputs["ref_chosen_logps"].dtype) / self.beta
-        mode = "train" if self.model.training else "eval"
+        inputs["ref_chosen_logps"] = (
+            inputs["ref_chosen_logps"] + offset.to(inputs["ref_chosen_logps"].dtype) / self.beta
+        )
+        mode = "train" if model.training else "eval"
         self._metrics[mode]["offset"].append(self.accelerator.gather(offset).mean().item())
         previous, self.precompute_ref_logps = self.precompute_ref_logps, True  # read the ref log-probs from `inputs`
         try:
@@ -158,20 +171,24 @@ class MarginDPOTrainer(DPOTrainer):
 
 def _margin_collator(tokenizer: Any, config: DPOConfig) -> MarginCollator:
     # The same choices TRL makes for its default collator.
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return MarginCollator(pad_token_id=tokenizer.pad_token_id, max_length=config.max_length,
-                          truncation_mode=config.truncation_mode, pad_to_multiple_of=config.pad_to_multiple_of)
+    ensure_pad_token(tokenizer)
+    return MarginCollator(
+        pad_token_id=tokenizer.pad_token_id,
+        max_length=config.max_length,
+        truncation_mode=config.truncation_mode,
+        pad_to_multiple_of=int(config.pad_to_multiple_of) if config.pad_to_multiple_of is not None else None,
+    )
 
 
 # ---------------------------------------------------------------- the job
+
 
 @dataclass(frozen=True)
 class DPOSettings:
     """Legend's options of `legend dpo` (TRL's own options go in a DPOConfig)."""
 
     alpha: float = 1.0
-    margin_column: str | None = "margin"     # None: plain DPO
+    margin_column: str | None = "margin"  # None: plain DPO
     offset_transform: str = "identity"
     limit: int | None = None
     eval_fraction: float = 0.0
@@ -190,18 +207,9 @@ class DPOSettings:
 
 def load_policy(spec: str | None, dtype: str = "float32", trust_remote_code: bool = False) -> tuple[Any, Any, str]:
     """(model, tokenizer, model id) of a causal LM to train; "default" = the embedded SmolLM2."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..models import DTYPES
-
-    path, model_id = resolve_model_path(spec)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise ModelError(f"model {spec!r}: could not be loaded ({str(err).splitlines()[0]})") from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer, model_id = load_pretrained(
+        spec, head="causal", dtype=dtype, trust_remote_code=trust_remote_code, place=False
+    )
     return model, tokenizer, model_id
 
 
@@ -227,39 +235,60 @@ def train_dpo(
     if policy is None:
         policy, tokenizer, model_id = load_policy(model, trust_remote_code=config.trust_remote_code)
     else:
-        model_id = model or getattr(policy.config, "_name_or_path", "in-memory")
+        model_id = str(model or getattr(policy.config, "_name_or_path", "in-memory"))
     peft_config = None
     ref_model = None
     if settings.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                                 target_modules=settings.lora_target, task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules=settings.lora_target,
+            task_type="CAUSAL_LM",
+        )
     elif not config.precompute_ref_log_probs:
         ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
     trainer = MarginDPOTrainer(
-        model=policy, ref_model=ref_model, args=config, train_dataset=train, eval_dataset=evaluation,
-        processing_class=tokenizer, peft_config=peft_config,
-        alpha=settings.alpha if settings.offset_on else 0.0, offset_transform=settings.offset_transform,
+        model=policy,
+        ref_model=ref_model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        alpha=settings.alpha if settings.offset_on else 0.0,
+        offset_transform=settings.offset_transform,
     )
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
     trainer.save_model(config.output_dir)
-    offsets = (trainer.offsets(torch.tensor(train[MARGIN_KEY])).numpy() if margin_column else np.zeros(len(train)))
+    offsets = trainer.offsets(torch.tensor(train[MARGIN_KEY])).numpy() if margin_column else np.zeros(len(train))
     summary = {
-        "model_id": model_id, "output_dir": str(config.output_dir), "pairs_train": len(train),
+        "model_id": model_id,
+        "output_dir": str(config.output_dir),
+        "pairs_train": len(train),
         "pairs_eval": len(evaluation) if evaluation is not None else 0,
-        "offset": {"on": settings.offset_on, "alpha": settings.alpha, "column": margin_column,
-                   "transform": settings.offset_transform, "mean": float(offsets.mean()) if len(offsets) else 0.0,
-                   "max": float(offsets.max()) if len(offsets) else 0.0,
-                   "rule": "loss = -log sigmoid(beta*(dpolicy - dref) - alpha*f(margin))"},
+        "offset": {
+            "on": settings.offset_on,
+            "alpha": settings.alpha,
+            "column": margin_column,
+            "transform": settings.offset_transform,
+            "mean": float(offsets.mean()) if len(offsets) else 0.0,
+            "max": float(offsets.max()) if len(offsets) else 0.0,
+            "rule": "loss = -log sigmoid(beta*(dpolicy - dref) - alpha*f(margin))",
+        },
         "settings": {k: v for k, v in asdict(settings).items() if k != "columns"},
-        "beta": config.beta, "learning_rate": config.learning_rate, "steps": result.global_step,
-        "train_loss": result.training_loss, "train_seconds": round(seconds, 3),
+        "beta": config.beta,
+        "learning_rate": config.learning_rate,
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "train_seconds": round(seconds, 3),
         "log_history": trainer.state.log_history,
     }
-    write_json(summary, Path(config.output_dir) / "legend_dpo.json")
+    write_json(summary, Path(str(config.output_dir)) / "legend_dpo.json")
     return summary
 
 
@@ -286,7 +315,8 @@ def dpo_config(output_dir: str | os.PathLike, extra_args: list[str] | None = Non
             argv += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
     argv += list(extra_args or [])
     try:
-        (config,) = HfArgumentParser(DPOConfig).parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        parser = HfArgumentParser(DPOConfig)  # type: ignore[arg-type]  # DPOConfig is a dataclass
+        (config,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except SystemExit as err:  # argparse exits on a bad flag; make it a one-line error instead
         raise ValueError(f"bad TRL/transformers argument in {' '.join(extra_args or []) or '(none)'}") from err
     return config

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from legend.cli import app, user_errors
+from legend.cli.app import app, user_errors
 from legend.cli.options import BatchSize, Device, Dtype, Limit, Quiet, TrustRemoteCode
 
 console = Console(stderr=False)
@@ -44,8 +44,10 @@ def print_best_of_n(report: dict[str, Any]) -> None:
         cells = [str(n)] + [f"{report['judge_mean_of_pick'][s][str(n)]:.4g}" for s in report["selectors"]]
         for name in challengers:
             row = next(r for r in report["win_rates"] if r["challenger"] == name and r["n"] == n)
-            cells.append(f"{row['win_rate']:.3f} [{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}] "
-                         f"({row['wins']}/{row['ties']}/{row['losses']})")
+            cells.append(
+                f"{row['win_rate']:.3f} [{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}] "
+                f"({row['wins']}/{row['ties']}/{row['losses']})"
+            )
         table.add_row(*cells)
     console.print(table)
 
@@ -53,24 +55,58 @@ def print_best_of_n(report: dict[str, Any]) -> None:
 @app.command("best-of-n")
 @user_errors
 def best_of_n(
-    prompts: Annotated[str, typer.Option(help="Prompts: a preference dataset (its pairs' prompts, any layout legend reads) or a file of questions (AdvBench CSV, JSON list, ...).")],
-    reward_model: Annotated[list[str], typer.Option("--reward-model", "-r", help="Reward model (AutoModelForSequenceClassification path or id); repeat to compare. The first is the baseline of the win rates.")],
+    prompts: Annotated[
+        str,
+        typer.Option(
+            help="Prompts: a preference dataset (its pairs' prompts, any layout legend reads) or a file of "
+            "questions (AdvBench CSV, JSON list, ...)."
+        ),
+    ],
+    reward_model: Annotated[
+        list[str],
+        typer.Option(
+            "--reward-model",
+            "-r",
+            help="Reward model (AutoModelForSequenceClassification path or id); repeat to compare. The first "
+            "is the baseline of the win rates.",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON report.")],
-    policy: Annotated[str, typer.Option("--policy", "-m", help="Policy that samples the responses ('default' = embedded SmolLM2).")] = "default",
-    direction: Annotated[Optional[Path], typer.Option(help="Judge by the safety score: projection onto this direction (the default judge).")] = None,
-    judge_model: Annotated[Optional[str], typer.Option(help="Judge by a reward model or classifier instead of a direction.")] = None,
-    judge_label: Annotated[str, typer.Option(help="Judge model's output column: an index or a label name (e.g. 'safe').")] = "0",
-    judge_lm: Annotated[Optional[str], typer.Option(help="Model that embeds for the direction judge; default: the one the direction was built with.")] = None,
-    n: Annotated[str, typer.Option("--n", help="Comma-separated n values; max(n) samples are drawn once per prompt.")] = "1,2,4,8,16",
+    policy: Annotated[
+        str, typer.Option("--policy", "-m", help="Policy that samples the responses ('default' = embedded SmolLM2).")
+    ] = "default",
+    direction: Annotated[
+        Optional[Path],
+        typer.Option(help="Judge by the safety score: projection onto this direction (the default judge)."),
+    ] = None,
+    judge_model: Annotated[
+        Optional[str], typer.Option(help="Judge by a reward model or classifier instead of a direction.")
+    ] = None,
+    judge_label: Annotated[
+        str, typer.Option(help="Judge model's output column: an index or a label name (e.g. 'safe').")
+    ] = "0",
+    judge_lm: Annotated[
+        Optional[str],
+        typer.Option(help="Model that embeds for the direction judge; default: the one the direction was built with."),
+    ] = None,
+    n: Annotated[
+        str, typer.Option("--n", help="Comma-separated n values; max(n) samples are drawn once per prompt.")
+    ] = "1,2,4,8,16",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     seed: int = 0,
-    column: Annotated[Optional[str], typer.Option(help="Question column (forces reading the prompts as questions).")] = None,
+    column: Annotated[
+        Optional[str], typer.Option(help="Question column (forces reading the prompts as questions).")
+    ] = None,
     limit: Limit = None,
     plot: Annotated[Optional[Path], typer.Option(help="PNG plot; default: the report path with .png.")] = None,
-    samples_out: Annotated[Optional[Path], typer.Option(help="Also write every sample with its scores (.jsonl).")] = None,
-    generate_batch_size: Annotated[int, typer.Option(min=1, help="Sequences per generate call (prompts x samples).")] = 64,
+    samples_out: Annotated[
+        Optional[Path], typer.Option(help="Also write every sample with its scores (.jsonl).")
+    ] = None,
+    generate_batch_size: Annotated[
+        int, typer.Option(min=1, help="Sequences per generate call (prompts x samples).")
+    ] = 64,
     batch_size: BatchSize = 16,
     dtype: Dtype = "float32",
     device: Device = None,
@@ -82,8 +118,8 @@ def best_of_n(
 
     from legend.align.best_of_n import SamplingConfig, plot_report, read_prompts, run_best_of_n
     from legend.align.scoring import DirectionScorer, RewardModelScorer
-    from legend.data import write_json, write_table
     from legend.directions import Direction
+    from legend.io import write_json, write_table
     from legend.models import load_model
 
     ns = parse_ns(n)
@@ -91,19 +127,40 @@ def best_of_n(
         raise ValueError("give exactly one judge: --direction (safety score) or --judge-model")
     prompt_list = read_prompts(prompts, column=column, limit=limit)
     lm = load_model(policy, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    selectors = [RewardModelScorer.load(spec, name=name, dtype=dtype, device=device, batch_size=batch_size)
-                 for spec, name in zip(reward_model, _names(reward_model))]
+    selectors = [
+        RewardModelScorer.load(spec, name=name, dtype=dtype, device=device, batch_size=batch_size)
+        for spec, name in zip(reward_model, _names(reward_model))
+    ]
     if direction is not None:
         loaded = Direction.load(direction)
         annotator_spec = judge_lm or loaded.model_id
-        annotator = lm if annotator_spec == policy else load_model(annotator_spec, dtype=dtype, device=device,
-                                                                   trust_remote_code=trust_remote_code)
-        judge = DirectionScorer(annotator, loaded, name=f"direction:{loaded.name}", batch_size=batch_size)
+        annotator = (
+            lm
+            if annotator_spec == policy
+            else load_model(annotator_spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        )
+        judge: DirectionScorer | RewardModelScorer = DirectionScorer(
+            annotator, loaded, name=f"direction:{loaded.name}", batch_size=batch_size
+        )
     else:
-        judge = RewardModelScorer.load(judge_model, name=f"judge:{Path(judge_model).name or judge_model}",
-                                       label=judge_label, dtype=dtype, device=device, batch_size=batch_size)
-    sampling = SamplingConfig(n=max(ns), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              batch_size=generate_batch_size, seed=seed, progress=not quiet)
+        assert judge_model is not None  # exactly one judge was checked above
+        judge = RewardModelScorer.load(
+            judge_model,
+            name=f"judge:{Path(judge_model).name or judge_model}",
+            label=judge_label,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+        )
+    sampling = SamplingConfig(
+        n=max(ns),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=generate_batch_size,
+        seed=seed,
+        progress=not quiet,
+    )
     run = run_best_of_n(lm, prompt_list, selectors, judge, ns=ns, sampling=sampling)
     report = run.report.to_dict()
     report.update(prompts_source=prompts, reward_models=dict(zip(run.report.selectors, reward_model)))
@@ -113,30 +170,54 @@ def best_of_n(
     if samples_out is not None:
         write_table(datasets.Dataset.from_list(run.sample_rows()), samples_out)
     print_best_of_n(report)
-    console.print(f"report: {out}; plot: {plot_path}" + (f"; samples: {samples_out}" if samples_out else "")
-                  + f"; sampling took {report['timings']['sample_seconds']:.1f} s")
+    console.print(
+        f"report: {out}; plot: {plot_path}"
+        + (f"; samples: {samples_out}" if samples_out else "")
+        + f"; sampling took {report['timings']['sample_seconds']:.1f} s"
+    )
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @user_errors
 def dpo(
     ctx: typer.Context,
-    data: Annotated[str, typer.Option(help="Preference data annotated by `legend annotate` (any layout legend reads).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the trained policy (or LoRA adapter) and legend_dpo.json.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Policy to train ('default' = embedded SmolLM2); the reference is a frozen copy.")] = "default",
-    alpha: Annotated[float, typer.Option(help="Offset scale: loss = -log σ(β·(Δπ − Δref) − α·f(margin)). 0 = plain DPO.")] = 1.0,
-    margin_column: Annotated[str, typer.Option(help="Column feeding the offset: margin (binned levels), margin_raw, or 'none' for plain DPO.")] = "margin",
-    offset_transform: Annotated[str, typer.Option(help="f: identity | relu (negative margins give no offset).")] = "identity",
+    data: Annotated[
+        str, typer.Option(help="Preference data annotated by `legend annotate` (any layout legend reads).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output folder for the trained policy (or LoRA adapter) and legend_dpo.json."),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Policy to train ('default' = embedded SmolLM2); the reference is a frozen copy."
+        ),
+    ] = "default",
+    alpha: Annotated[
+        float, typer.Option(help="Offset scale: loss = -log σ(β·(Δπ − Δref) − α·f(margin)). 0 = plain DPO.")
+    ] = 1.0,
+    margin_column: Annotated[
+        str,
+        typer.Option(help="Column feeding the offset: margin (binned levels), margin_raw, or 'none' for plain DPO."),
+    ] = "margin",
+    offset_transform: Annotated[
+        str, typer.Option(help="f: identity | relu (negative margins give no offset).")
+    ] = "identity",
     beta: Annotated[float, typer.Option(help="DPO β.")] = 0.1,
     learning_rate: float = 5e-6,
     epochs: Annotated[float, typer.Option(help="Training epochs (ignored when --max-steps is set).")] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (-1: use --epochs).")] = -1,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per device per step.")] = 4,
     grad_accum: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
-    max_length: Annotated[int, typer.Option(min=2, help="Longest prompt + answer in tokens (TRL truncates the end).")] = 512,
+    max_length: Annotated[
+        int, typer.Option(min=2, help="Longest prompt + answer in tokens (TRL truncates the end).")
+    ] = 512,
     lora: Annotated[bool, typer.Option(help="Train a LoRA adapter (peft) instead of all weights.")] = False,
     lora_r: int = 16,
-    eval_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of pairs held out for evaluation.")] = 0.0,
+    eval_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of pairs held out for evaluation.")
+    ] = 0.0,
     seed: int = 0,
     limit: Limit = None,
     trust_remote_code: TrustRemoteCode = False,
@@ -147,20 +228,47 @@ def dpo(
 
     column = None if margin_column.lower() == "none" else margin_column
     config = dpo_config(
-        out, ctx.args, beta=beta, learning_rate=learning_rate, num_train_epochs=epochs, max_steps=max_steps,
-        per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum, max_length=max_length,
-        seed=seed, report_to="none", logging_steps=1, trust_remote_code=trust_remote_code,
+        out,
+        ctx.args,
+        beta=beta,
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        max_length=max_length,
+        seed=seed,
+        report_to="none",
+        logging_steps=1,
+        trust_remote_code=trust_remote_code,
         eval_strategy="epoch" if eval_fraction else "no",
     )
-    settings = DPOSettings(alpha=alpha, margin_column=column, offset_transform=offset_transform, limit=limit,
-                           eval_fraction=eval_fraction, seed=seed, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r)
+    settings = DPOSettings(
+        alpha=alpha,
+        margin_column=column,
+        offset_transform=offset_transform,
+        limit=limit,
+        eval_fraction=eval_fraction,
+        seed=seed,
+        lora=lora,
+        lora_r=lora_r,
+        lora_alpha=2 * lora_r,
+    )
     summary = train_dpo(data, config, model, settings)
     losses = [entry["loss"] for entry in summary["log_history"] if "loss" in entry]
     margins = [entry["rewards/margins"] for entry in summary["log_history"] if "rewards/margins" in entry]
     offset = summary["offset"]
-    mode = (f"offset on: α={offset['alpha']:g} · {offset['transform']}({offset['column']}), mean offset "
-            f"{offset['mean']:.3g}" if offset["on"] else "plain DPO (offset off)")
-    console.print(f"dpo: {summary['pairs_train']} pairs, {summary['steps']} steps in {summary['train_seconds']:.1f} s; "
-                  f"{mode}; loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no steps logged")
+    mode = (
+        f"offset on: α={offset['alpha']:g} · {offset['transform']}({offset['column']}), mean offset "
+        f"{offset['mean']:.3g}"
+        if offset["on"]
+        else "plain DPO (offset off)"
+    )
+    console.print(
+        f"dpo: {summary['pairs_train']} pairs, {summary['steps']} steps in {summary['train_seconds']:.1f} s; "
+        f"{mode}; loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+        if losses
+        else "no steps logged"
+    )
     if margins:
         console.print(f"rewards/margins (β·gap − offset) {margins[0]:.4f} -> {margins[-1]:.4f}; saved to {out}")

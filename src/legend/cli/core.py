@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from legend.cli import app, user_errors
+from legend.cli.app import app, user_errors
 from legend.cli.options import (
     BatchSize,
     Device,
@@ -54,7 +54,9 @@ def print_margin_summary(summary: dict[str, Any], out: Path | None = None) -> No
         table.add_row("share of positive margins", f"{raw['share_positive']:.3f}")
         table.add_row("margin_raw mean ± std", f"{raw['mean']:.4g} ± {raw['std']:.4g}")
         table.add_row("margin_raw p10 / median / p90", f"{raw['p10']:.4g} / {raw['median']:.4g} / {raw['p90']:.4g}")
-    table.add_row("margin levels (value: count)", ", ".join(f"{k}: {v}" for k, v in binned.get("level_counts", {}).items()))
+    table.add_row(
+        "margin levels (value: count)", ", ".join(f"{k}: {v}" for k, v in binned.get("level_counts", {}).items())
+    )
     table.add_row("time", f"{summary['seconds']:.1f} s ({summary['pairs_per_second'] or 0:.2f} pairs/s)")
     if out is not None:
         table.add_row("output", str(out))
@@ -64,14 +66,27 @@ def print_margin_summary(summary: dict[str, Any], out: Path | None = None) -> No
 @app.command()
 @user_errors
 def induce(
-    questions: Annotated[Path, typer.Option(help="CSV/JSONL/JSON of harmful questions (AdvBench's `goal` works as is).")],
+    questions: Annotated[
+        Path, typer.Option(help="CSV/JSONL/JSON of harmful questions (AdvBench's `goal` works as is).")
+    ],
     out: OutFile,
     model: Model = None,
-    column: Annotated[Optional[str], typer.Option(help="Question column (auto: question, goal, prompt, instruction, ...).")] = None,
-    prefill_column: Annotated[Optional[str], typer.Option(
-        help="Column whose text starts each answer (e.g. AdvBench `target`), so an aligned model continues instead of refusing.")] = None,
-    refusal: Annotated[Optional[list[str]], typer.Option(
-        help="Harmless answer template; repeat to give several (used in turn). Default: \"I can't answer that.\"")] = None,
+    column: Annotated[
+        Optional[str], typer.Option(help="Question column (auto: question, goal, prompt, instruction, ...).")
+    ] = None,
+    prefill_column: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Column whose text starts each answer (e.g. AdvBench `target`), so an aligned model "
+            "continues instead of refusing."
+        ),
+    ] = None,
+    refusal: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help='Harmless answer template; repeat to give several (used in turn). Default: "I can\'t answer that."'
+        ),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     limit: Limit = None,
     batch_size: BatchSize = 16,
@@ -85,12 +100,19 @@ def induce(
     from legend.pipeline import induce_file
 
     report = induce_file(
-        questions, out, _spec(model, dtype, device, trust_remote_code), column=column, prefill_column=prefill_column,
-        refusals=tuple(refusal) if refusal else DEFAULT_REFUSALS, limit=limit,
+        questions,
+        out,
+        _spec(model, dtype, device, trust_remote_code),
+        column=column,
+        prefill_column=prefill_column,
+        refusals=tuple(refusal) if refusal else DEFAULT_REFUSALS,
+        limit=limit,
         generation=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=not quiet),
     )
-    console.print(f"wrote {report['pairs']} pairs to {out} in {report['seconds']:.1f} s "
-                  f"({report['harmful_refused']} generated answers look like refusals: flagged `harmful_refused`)")
+    console.print(
+        f"wrote {report['pairs']} pairs to {out} in {report['seconds']:.1f} s "
+        f"({report['harmful_refused']} generated answers look like refusals: flagged `harmful_refused`)"
+    )
 
 
 @app.command()
@@ -99,20 +121,56 @@ def direction(
     pairs: Annotated[Path, typer.Option(help="Contrast pairs with columns question, harmful, harmless.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the direction artifact.")],
     model: Model = None,
-    layer: Annotated[Optional[int], typer.Option(help="Hidden-state index: 0 embeddings .. L last (after the final norm); negative counts from the end. Default -1; with --select, fixes the layer.")] = None,
-    pooling: Annotated[Optional[str], typer.Option(help="last (last token, as the paper) | mean (mean over the answer tokens). Default last; with --select, fixes the pooling.")] = None,
-    estimator: Annotated[Optional[str], typer.Option(help="mean_difference (the paper) | pca | logistic. Default mean_difference; with --select, fixes the estimator.")] = None,
-    select: Annotated[str, typer.Option(help="none | auto: sweep layers x poolings x estimators on a train/validation split of the pairs and keep the best by held-out separation (docs/selection.md).")] = "none",
-    select_on: Annotated[Optional[Path], typer.Option(help="Labelled preference pairs (chosen = safer): choose the configuration whose margins agree best with them on a dev split, report it on the rest.")] = None,
+    layer: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Hidden-state index: 0 embeddings .. L last (after the final norm); negative counts from the "
+            "end. Default -1; with --select, fixes the layer."
+        ),
+    ] = None,
+    pooling: Annotated[
+        Optional[str],
+        typer.Option(
+            help="last (last token, as the paper) | mean (mean over the answer tokens). Default last; with "
+            "--select, fixes the pooling."
+        ),
+    ] = None,
+    estimator: Annotated[
+        Optional[str],
+        typer.Option(
+            help="mean_difference (the paper) | pca | logistic. Default mean_difference; with --select, fixes "
+            "the estimator."
+        ),
+    ] = None,
+    select: Annotated[
+        str,
+        typer.Option(
+            help="none | auto: sweep layers x poolings x estimators on a train/validation split of the pairs "
+            "and keep the best by held-out separation (docs/selection.md)."
+        ),
+    ] = "none",
+    select_on: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Labelled preference pairs (chosen = safer): choose the configuration whose margins agree "
+            "best with them on a dev split, report it on the rest."
+        ),
+    ] = None,
     layer_stride: Annotated[int, typer.Option(min=1, help="Sweep every k-th layer (always including the last).")] = 1,
-    dev_fraction: Annotated[float, typer.Option(min=0.05, max=0.95, help="Share of --select-on pairs used to choose; the rest report.")] = 0.5,
+    dev_fraction: Annotated[
+        float, typer.Option(min=0.05, max=0.95, help="Share of --select-on pairs used to choose; the rest report.")
+    ] = 0.5,
     name: Annotated[str, typer.Option(help="Concept name stored in the artifact.")] = "safety",
-    template: Annotated[str, typer.Option(help="auto (chat template when the tokenizer has one) | chat | plain.")] = "auto",
+    template: Annotated[
+        str, typer.Option(help="auto (chat template when the tokenizer has one) | chat | plain.")
+    ] = "auto",
     question_column: str = "question",
     harmful_column: str = "harmful",
     harmless_column: str = "harmless",
     keep_refused: Annotated[bool, typer.Option(help="Keep pairs flagged harmful_refused by `legend induce`.")] = False,
-    test_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of pairs held out to measure separation.")] = 0.2,
+    test_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of pairs held out to measure separation.")
+    ] = 0.2,
     seed: int = 0,
     limit: Limit = None,
     max_length: MaxLength = 2048,
@@ -123,33 +181,62 @@ def direction(
     quiet: Quiet = False,
 ) -> None:
     """Build a concept direction (the paper's Standard Margin Vector by default) and save it as a folder."""
-    from legend.pipeline import build_direction_from_file
+    from legend.encoding import EncodeConfig
+    from legend.pipeline import DirectionSettings, build_direction_from_file
 
+    settings = DirectionSettings(
+        layer=layer,
+        pooling=pooling,
+        estimator=estimator,
+        select=select,
+        layer_stride=layer_stride,
+        dev_fraction=dev_fraction,
+        template=template,
+        max_length=max_length,
+        test_fraction=test_fraction,
+        seed=seed,
+        name=name,
+        encoding=EncodeConfig(batch_size=batch_size, progress=not quiet),
+    )
     built, report = build_direction_from_file(
-        pairs, _spec(model, dtype, device, trust_remote_code), question=question_column, harmful=harmful_column,
-        harmless=harmless_column, drop_refused=not keep_refused, limit=limit, layer=layer, pooling=pooling,
-        estimator=estimator, template=template, max_length=max_length, batch_size=batch_size,
-        test_fraction=test_fraction, seed=seed, name=name, progress=not quiet,
-        select=select, select_on=select_on, layer_stride=layer_stride, dev_fraction=dev_fraction,
+        pairs,
+        _spec(model, dtype, device, trust_remote_code),
+        settings,
+        question=question_column,
+        harmful=harmful_column,
+        harmless=harmless_column,
+        drop_refused=not keep_refused,
+        limit=limit,
+        select_on=select_on,
     )
     built.save(out)
     if "selection" in report:
         _print_selection(report["selection"], report["candidates"])
     heldout = built.heldout
-    acc = f"{heldout['accuracy']:.3f} (AUC {heldout['auc']:.3f}, {heldout['n_test']} held-out pairs)" if "accuracy" in heldout else "n/a"
-    console.print(f"direction {built.name!r}: layer {built.layer}/{built.num_layers}, pooling {built.pooling}, "
-                  f"{built.estimator}, {report['pairs_used']} pairs ({report['left_out_refused']} refused left out); "
-                  f"held-out separation accuracy {acc}; saved to {out}")
+    acc = (
+        f"{heldout['accuracy']:.3f} (AUC {heldout['auc']:.3f}, {heldout['n_test']} held-out pairs)"
+        if "accuracy" in heldout
+        else "n/a"
+    )
+    console.print(
+        f"direction {built.name!r}: layer {built.layer}/{built.num_layers}, pooling {built.pooling}, "
+        f"{built.estimator}, {report['pairs_used']} pairs ({report['left_out_refused']} refused left out); "
+        f"held-out separation accuracy {acc}; saved to {out}"
+    )
 
 
 def _print_selection(selection: dict[str, Any], candidates: int) -> None:
     chosen = selection["chosen"]
-    line = (f"selected layer {chosen['layer']}, pooling {chosen['pooling']}, {chosen['estimator']} among {candidates} "
-            f"candidates (by {selection['by']}; fixed: {selection['fixed'] or 'nothing'})")
+    line = (
+        f"selected layer {chosen['layer']}, pooling {chosen['pooling']}, {chosen['estimator']} among {candidates} "
+        f"candidates (by {selection['by']}; fixed: {selection['fixed'] or 'nothing'})"
+    )
     if selection["by"] == "preferences":
-        line += (f"; dev agreement {selection['dev_share_positive']:.3f} on {selection['n_dev']} pairs, "
-                 f"test agreement {_fmt(selection['test_share_positive'])} (AUC {_fmt(selection['test_auc'])}) "
-                 f"on {selection['n_test']} pairs")
+        line += (
+            f"; dev agreement {selection['dev_share_positive']:.3f} on {selection['n_dev']} pairs, "
+            f"test agreement {_fmt(selection['test_share_positive'])} (AUC {_fmt(selection['test_auc'])}) "
+            f"on {selection['n_test']} pairs"
+        )
     console.print(line)
 
 
@@ -160,14 +247,29 @@ def _fmt(value: Optional[float]) -> str:
 @app.command()
 @user_errors
 def annotate(
-    direction: Annotated[list[Path], typer.Option(help="Direction folder from `legend direction`; repeat to apply several in one pass (the first fills margin_raw/margin, the others margin_raw_<name>/margin_<name>).")],
-    data: Annotated[str, typer.Option(help="Preference data: .jsonl/.json/.parquet/.csv, a saved `datasets` folder, or a Hub name.")],
+    direction: Annotated[
+        list[Path],
+        typer.Option(
+            help="Direction folder from `legend direction`; repeat to apply several in one pass (the first "
+            "fills margin_raw/margin, the others margin_raw_<name>/margin_<name>)."
+        ),
+    ],
+    data: Annotated[
+        str, typer.Option(help="Preference data: .jsonl/.json/.parquet/.csv, a saved `datasets` folder, or a Hub name.")
+    ],
     out: OutFile,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model to use; default: the one the direction was built with.")] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", "-m", help="Model to use; default: the one the direction was built with."),
+    ] = None,
     split: Annotated[str, typer.Option(help="Split to read from a Hub dataset or DatasetDict folder.")] = "train",
     levels: Annotated[int, typer.Option(min=1, help="Number of margin levels.")] = 4,
-    level_values: Annotated[Optional[str], typer.Option(help="Comma-separated value of each level (default 0,1,2,...).")] = None,
-    bins_from: Annotated[Optional[Path], typer.Option(help="Re-use the bin edges of an earlier run (its .legend.json sidecar).")] = None,
+    level_values: Annotated[
+        Optional[str], typer.Option(help="Comma-separated value of each level (default 0,1,2,...).")
+    ] = None,
+    bins_from: Annotated[
+        Optional[Path], typer.Option(help="Re-use the bin edges of an earlier run (its .legend.json sidecar).")
+    ] = None,
     prompt_column: Optional[str] = None,
     chosen_column: Optional[str] = None,
     rejected_column: Optional[str] = None,
@@ -179,30 +281,71 @@ def annotate(
     device: Device = None,
     trust_remote_code: TrustRemoteCode = False,
     summary_json: Annotated[bool, typer.Option(help="Print the summary as JSON instead of a table.")] = False,
-    prefix_sharing: Annotated[bool, typer.Option(help="Run each pair's prompt once for both answers (same margins, less work).")] = True,
-    sharing_method: Annotated[str, typer.Option(help="How a prompt is shared: auto | packed (one row, block mask) | cache (prompt keys/values reused; works with flash attention).")] = "auto",
-    chunk_rows: Annotated[int, typer.Option(min=1, help="Rows read, annotated and written at a time (memory stays flat).")] = 4096,
-    engine: Annotated[str, typer.Option(help="local (one process) | ray (Ray Data actors; pip install 'legend[ray]').")] = "local",
-    num_workers: Annotated[int, typer.Option(min=1, help="--engine ray: model actors (one GPU each where the cluster has GPUs).")] = 2,
-    resume: Annotated[bool, typer.Option(help="--engine local: keep finished chunks in .<out name>.legend-work/ beside --out and, when a run with the same input and settings stopped, continue from them.")] = True,
+    prefix_sharing: Annotated[
+        bool, typer.Option(help="Run each pair's prompt once for both answers (same margins, less work).")
+    ] = True,
+    sharing_method: Annotated[
+        str,
+        typer.Option(
+            help="How a prompt is shared: auto | packed (one row, block mask) | cache (prompt keys/values "
+            "reused; works with flash attention)."
+        ),
+    ] = "auto",
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="Rows read, annotated and written at a time (memory stays flat).")
+    ] = 4096,
+    engine: Annotated[
+        str, typer.Option(help="local (one process) | ray (Ray Data actors; pip install 'legend[ray]').")
+    ] = "local",
+    num_workers: Annotated[
+        int, typer.Option(min=1, help="--engine ray: model actors (one GPU each where the cluster has GPUs).")
+    ] = 2,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="--engine local: keep finished chunks in .<out name>.legend-work/ beside --out and, when a "
+            "run with the same input and settings stopped, continue from them."
+        ),
+    ] = True,
     quiet: Quiet = False,
 ) -> None:
-    """Add `margin_raw` (projection) and `margin` (binned, what TRL reads) to every row; write a .legend.json sidecar."""
+    """Add `margin_raw` (projection) and `margin` (binned, what TRL reads) to every row, with their metadata."""
     from legend.data import ColumnNames
-    from legend.directions import Direction
+    from legend.encoding import EncodeConfig
     from legend.margins import Binning
+    from legend.models import ModelSpec
     from legend.pipeline import AnnotateSettings, annotate_file
 
-    loaded_direction = Direction.load(direction[0])
-    lm = _spec(model or loaded_direction.model_id, dtype, device, trust_remote_code)
-    settings = AnnotateSettings(
-        levels=levels, level_values=_parse_floats(level_values), binning=Binning.load(bins_from) if bins_from else None,
-        batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_length=max_length,
-        columns=ColumnNames(prompt=prompt_column, chosen=chosen_column, rejected=rejected_column), progress=not quiet,
-        prefix_sharing=prefix_sharing, sharing_method=sharing_method, chunk_rows=chunk_rows,
+    # No --model: the model each direction records (read once, by the engine, with the direction).
+    lm = ModelSpec(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    encoding = EncodeConfig(
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        max_length=max_length,
+        progress=not quiet,
+        prefix_sharing=prefix_sharing,
+        sharing_method=sharing_method,
     )
-    result = annotate_file(data, direction if len(direction) > 1 else direction[0], out, lm, settings, split=split,
-                           limit=limit, engine=engine, num_workers=num_workers, resume=resume)
+    settings = AnnotateSettings(
+        levels=levels,
+        level_values=_parse_floats(level_values),
+        binning=Binning.load(bins_from) if bins_from else None,
+        columns=ColumnNames(prompt=prompt_column, chosen=chosen_column, rejected=rejected_column),
+        chunk_rows=chunk_rows,
+        encoding=encoding,
+    )
+    result = annotate_file(
+        data,
+        direction if len(direction) > 1 else direction[0],
+        out,
+        lm,
+        settings,
+        split=split,
+        limit=limit,
+        engine=engine,
+        num_workers=num_workers,
+        resume=resume,
+    )
     if summary_json:
         typer.echo(json.dumps(result.summary, indent=2))
     else:
@@ -212,24 +355,39 @@ def annotate(
 @app.command()
 @user_errors
 def demo(
-    out_dir: Annotated[Path, typer.Option(help="Folder for the pairs, the direction and the annotated file.")] = Path("runs/demo"),
+    out_dir: Annotated[Path, typer.Option(help="Folder for the pairs, the direction and the annotated file.")] = Path(
+        "runs/demo"
+    ),
     model: Annotated[str, typer.Option("--model", "-m")] = "default",
     dtype: Dtype = "bfloat16",
     questions: Annotated[int, typer.Option(min=2, help="AdvBench questions to induce pairs from.")] = 64,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
-    pairs: Annotated[int, typer.Option(min=1, help="hh-rlhf harmless pairs to annotate (bundled sample, 1,101 rows).")] = 200,
+    pairs: Annotated[
+        int, typer.Option(min=1, help="hh-rlhf harmless pairs to annotate (bundled sample, 1,101 rows).")
+    ] = 200,
     batch_size: BatchSize = 16,
     quiet: Quiet = False,
 ) -> None:
     """The main job on the embedded default: induce pairs (AdvBench) -> direction -> annotate the hh-rlhf sample."""
     from legend.pipeline import DemoSettings, run_demo
 
-    report = run_demo(DemoSettings(out_dir=out_dir, model=model, dtype=dtype, questions=questions,
-                                   max_new_tokens=max_new_tokens, pairs=pairs, batch_size=batch_size,
-                                   progress=not quiet))
+    report = run_demo(
+        DemoSettings(
+            out_dir=out_dir,
+            model=model,
+            dtype=dtype,
+            questions=questions,
+            max_new_tokens=max_new_tokens,
+            pairs=pairs,
+            batch_size=batch_size,
+            progress=not quiet,
+        )
+    )
     heldout = report["direction"]["heldout"]
-    console.print(f"induced {report['induce']['pairs']} pairs ({report['induce']['harmful_refused']} refusals flagged) "
-                  f"in {report['induce']['seconds']:.1f} s; direction held-out accuracy "
-                  f"{heldout.get('accuracy', float('nan')):.3f} on {heldout.get('n_test', 0)} pairs")
+    console.print(
+        f"induced {report['induce']['pairs']} pairs ({report['induce']['harmful_refused']} refusals flagged) "
+        f"in {report['induce']['seconds']:.1f} s; direction held-out accuracy "
+        f"{heldout.get('accuracy', float('nan')):.3f} on {heldout.get('n_test', 0)} pairs"
+    )
     print_margin_summary(report["annotate"], Path(report["outputs"]["annotated"]))
     console.print(f"total {report['total_seconds']:.1f} s; outputs in {out_dir}")

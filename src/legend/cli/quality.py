@@ -10,16 +10,29 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from legend.cli import app, user_errors
+from legend.cli.app import app, user_errors
 from legend.cli.options import BatchSize, Device, Dtype, Limit, MaxBatchTokens, Quiet, TrustRemoteCode
 
 console = Console(stderr=False)
 
-Data = Annotated[str, typer.Option(help="Preference data with `margin_raw` (from `legend annotate`), or raw pairs with --direction.")]
-DirectionOpt = Annotated[Optional[Path], typer.Option(
-    help="Direction folder: annotate the data now (its `margin_raw` is recomputed). Without it the data must have margins.")]
-ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Model for annotating (default: the direction's) or for token lengths (default: the embedded one).")]
+Data = Annotated[
+    str, typer.Option(help="Preference data with `margin_raw` (from `legend annotate`), or raw pairs with --direction.")
+]
+DirectionOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Direction folder: annotate the data now (its `margin_raw` is recomputed). Without it the data "
+        "must have margins."
+    ),
+]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model for annotating (default: the direction's) or for token lengths (default: the embedded one).",
+    ),
+]
 MarginColumn = Annotated[str, typer.Option(help="Column of raw margins to read (e.g. a `margin_<name>` column).")]
 Split = Annotated[str, typer.Option(help="Split to read from a Hub dataset or DatasetDict folder.")]
 Seed = Annotated[int, typer.Option(help="Seed of the bootstrap resamples (and of the simulated flips).")]
@@ -29,26 +42,47 @@ ChosenColumn = Annotated[Optional[str], typer.Option(help="Chosen column (auto-d
 RejectedColumn = Annotated[Optional[str], typer.Option(help="Rejected column (auto-detected by default).")]
 
 
-def _read(data: str, direction: Optional[Path], model: Optional[str], dtype: str, device: Optional[str],
-          trust_remote_code: bool, batch_size: int, max_batch_tokens: int, columns: Any, limit: Optional[int],
-          split: str, margin_column: str, quiet: bool, severity_columns: Optional[tuple[str, str]] = None):
-    """Read the labelled margins, annotating first when a direction is given."""
-    from legend.models import load_model
+def _read(
+    data: str,
+    direction: Optional[Path],
+    model: Optional[str],
+    dtype: str,
+    device: Optional[str],
+    trust_remote_code: bool,
+    batch_size: int,
+    max_batch_tokens: int,
+    columns: Any,
+    limit: Optional[int],
+    split: str,
+    margin_column: str,
+    quiet: bool,
+    severity_columns: Optional[tuple[str, str]] = None,
+):
+    """Read the labelled margins, annotating first when a direction is given.
+
+    The model (None: the direction's) is loaded only after the data has been read and checked.
+    """
+    from legend.encoding import EncodeConfig
+    from legend.models import ModelSpec
     from legend.pipeline import AnnotateSettings
     from legend.quality import read_labelled_margins
 
-    lm = None
-    if direction is not None:
-        from legend.directions import Direction
-
-        spec = model or Direction.load(direction).model_id
-        lm = load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    settings = AnnotateSettings(batch_size=batch_size, max_batch_tokens=max_batch_tokens, columns=columns,
-                                progress=not quiet)
-    labelled = read_labelled_margins(data, direction=direction, model=lm, columns=columns,
-                                     severity_columns=severity_columns, limit=limit, split=split,
-                                     annotate_settings=settings, margin_column=margin_column)
-    return labelled, lm
+    spec = ModelSpec(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    settings = AnnotateSettings(
+        columns=columns,
+        encoding=EncodeConfig(batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=not quiet),
+    )
+    return read_labelled_margins(
+        data,
+        direction=direction,
+        model=spec,
+        columns=columns,
+        severity_columns=severity_columns,
+        limit=limit,
+        split=split,
+        annotate_settings=settings,
+        margin_column=margin_column,
+    )
 
 
 def _columns(prompt: Optional[str], chosen: Optional[str], rejected: Optional[str]):
@@ -68,7 +102,7 @@ def _pair_of_names(text: Optional[str], option: str) -> Optional[tuple[str, str]
 
 def _carry_sidecar(data: str, out: Path, audit_summary: dict[str, Any], annotated_now: bool) -> None:
     """Give the audited file the annotation's sidecar (bin edges, direction), plus the audit settings."""
-    from legend.data import write_json
+    from legend.io import write_json
     from legend.pipeline import sidecar_path
 
     source = sidecar_path(data)
@@ -87,12 +121,14 @@ def print_metrics(result: dict[str, Any]) -> None:
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, metric in result["metrics"].items():
         value = "n/a" if metric["value"] is None else f"{metric['value']:.4g}"
-        interval = ("n/a" if metric["ci_low"] is None else f"[{metric['ci_low']:.4g}, {metric['ci_high']:.4g}]")
+        interval = "n/a" if metric["ci_low"] is None else f"[{metric['ci_low']:.4g}, {metric['ci_high']:.4g}]"
         table.add_row(name, value, interval)
     console.print(table)
-    console.print(f"length in {result['settings']['length_unit']}: chosen shorter {counts['chosen_shorter']}, "
-                  f"longer {counts['chosen_longer']}, equal {counts['equal_length']}; zero margins {counts['zero_margin']}; "
-                  f"{result['settings']['n_bootstrap']} bootstrap resamples (seed {result['settings']['seed']})")
+    console.print(
+        f"length in {result['settings']['length_unit']}: chosen shorter {counts['chosen_shorter']}, "
+        f"longer {counts['chosen_longer']}, equal {counts['equal_length']}; zero margins {counts['zero_margin']}; "
+        f"{result['settings']['n_bootstrap']} bootstrap resamples (seed {result['settings']['seed']})"
+    )
 
 
 @app.command()
@@ -102,12 +138,19 @@ def evaluate(
     direction: DirectionOpt = None,
     model: ModelOpt = None,
     length_unit: Annotated[str, typer.Option(help="chars | words | tokens (tokens of --model's tokenizer).")] = "chars",
-    severity_columns: Annotated[Optional[str], typer.Option(
-        help="CHOSEN,REJECTED severity columns (PKU-SafeRLHF's response_{0,1}_severity_level are found on their own).")] = None,
+    severity_columns: Annotated[
+        Optional[str],
+        typer.Option(
+            help="CHOSEN,REJECTED severity columns (PKU-SafeRLHF's response_{0,1}_severity_level are found on "
+            "their own)."
+        ),
+    ] = None,
     bootstrap: Bootstrap = 1000,
     confidence: Annotated[float, typer.Option(min=0.5, max=0.999)] = 0.95,
     seed: Seed = 0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON here (atomically).")] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="Write the metrics as JSON here (atomically).")
+    ] = None,
     margin_column: MarginColumn = "margin_raw",
     prompt_column: PromptColumn = None,
     chosen_column: ChosenColumn = None,
@@ -121,20 +164,43 @@ def evaluate(
     trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
 ) -> None:
-    """Agreement of margins with preference labels: share positive, AUC, length-balanced agreement, correlations; 95% CIs."""
-    from legend.data import write_json
+    """Agreement of margins with preference labels (share positive, AUC, length-balanced, correlations; 95% CIs)."""
+    from legend.io import write_json
     from legend.quality import evaluate_labelled, text_length
 
-    labelled, lm = _read(data, direction, model, dtype, device, trust_remote_code, batch_size, max_batch_tokens,
-                         _columns(prompt_column, chosen_column, rejected_column), limit, split, margin_column, quiet,
-                         _pair_of_names(severity_columns, "--severity-columns"))
+    if length_unit not in ("chars", "words", "tokens"):
+        raise ValueError(f"--length-unit: unknown unit {length_unit!r}; choose chars, words or tokens")
+    labelled = _read(
+        data,
+        direction,
+        model,
+        dtype,
+        device,
+        trust_remote_code,
+        batch_size,
+        max_batch_tokens,
+        _columns(prompt_column, chosen_column, rejected_column),
+        limit,
+        split,
+        margin_column,
+        quiet,
+        _pair_of_names(severity_columns, "--severity-columns"),
+    )
     tokenizer = None
     if length_unit == "tokens":
-        from legend.models import load_model
+        from legend.directions import Direction
+        from legend.models import load_tokenizer
 
-        tokenizer = (lm or load_model(model, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)).tokenizer
-    result = evaluate_labelled(labelled, length=text_length(length_unit, tokenizer), length_unit=length_unit,
-                               n_bootstrap=bootstrap, confidence=confidence, seed=seed)
+        spec = model or (Direction.load(direction).model_id if direction is not None else "default")
+        tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    result = evaluate_labelled(
+        labelled,
+        length=text_length(length_unit, tokenizer),
+        length_unit=length_unit,
+        n_bootstrap=bootstrap,
+        confidence=confidence,
+        seed=seed,
+    )
     result["margin_column"] = labelled.margin_column
     if json_out is not None:
         write_json(result, json_out)
@@ -146,13 +212,25 @@ def evaluate(
 @app.command()
 @user_errors
 def report(
-    data: Annotated[str, typer.Option(help="Annotated file (from `legend annotate`); its .legend.json sidecar is read if present.")],
+    data: Annotated[
+        str, typer.Option(help="Annotated file (from `legend annotate`); its .legend.json sidecar is read if present.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write; the PNG figures go next to it.")],
-    direction: Annotated[Optional[Path], typer.Option(
-        help="Direction folder whose sweep to plot (default: the one named in the sidecar, if it exists).")] = None,
-    metrics: Annotated[Optional[Path], typer.Option(help="Metrics JSON from `legend evaluate --json` (else computed).")] = None,
-    labels: Annotated[bool, typer.Option(help="Chosen is the labelled-safer answer: show agreement with labels.")] = True,
-    worst: Annotated[int, typer.Option(min=0, help="How many of the most negative pairs to show with their texts.")] = 10,
+    direction: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Direction folder whose sweep to plot (default: the one named in the sidecar, if it exists)."
+        ),
+    ] = None,
+    metrics: Annotated[
+        Optional[Path], typer.Option(help="Metrics JSON from `legend evaluate --json` (else computed).")
+    ] = None,
+    labels: Annotated[
+        bool, typer.Option(help="Chosen is the labelled-safer answer: show agreement with labels.")
+    ] = True,
+    worst: Annotated[
+        int, typer.Option(min=0, help="How many of the most negative pairs to show with their texts.")
+    ] = 10,
     bootstrap: Bootstrap = 1000,
     seed: Seed = 0,
     margin_column: MarginColumn = "margin_raw",
@@ -163,27 +241,52 @@ def report(
     from legend.report import build_report
 
     given = json.loads(metrics.read_text(encoding="utf-8")) if metrics is not None else None
-    result = build_report(data, out, direction=direction, metrics=given, labels=labels, worst=worst,
-                          margin_column=margin_column, level_column=level_column, n_bootstrap=bootstrap, seed=seed,
-                          limit=limit)
+    result = build_report(
+        data,
+        out,
+        direction=direction,
+        metrics=given,
+        labels=labels,
+        worst=worst,
+        margin_column=margin_column,
+        level_column=level_column,
+        n_bootstrap=bootstrap,
+        seed=seed,
+        limit=limit,
+    )
     for note in result.notes:
         console.print(f"note: {note}")
-    console.print(f"wrote {result.html_path} (self-contained) and {len(result.images)} PNGs: "
-                  + ", ".join(p.name for p in result.images.values()))
+    console.print(
+        f"wrote {result.html_path} (self-contained) and {len(result.images)} PNGs: "
+        + ", ".join(p.name for p in result.images.values())
+    )
 
 
 @app.command()
 @user_errors
 def audit(
     data: Data,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Write every row with `audit_flag` and `audit_score` added (format from the extension).")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", "-o", help="Write every row with `audit_flag` and `audit_score` added (format from the extension)."
+        ),
+    ] = None,
     direction: DirectionOpt = None,
     model: ModelOpt = None,
-    quantile: Annotated[float, typer.Option(min=0.0, max=1.0, help="Flag only margins at or below this quantile of all margins.")] = 0.10,
-    min_score: Annotated[float, typer.Option(help="Flag only margins at least this many robust SDs (1.4826·MAD) below zero.")] = 1.0,
-    simulate_flips: Annotated[Optional[float], typer.Option(
-        help="Measure the audit: swap chosen/rejected of this share of rows (seeded), audit, report precision/recall.")] = None,
+    quantile: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Flag only margins at or below this quantile of all margins.")
+    ] = 0.10,
+    min_score: Annotated[
+        float, typer.Option(help="Flag only margins at least this many robust SDs (1.4826·MAD) below zero.")
+    ] = 1.0,
+    simulate_flips: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Measure the audit: swap chosen/rejected of this share of rows (seeded), audit, report "
+            "precision/recall."
+        ),
+    ] = None,
     seed: Seed = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the audit summary as JSON here.")] = None,
     margin_column: MarginColumn = "margin_raw",
@@ -200,30 +303,48 @@ def audit(
     quiet: Quiet = False,
 ) -> None:
     """Flag pairs whose margin says the rejected answer is clearly safer (likely label errors); keep every row."""
-    from legend.audit import AuditSettings, add_audit_columns, audit_margins, simulate_flips as simulate
-    from legend.data import write_json, write_table
+    from legend.audit import AuditSettings, add_audit_columns, audit_margins
+    from legend.audit import simulate_flips as simulate
+    from legend.io import write_json, write_table
 
     if out is None and simulate_flips is None:
         raise ValueError("nothing to do: give --out (audited file) and/or --simulate-flips (measure the audit)")
     settings = AuditSettings(quantile=quantile, min_score=min_score)
-    labelled, _ = _read(data, direction, model, dtype, device, trust_remote_code, batch_size, max_batch_tokens,
-                        _columns(prompt_column, chosen_column, rejected_column), limit, split, margin_column, quiet)
+    labelled = _read(
+        data,
+        direction,
+        model,
+        dtype,
+        device,
+        trust_remote_code,
+        batch_size,
+        max_batch_tokens,
+        _columns(prompt_column, chosen_column, rejected_column),
+        limit,
+        split,
+        margin_column,
+        quiet,
+    )
     result = audit_margins(labelled.raw, settings)
     summary: dict[str, Any] = {"source": labelled.source, "margin_column": labelled.margin_column, **result.summary()}
     if out is not None:
         write_table(add_audit_columns(labelled.dataset, result), out)
         summary["output"] = str(out)
         _carry_sidecar(data, out, summary, labelled.annotated_now)
-    console.print(f"audit: {summary['flagged']} of {summary['pairs']} pairs flagged ({summary['share_flagged']:.1%}): "
-                  f"margin_raw <= {result.threshold:.4g} (the {quantile:g} quantile and {min_score:g} robust SDs "
-                  f"of {result.scale:.4g} below zero)" + (f"; written to {out}" if out is not None else ""))
+    console.print(
+        f"audit: {summary['flagged']} of {summary['pairs']} pairs flagged ({summary['share_flagged']:.1%}): "
+        f"margin_raw <= {result.threshold:.4g} (the {quantile:g} quantile and {min_score:g} robust SDs "
+        f"of {result.scale:.4g} below zero)" + (f"; written to {out}" if out is not None else "")
+    )
     if simulate_flips is not None:
         measured = simulate(labelled.raw, simulate_flips, seed, settings)
         summary["simulated_flips"] = measured
         ap = measured["average_precision"]
-        console.print(f"simulated flips ({measured['flipped']} of {measured['pairs']} rows, seed {seed}): "
-                      f"precision {measured['precision']:.3f}, recall {measured['recall']:.3f} "
-                      f"({measured['flagged']} flagged; base rate {measured['base_rate']:.3f}; "
-                      f"average precision of the score {'n/a' if ap is None else f'{ap:.3f}'})")
+        console.print(
+            f"simulated flips ({measured['flipped']} of {measured['pairs']} rows, seed {seed}): "
+            f"precision {measured['precision']:.3f}, recall {measured['recall']:.3f} "
+            f"({measured['flagged']} flagged; base rate {measured['base_rate']:.3f}; "
+            f"average precision of the score {'n/a' if ap is None else f'{ap:.3f}'})"
+        )
     if json_out is not None:
         write_json(summary, json_out)

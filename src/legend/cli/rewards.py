@@ -9,16 +9,26 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from legend.cli import app, user_errors
+from legend.cli.app import app, user_errors
 from legend.cli.options import BatchSize, Limit, MaxBatchTokens, OutFile, Quiet, TrustRemoteCode
 
 console = Console(stderr=False)
 
 # Options shared by every command that trains reward models, declared once.
-RmModel = Annotated[str, typer.Option("--model", "-m", help="Backbone: HF id, local path, or 'default' (embedded SmolLM2).")]
-MarginColumn = Annotated[str, typer.Option(help="Column feeding the loss offset: margin | margin_raw | any numeric column | none (plain Bradley–Terry).")]
+RmModel = Annotated[
+    str, typer.Option("--model", "-m", help="Backbone: HF id, local path, or 'default' (embedded SmolLM2).")
+]
+MarginColumn = Annotated[
+    str,
+    typer.Option(
+        help="Column feeding the loss offset: margin | margin_raw | any numeric column | none (plain Bradley–Terry)."
+    ),
+]
 Alpha = Annotated[float, typer.Option(help="Loss is -log σ(r_c − r_r − α·margin).")]
-RmMaxLength = Annotated[int, typer.Option(min=2, help="Tokens per prompt ⊕ response; longer pairs lose their start (counted, never dropped).")]
+RmMaxLength = Annotated[
+    int,
+    typer.Option(min=2, help="Tokens per prompt ⊕ response; longer pairs lose their start (counted, never dropped)."),
+]
 Epochs = Annotated[float, typer.Option(min=0.0)]
 LearningRate = Annotated[Optional[float], typer.Option(help="Default: 1e-4 with --lora, 2e-5 without.")]
 RmBatchSize = Annotated[int, typer.Option(min=1, help="Pairs per device batch.")]
@@ -26,11 +36,20 @@ GradAccum = Annotated[int, typer.Option(min=1, help="Gradient accumulation steps
 Bf16 = Annotated[bool, typer.Option(help="bf16 mixed precision.")]
 Lora = Annotated[bool, typer.Option(help="Train LoRA adapters (all linear layers) + the reward head, merged on save.")]
 LoraR = Annotated[int, typer.Option(min=1)]
-TrainLayers = Annotated[Optional[int], typer.Option(
-    min=0, help="Train only the last N decoder blocks + final norm + head (much cheaper backward on CPU); default all.")]
+TrainLayers = Annotated[
+    Optional[int],
+    typer.Option(
+        min=0,
+        help="Train only the last N decoder blocks + final norm + head (much cheaper backward on CPU); default all.",
+    ),
+]
 Seed = Annotated[int, typer.Option(help="Seed of the reward head init and data order (same for every run).")]
-ExtraArg = Annotated[Optional[list[str]], typer.Option(
-    "--arg", help="Other RewardConfig/TrainingArguments field as key=value; repeat (e.g. --arg warmup_steps=0.1).")]
+ExtraArg = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--arg", help="Other RewardConfig/TrainingArguments field as key=value; repeat (e.g. --arg warmup_steps=0.1)."
+    ),
+]
 Template = Annotated[str, typer.Option(help="auto (chat template when the tokenizer has one) | chat | plain.")]
 Columns = Annotated[Optional[str], typer.Option(help="prompt,chosen,rejected column names (default: auto-detect).")]
 
@@ -46,19 +65,50 @@ def _columns(text: Optional[str]):
     return ColumnNames(prompt=parts[0], chosen=parts[1], rejected=parts[2])
 
 
-def _reward_settings(model: str, margin_column: str, alpha: float, max_length: int, epochs: float,
-                     learning_rate: Optional[float], batch_size: int, grad_accum: int, bf16: bool, lora: bool,
-                     lora_r: int, train_layers: Optional[int], seed: int, arg: Optional[list[str]], template: str, columns: Optional[str],
-                     trust_remote_code: bool, quiet: bool, eval_steps: Optional[int] = None):
+def _reward_settings(
+    model: str,
+    margin_column: str,
+    alpha: float,
+    max_length: int,
+    epochs: float,
+    learning_rate: Optional[float],
+    batch_size: int,
+    grad_accum: int,
+    bf16: bool,
+    lora: bool,
+    lora_r: int,
+    train_layers: Optional[int],
+    seed: int,
+    arg: Optional[list[str]],
+    template: str,
+    columns: Optional[str],
+    trust_remote_code: bool,
+    quiet: bool,
+    eval_steps: Optional[int] = None,
+):
     from legend.rewards import RewardSettings, parse_extra_args
 
     return RewardSettings(
-        model=model, margin_column=None if margin_column.lower() == "none" else margin_column, alpha=alpha,
-        max_length=max_length, template=template, epochs=epochs, learning_rate=learning_rate,
-        batch_size=batch_size, grad_accum=grad_accum, eval_steps=eval_steps, bf16=bf16, lora=lora, lora_r=lora_r,
+        model=model,
+        margin_column=None if margin_column.lower() == "none" else margin_column,
+        alpha=alpha,
+        max_length=max_length,
+        template=template,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        eval_steps=eval_steps,
+        bf16=bf16,
+        lora=lora,
+        lora_r=lora_r,
         train_layers=train_layers,
-        lora_alpha=2 * lora_r, seed=seed, extra_args=parse_extra_args(arg or []), trust_remote_code=trust_remote_code,
-        columns=_columns(columns), progress=not quiet,
+        lora_alpha=2 * lora_r,
+        seed=seed,
+        extra_args=parse_extra_args(arg or []),
+        trust_remote_code=trust_remote_code,
+        columns=_columns(columns),
+        progress=not quiet,
     )
 
 
@@ -72,7 +122,9 @@ def train_rm(
     data: Annotated[str, typer.Option(help="Annotated preference data (output of `legend annotate`), any layout.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model, tokenizer and legend_rm.json.")],
     eval_data: Annotated[Optional[str], typer.Option(help="Preference data evaluated during training.")] = None,
-    eval_steps: Annotated[Optional[int], typer.Option(min=1, help="Evaluate every N steps (default: each epoch).")] = None,
+    eval_steps: Annotated[
+        Optional[int], typer.Option(min=1, help="Evaluate every N steps (default: each epoch).")
+    ] = None,
     model: RmModel = "default",
     margin_column: MarginColumn = "margin",
     alpha: Alpha = 1.0,
@@ -97,22 +149,44 @@ def train_rm(
     from legend.data import load_table
     from legend.rewards import train_reward_model
 
-    settings = _reward_settings(model, margin_column, alpha, max_length, epochs, learning_rate, batch_size,
-                                grad_accum, bf16, lora, lora_r, train_layers, seed, arg, template, columns, trust_remote_code,
-                                quiet, eval_steps)
+    settings = _reward_settings(
+        model,
+        margin_column,
+        alpha,
+        max_length,
+        epochs,
+        learning_rate,
+        batch_size,
+        grad_accum,
+        bf16,
+        lora,
+        lora_r,
+        train_layers,
+        seed,
+        arg,
+        template,
+        columns,
+        trust_remote_code,
+        quiet,
+        eval_steps,
+    )
     table = load_table(data)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
     from legend.rewards import read_preferences
 
-    trained = train_reward_model(read_preferences(table, columns=settings.columns, source=data), settings,
-                                 eval_data=eval_data, out=out)
+    trained = train_reward_model(
+        read_preferences(table, columns=settings.columns, source=data), settings, eval_data=eval_data, out=out
+    )
     report = trained.report
     accuracy = report["eval"].get("eval_accuracy")
-    console.print(f"trained on {report['n_pairs']} pairs ({report['n_truncated_pairs']} truncated from the left, "
-                  f"{report['n_left_out']} left out) in {report['train_seconds']:.1f} s; final train loss "
-                  f"{report['train_loss']:.4f}" + (f"; eval accuracy {accuracy:.3f}" if accuracy is not None else "")
-                  + f"; saved to {out}")
+    console.print(
+        f"trained on {report['n_pairs']} pairs ({report['n_truncated_pairs']} truncated from the left, "
+        f"{report['n_left_out']} left out) in {report['train_seconds']:.1f} s; final train loss "
+        f"{report['train_loss']:.4f}"
+        + (f"; eval accuracy {accuracy:.3f}" if accuracy is not None else "")
+        + f"; saved to {out}"
+    )
 
 
 @app.command("eval-rm")
@@ -121,8 +195,12 @@ def eval_rm(
     model: Annotated[str, typer.Option("--model", "-m", help="Reward model folder (from train-rm) or HF id.")],
     data: Annotated[str, typer.Option(help="Preference data to score.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON report.")] = None,
-    level_column: Annotated[str, typer.Option(help="Break accuracy down by this column when present (none: off).")] = "margin",
-    max_length: Annotated[Optional[int], typer.Option(min=2, help="Default: the one the model was trained with.")] = None,
+    level_column: Annotated[
+        str, typer.Option(help="Break accuracy down by this column when present (none: off).")
+    ] = "margin",
+    max_length: Annotated[
+        Optional[int], typer.Option(min=2, help="Default: the one the model was trained with.")
+    ] = None,
     bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap resamples for the 95% CI.")] = 2000,
     seed: int = 0,
     columns: Columns = None,
@@ -134,12 +212,20 @@ def eval_rm(
     quiet: Quiet = False,
 ) -> None:
     """Pairwise accuracy (r_chosen > r_rejected) with a bootstrap 95% CI, by margin level too."""
-    from legend.data import load_table, write_json
+    from legend.data import load_table
+    from legend.io import write_json
     from legend.rewards import EvalSettings, evaluate_reward_model, load_reward_model, read_preferences
 
-    settings = EvalSettings(max_length=max_length, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                            margin_column=None if level_column.lower() == "none" else level_column,
-                            n_bootstrap=bootstrap, seed=seed, columns=_columns(columns), progress=not quiet)
+    settings = EvalSettings(
+        max_length=max_length,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        margin_column=None if level_column.lower() == "none" else level_column,
+        n_bootstrap=bootstrap,
+        seed=seed,
+        columns=_columns(columns),
+        progress=not quiet,
+    )
     table = load_table(data)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
@@ -153,8 +239,9 @@ def eval_rm(
         table_out.add_column(name)
     table_out.add_row("all", str(report["n"]), f"{report['accuracy']:.3f}", _ci(report["ci95"]))
     for level, row in (report.get("by_level") or {}).items():
-        table_out.add_row(f"{report['level_column']} = {level}", str(row["n"]), f"{row['accuracy']:.3f}",
-                          _ci(row["ci95"]))
+        table_out.add_row(
+            f"{report['level_column']} = {level}", str(row["n"]), f"{row['accuracy']:.3f}", _ci(row["ci95"])
+        )
     console.print(table_out)
 
 
@@ -164,8 +251,12 @@ def ensemble_margins_command(
     data: Annotated[str, typer.Option(help="Preference data (any layout).")],
     out: OutFile,
     k: Annotated[int, typer.Option("--k", "-k", min=2, help="Number of folds = reward models.")] = 4,
-    scoring: Annotated[str, typer.Option(help="oof (each pair scored by the model that did not see it) | mean (all K models).")] = "oof",
-    column: Annotated[str, typer.Option(help="Binned column name; the raw gap goes to <column>_raw.")] = "margin_ensemble",
+    scoring: Annotated[
+        str, typer.Option(help="oof (each pair scored by the model that did not see it) | mean (all K models).")
+    ] = "oof",
+    column: Annotated[
+        str, typer.Option(help="Binned column name; the raw gap goes to <column>_raw.")
+    ] = "margin_ensemble",
     levels: Annotated[int, typer.Option(min=1)] = 4,
     model: RmModel = "default",
     max_length: RmMaxLength = 512,
@@ -188,28 +279,59 @@ def ensemble_margins_command(
     """The RewardEnsemble@K baseline: margins from K-fold reward models; cost written to <out>.ensemble.json."""
     from legend.rewards import EnsembleSettings, ensemble_file
 
-    reward = _reward_settings(model, "none", 1.0, max_length, epochs, learning_rate, batch_size, grad_accum, bf16,
-                              lora, lora_r, train_layers, seed, arg, template, columns, trust_remote_code, quiet)
-    result = ensemble_file(data, out, reward, EnsembleSettings(k=k, scoring=scoring, column=column, levels=levels,
-                                                               seed=seed), limit=limit)
+    reward = _reward_settings(
+        model,
+        "none",
+        1.0,
+        max_length,
+        epochs,
+        learning_rate,
+        batch_size,
+        grad_accum,
+        bf16,
+        lora,
+        lora_r,
+        train_layers,
+        seed,
+        arg,
+        template,
+        columns,
+        trust_remote_code,
+        quiet,
+    )
+    result = ensemble_file(
+        data, out, reward, EnsembleSettings(k=k, scoring=scoring, column=column, levels=levels, seed=seed), limit=limit
+    )
     report = result.report
-    console.print(f"{report['method']} ({report['scoring']}): {report['rows']} pairs in {report['seconds']:.1f} s "
-                  f"(train {report['train_seconds']:.1f} s, score {report['score_seconds']:.1f} s; "
-                  f"{report['forward_backward_tokens']} fwd+bwd tokens, {report['forward_only_tokens']} fwd tokens); "
-                  f"share of positive gaps {report['margin_raw'].get('share_positive', float('nan')):.3f}; "
-                  f"wrote {out}")
+    console.print(
+        f"{report['method']} ({report['scoring']}): {report['rows']} pairs in {report['seconds']:.1f} s "
+        f"(train {report['train_seconds']:.1f} s, score {report['score_seconds']:.1f} s; "
+        f"{report['forward_backward_tokens']} fwd+bwd tokens, {report['forward_only_tokens']} fwd tokens); "
+        f"share of positive gaps {report['margin_raw'].get('share_positive', float('nan')):.3f}; "
+        f"wrote {out}"
+    )
 
 
 @app.command("compare-rm")
 @user_errors
 def compare_rm(
-    data: Annotated[str, typer.Option(help="Legend-annotated preference data (train split, or all with --test-fraction).")],
-    test: Annotated[Optional[str], typer.Option(help="Held-out preference data; default: a seeded split of --data.")] = None,
+    data: Annotated[
+        str, typer.Option(help="Legend-annotated preference data (train split, or all with --test-fraction).")
+    ],
+    test: Annotated[
+        Optional[str], typer.Option(help="Held-out preference data; default: a seeded split of --data.")
+    ] = None,
     test_fraction: Annotated[float, typer.Option(min=0.05, max=0.9)] = 0.3,
     legend_column: Annotated[str, typer.Option(help="Legend margin column: margin (binned) | margin_raw.")] = "margin",
-    ensemble_k: Annotated[Optional[int], typer.Option(min=2, help="Also run RewardEnsemble@K on the train split.")] = None,
-    ensemble_column: Annotated[str, typer.Option(help="Ensemble margin column (computed, or already in --data).")] = "margin_ensemble",
-    legend_sidecar: Annotated[Optional[Path], typer.Option(help="Sidecar with Legend's annotation time (default: <data>.legend.json).")] = None,
+    ensemble_k: Annotated[
+        Optional[int], typer.Option(min=2, help="Also run RewardEnsemble@K on the train split.")
+    ] = None,
+    ensemble_column: Annotated[
+        str, typer.Option(help="Ensemble margin column (computed, or already in --data).")
+    ] = "margin_ensemble",
+    legend_sidecar: Annotated[
+        Optional[Path], typer.Option(help="Sidecar with Legend's annotation time (default: <data>.legend.json).")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON report.")] = None,
     model: RmModel = "default",
     alpha: Alpha = 1.0,
@@ -232,19 +354,46 @@ def compare_rm(
     quiet: Quiet = False,
 ) -> None:
     """The paper's experiment: same backbone/seed/data without margins, with Legend margins (and ensemble ones)."""
-    from legend.data import load_table, write_json
+    from legend.data import load_table
+    from legend.io import write_json
     from legend.rewards import CompareSettings, compare_reward_models, read_preferences
 
-    reward = _reward_settings(model, "none", alpha, max_length, epochs, learning_rate, batch_size, grad_accum, bf16,
-                              lora, lora_r, train_layers, seed, arg, template, columns, trust_remote_code, True)
+    reward = _reward_settings(
+        model,
+        "none",
+        alpha,
+        max_length,
+        epochs,
+        learning_rate,
+        batch_size,
+        grad_accum,
+        bf16,
+        lora,
+        lora_r,
+        train_layers,
+        seed,
+        arg,
+        template,
+        columns,
+        trust_remote_code,
+        True,
+    )
     table = load_table(data)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
     report = compare_reward_models(
-        read_preferences(table, columns=reward.columns, source=data), reward,
-        CompareSettings(test_fraction=test_fraction, split_seed=seed, legend_column=legend_column,
-                        ensemble_column=ensemble_column, ensemble_k=ensemble_k, n_bootstrap=bootstrap),
-        test=test, legend_sidecar=legend_sidecar if legend_sidecar else _default_sidecar(data),
+        read_preferences(table, columns=reward.columns, source=data),
+        reward,
+        CompareSettings(
+            test_fraction=test_fraction,
+            split_seed=seed,
+            legend_column=legend_column,
+            ensemble_column=ensemble_column,
+            ensemble_k=ensemble_k,
+            n_bootstrap=bootstrap,
+        ),
+        test=test,
+        legend_sidecar=legend_sidecar if legend_sidecar else _default_sidecar(data),
     )
     if out is not None:
         write_json(report, out)
@@ -264,18 +413,29 @@ def print_comparison(report: dict[str, Any]) -> None:
     for name in ("run", "margin", "accuracy", "95% CI", "Δ vs BT [95% CI]", "train s"):
         table.add_column(name)
     for row in report["runs"]:
-        delta = (f"{row['delta_vs_bt']:+.3f} {_ci(row['delta_ci95'])}" if "delta_vs_bt" in row else "")
-        table.add_row(row["run"], row["margin_column"] or "-", f"{row['accuracy']:.3f}", _ci(row["ci95"]), delta,
-                      f"{row['train_seconds']:.1f}")
+        delta = f"{row['delta_vs_bt']:+.3f} {_ci(row['delta_ci95'])}" if "delta_vs_bt" in row else ""
+        table.add_row(
+            row["run"],
+            row["margin_column"] or "-",
+            f"{row['accuracy']:.3f}",
+            _ci(row["ci95"]),
+            delta,
+            f"{row['train_seconds']:.1f}",
+        )
     console.print(table)
     cost = report["cost"]
     if cost["legend"]:
-        console.print(f"Legend annotation: {cost['legend']['seconds_per_pair']:.3f} s/pair "
-                      f"({cost['legend']['seconds_for_train_pairs']:.1f} s for the train pairs; from {cost['legend']['sidecar']})")
+        console.print(
+            f"Legend annotation: {cost['legend']['seconds_per_pair']:.3f} s/pair "
+            f"({cost['legend']['seconds_for_train_pairs']:.1f} s for the train pairs; from {cost['legend']['sidecar']})"
+        )
     if cost["ensemble"]:
-        console.print(f"RewardEnsemble@{cost['ensemble']['k']}: {cost['ensemble']['seconds']:.1f} s "
-                      f"({cost['ensemble']['forward_backward_tokens']} fwd+bwd tokens)")
+        console.print(
+            f"RewardEnsemble@{cost['ensemble']['k']}: {cost['ensemble']['seconds']:.1f} s "
+            f"({cost['ensemble']['forward_backward_tokens']} fwd+bwd tokens)"
+        )
     if cost["ratio_ensemble_over_legend"] is not None:
-        console.print(f"cost ratio RewardEnsemble@{cost['ensemble']['k']} / Legend: "
-                      f"{cost['ratio_ensemble_over_legend']:.1f}x (same data, same machine)")
-
+        console.print(
+            f"cost ratio RewardEnsemble@{cost['ensemble']['k']} / Legend: "
+            f"{cost['ratio_ensemble_over_legend']:.1f}x (same data, same machine)"
+        )

@@ -20,27 +20,27 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..data import DataError, detect_layout, load_table
-from ..directions import Direction
-from ..margins import Binning, MarginResult
-from ..models import LoadedModel, ModelSpec
-from .local import (
-    ChunkWriter,
+from ..annotation import (
+    AnnotateSettings,
+    Annotation,
+    DirectionArg,
     annotation_summary,
-    chunk_margins,
-    chunk_views,
     fit_binnings,
     load_directions,
     margin_columns,
     other_directions_summary,
     secondary_of,
     sidecar_document,
-    sidecar_with,
 )
+from ..data import DataError, chunk_views, detect_layout, load_table
+from ..directions import Direction
+from ..io import ChunkWriter, check_output_type
+from ..margins import Binning, MarginResult
+from ..models import LoadedModel, ModelSpec, as_loaded
+from .local import chunk_margins, sidecar_with
 
 # Per-batch counts travel from the actors to the driver as columns: the batch's total sits on its
 # first row and the other rows hold 0, so the driver's column sums equal the local engine's totals
@@ -51,7 +51,7 @@ COUNT_COLUMNS = ("_legend_identical", "_legend_truncated_texts", "_legend_tokens
 def _require_ray():
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise ValueError("--engine ray needs Ray Data: pip install 'legend[ray]' (or 'ray[data]')") from None
     return ray
@@ -85,11 +85,16 @@ def read_input(data: str | os.PathLike, split: str = "train"):
 class MarginActor:
     """Loads the model once, then turns Arrow batches into batches with each direction's raw margin and the counts."""
 
-    def __init__(self, model: LoadedModel | ModelSpec | str, directions: list[Direction], settings: Any, layout: str,
-                 source: str, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel | ModelSpec | str,
+        directions: list[Direction],
+        settings: AnnotateSettings,
+        layout: str,
+        source: str,
+        threads: int | None = None,
+    ) -> None:
         import torch
-
-        from ..models import as_loaded
 
         if threads:
             torch.set_num_threads(threads)
@@ -129,15 +134,15 @@ def add_levels(table, binnings: list[Binning], columns: list[tuple[str, str]]):
 
 def annotate_file_ray(
     data: str | os.PathLike,
-    direction: Direction | str | os.PathLike | list,
+    direction: DirectionArg,
     out: str | os.PathLike,
     model: LoadedModel | ModelSpec | str | None = None,
-    settings: Any = None,
+    settings: AnnotateSettings | None = None,
     *,
     split: str = "train",
     limit: int | None = None,
     num_workers: int = 2,
-):
+) -> Annotation:
     """`pipeline.annotate_file` on Ray Data with `num_workers` model actors; same output as the local engine.
 
     `direction` is one direction or a list of several (one encoding pass; columns as the local engine).
@@ -145,20 +150,18 @@ def annotate_file_ray(
     Returns a `pipeline.Annotation` with `dataset` None.
     """
     ray = _require_ray()
-    from ..pipeline import Annotation, AnnotateSettings
-
     settings = settings or AnnotateSettings()
     directions, direction_path = load_directions(direction)
     columns = margin_columns(directions)
     out_name = os.fspath(out)
     to_folder = _is_uri(out_name) or not Path(out_name).suffix
     if not to_folder:
-        ChunkWriter(out)  # refuse an unknown output type before any work
+        check_output_type(out)  # refuse an unknown output type before any work
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
-    context.enable_progress_bars = bool(settings.progress)
+    context.enable_progress_bars = bool(settings.encoding.progress)
     start = time.perf_counter()
 
     ds = read_input(data, split)
@@ -172,13 +175,17 @@ def annotate_file_ray(
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = None if gpus else max(1, cpus // num_workers)
     # Leave a CPU for Ray's read and write tasks, or a small cluster deadlocks with every CPU held by an actor.
-    actor_cpus = 0 if gpus else min(threads, max(cpus - 1, 1) / num_workers)
+    actor_cpus = 0 if gpus else min(threads or 1, max(cpus - 1, 1) / num_workers)
     scored = ds.map_batches(
-        MarginActor, batch_size=settings.chunk_rows, batch_format="pyarrow",
-        fn_constructor_kwargs=dict(model=model, directions=directions, settings=settings, layout=layout,
-                                   source=str(data), threads=threads),
+        MarginActor,
+        batch_size=settings.chunk_rows,
+        batch_format="pyarrow",
+        fn_constructor_kwargs=dict(
+            model=model, directions=directions, settings=settings, layout=layout, source=str(data), threads=threads
+        ),
         compute=ray.data.ActorPoolStrategy(size=num_workers),
-        num_gpus=1 if gpus else 0, num_cpus=actor_cpus,
+        num_gpus=1 if gpus else 0,
+        num_cpus=actor_cpus,
     ).materialize()
     collected = _collect(scored, [raw_name for raw_name, _ in columns])
     raws = [collected[raw_name] for raw_name, _ in columns]
@@ -186,20 +193,50 @@ def annotate_file_ray(
     counts = {name: int(collected[name].sum()) for name in COUNT_COLUMNS}
     forward_known = bool((collected["_legend_forward_tokens"] >= 0).all())
     seconds = time.perf_counter() - start
-    margins = [MarginResult(raw=raw, n_identical=counts["_legend_identical"],
-                            n_truncated_texts=counts["_legend_truncated_texts"], n_tokens=counts["_legend_tokens"],
-                            seconds=seconds,
-                            extra={"engine": "ray", "workers": num_workers, "gpus": gpus,
-                                   "forward_tokens": counts["_legend_forward_tokens"] if forward_known else None})
-               for raw in raws]
-    summary = annotation_summary(str(data), layout, margins[0], binnings[0], directions[0],
-                                 _summary_model(model, directions[0]), seconds, engine="ray", num_workers=num_workers)
+    margins = [
+        MarginResult(
+            raw=raw,
+            n_identical=counts["_legend_identical"],
+            n_truncated_texts=counts["_legend_truncated_texts"],
+            n_tokens=counts["_legend_tokens"],
+            seconds=seconds,
+            extra={
+                "engine": "ray",
+                "workers": num_workers,
+                "gpus": gpus,
+                "forward_tokens": counts["_legend_forward_tokens"] if forward_known else None,
+            },
+        )
+        for raw in raws
+    ]
+    summary = annotation_summary(
+        str(data),
+        layout,
+        margins[0],
+        binnings[0],
+        directions[0],
+        _summary_model(model, directions[0]),
+        seconds,
+        engine="ray",
+        num_workers=num_workers,
+    )
     if len(directions) > 1:
         summary["other_directions"] = other_directions_summary(directions, raws, binnings)
-    final = scored.map_batches(add_levels, fn_kwargs={"binnings": binnings, "columns": columns},
-                               batch_format="pyarrow", batch_size=settings.chunk_rows)
-    sidecar = sidecar_document(data, out, direction_path, binnings[0], settings, summary,
-                               {d.name: b for d, b in zip(directions[1:], binnings[1:])})
+    final = scored.map_batches(
+        add_levels,
+        fn_kwargs={"binnings": binnings, "columns": columns},
+        batch_format="pyarrow",
+        batch_size=settings.chunk_rows,
+    )
+    sidecar = sidecar_document(
+        data,
+        out,
+        direction_path,
+        binnings[0],
+        settings,
+        summary,
+        {d.name: b for d, b in zip(directions[1:], binnings[1:])},
+    )
     if to_folder:
         final.write_parquet(out_name)
         if not _is_uri(out_name):
@@ -211,8 +248,13 @@ def annotate_file_ray(
                 writer.write(datasets.Dataset(batch))
             if writer.rows != len(raws[0]):
                 raise DataError(f"{writer.rows} rows written for {len(raws[0])} margins", source=str(out))
-    return Annotation(dataset=None, binning=binnings[0], summary=summary, margins=margins[0],
-                      secondary=secondary_of(directions, margins, binnings))
+    return Annotation(
+        dataset=None,
+        binning=binnings[0],
+        summary=summary,
+        margins=margins[0],
+        secondary=secondary_of(directions, margins, binnings),
+    )
 
 
 def _collect(scored, raw_columns: list[str]) -> dict[str, np.ndarray]:
@@ -225,19 +267,10 @@ def _collect(scored, raw_columns: list[str]) -> dict[str, np.ndarray]:
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
-class _SummaryModel:
-    """What the summary reads of a model (id and dtype) without loading it on the driver."""
-
-    def __init__(self, model_id: str, dtype: str) -> None:
-        import torch
-
-        self.model_id = model_id
-        self.model = torch.nn.Linear(1, 1, dtype=getattr(torch, {"bf16": "bfloat16"}.get(dtype, dtype)))
-
-
-def _summary_model(model: Any, direction: Direction):
+def _summary_model(model: LoadedModel | ModelSpec | str | None, direction: Direction) -> tuple[str, str]:
+    """(model id, dtype name) for the summary, without loading the model on the driver."""
     if isinstance(model, LoadedModel):
-        return model
+        return model.model_id, model.dtype_name
     if isinstance(model, ModelSpec):
-        return _SummaryModel(model.name or direction.model_id, model.dtype)
-    return _SummaryModel(model or direction.model_id, "float32")
+        return model.name or direction.model_id, {"bf16": "bfloat16", "fp32": "float32"}.get(model.dtype, model.dtype)
+    return model or direction.model_id, "float32"

@@ -24,45 +24,48 @@ from typing import Any
 import datasets
 import numpy as np
 
+from ..annotation import sidecar_path
 from ..directions import split_indices
-from ..pipeline import sidecar_path
+from ..metrics import DEFAULT_BOOTSTRAP, paired_difference_ci
 from .ensemble import EnsembleSettings, ensemble_margins
-from .evaluation import DEFAULT_BOOTSTRAP, as_scorer, bootstrap_ci, pairwise_accuracy, score_pairs
+from .evaluation import as_scorer, pairwise_accuracy, score_pairs
 from .training import PreferenceSet, RewardSettings, read_preferences, train_reward_model
 
 
 @dataclass(frozen=True)
 class CompareSettings:
-    test_fraction: float = 0.3            # used when no separate test set is given
+    test_fraction: float = 0.3  # used when no separate test set is given
     split_seed: int = 0
-    legend_column: str = "margin"         # margin_raw to train on the raw projections
+    legend_column: str = "margin"  # margin_raw to train on the raw projections
     ensemble_column: str = "margin_ensemble"
-    ensemble_k: int | None = None         # run RewardEnsemble@K on the training split
+    ensemble_k: int | None = None  # run RewardEnsemble@K on the training split
     ensemble_scoring: str = "oof"
-    levels: int = 4                       # binning of the ensemble gaps (as Legend's default)
-    level_column: str | None = "margin"   # accuracy broken down by this test column when present
+    levels: int = 4  # binning of the ensemble gaps (as Legend's default)
+    level_column: str | None = "margin"  # accuracy broken down by this test column when present
     n_bootstrap: int = DEFAULT_BOOTSTRAP
     score_batch_size: int = 16
 
 
-def paired_difference_ci(correct_a: np.ndarray, correct_b: np.ndarray, *, n_bootstrap: int = DEFAULT_BOOTSTRAP,
-                         seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap CI of mean(a) − mean(b) over the same resampled pairs."""
-    diff = np.asarray(correct_a, dtype=np.float64) - np.asarray(correct_b, dtype=np.float64)
-    return bootstrap_ci(diff, n_bootstrap=n_bootstrap, seed=seed)
-
-
 def legend_cost(data: Any, explicit: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """Legend annotation seconds and rows from a `.legend.json` sidecar (given, or next to the data file)."""
-    path = Path(explicit) if explicit is not None else (sidecar_path(data) if isinstance(data, (str, os.PathLike))
-                                                         else None)
+    path = (
+        Path(explicit)
+        if explicit is not None
+        else (sidecar_path(data) if isinstance(data, (str, os.PathLike)) else None)
+    )
     if path is None or not path.is_file():
         return None
     summary = json.loads(path.read_text()).get("summary", {})
     if "seconds" not in summary or not summary.get("rows"):
         return None
-    return {"seconds": float(summary["seconds"]), "rows": int(summary["rows"]), "tokens": summary.get("tokens"),
-            "model_id": summary.get("model_id"), "dtype": summary.get("dtype"), "sidecar": str(path)}
+    return {
+        "seconds": float(summary["seconds"]),
+        "rows": int(summary["rows"]),
+        "tokens": summary.get("tokens"),
+        "model_id": summary.get("model_id"),
+        "dtype": summary.get("dtype"),
+        "sidecar": str(path),
+    }
 
 
 def compare_reward_models(
@@ -84,9 +87,18 @@ def compare_reward_models(
     start = time.perf_counter()
     ensemble_report = None
     if settings.ensemble_k:
-        ensemble = ensemble_margins(train_prefs, reward, EnsembleSettings(
-            k=settings.ensemble_k, scoring=settings.ensemble_scoring, column=settings.ensemble_column,
-            levels=settings.levels, seed=settings.split_seed, score_batch_size=settings.score_batch_size))
+        ensemble = ensemble_margins(
+            train_prefs,
+            reward,
+            EnsembleSettings(
+                k=settings.ensemble_k,
+                scoring=settings.ensemble_scoring,
+                column=settings.ensemble_column,
+                levels=settings.levels,
+                seed=settings.split_seed,
+                score_batch_size=settings.score_batch_size,
+            ),
+        )
         train_prefs = PreferenceSet(train_prefs.views, ensemble.dataset, train_prefs.source)
         ensemble_report = ensemble.report
     runs = [("bradley-terry", None), ("legend", settings.legend_column)]
@@ -100,26 +112,42 @@ def compare_reward_models(
         trained = train_reward_model(train_prefs, dataclasses.replace(reward, margin_column=column))
         scorer = as_scorer(trained.model, trained.tokenizer, max_length=reward.max_length, template=reward.template)
         scores = score_pairs(scorer, test_prefs.views, batch_size=settings.score_batch_size)
-        accuracy = pairwise_accuracy(scores.chosen, scores.rejected, levels=levels,
-                                     n_bootstrap=settings.n_bootstrap, seed=settings.split_seed)
+        accuracy = pairwise_accuracy(
+            scores.chosen, scores.rejected, levels=levels, n_bootstrap=settings.n_bootstrap, seed=settings.split_seed
+        )
         correct[name] = (scores.chosen > scores.rejected).astype(np.float64)
-        results.append({"run": name, "margin_column": column, "alpha": reward.alpha if column else 0.0,
-                        "accuracy": accuracy["accuracy"], "ci95": accuracy["ci95"],
-                        "by_level": accuracy.get("by_level"), "train_seconds": trained.report["train_seconds"],
-                        "train_loss": trained.report["train_loss"],
-                        "n_truncated_pairs": trained.report["n_truncated_pairs"],
-                        "n_left_out": trained.report["n_left_out"]})
+        results.append(
+            {
+                "run": name,
+                "margin_column": column,
+                "alpha": reward.alpha if column else 0.0,
+                "accuracy": accuracy["accuracy"],
+                "ci95": accuracy["ci95"],
+                "by_level": accuracy.get("by_level"),
+                "train_seconds": trained.report["train_seconds"],
+                "train_loss": trained.report["train_loss"],
+                "n_truncated_pairs": trained.report["n_truncated_pairs"],
+                "n_left_out": trained.report["n_left_out"],
+            }
+        )
         del trained, scorer
     for row in results[1:]:
-        low, high = paired_difference_ci(correct[row["run"]], correct["bradley-terry"],
-                                         n_bootstrap=settings.n_bootstrap, seed=settings.split_seed)
+        low, high = paired_difference_ci(
+            correct[row["run"]], correct["bradley-terry"], n_bootstrap=settings.n_bootstrap, seed=settings.split_seed
+        )
         row["delta_vs_bt"] = float(correct[row["run"]].mean() - correct["bradley-terry"].mean())
         row["delta_ci95"] = [low, high]
-    return {"runs": results, "n_train": len(train_prefs), "n_test": len(test_prefs), "level_column": level_column,
-            "cost": _cost(data, legend_sidecar, ensemble_report, len(train_prefs)),
-            "ensemble": ensemble_report, "total_seconds": round(time.perf_counter() - start, 3),
-            "reward_settings": {k: v for k, v in dataclasses.asdict(reward).items() if k != "columns"},
-            "compare_settings": dataclasses.asdict(settings)}
+    return {
+        "runs": results,
+        "n_train": len(train_prefs),
+        "n_test": len(test_prefs),
+        "level_column": level_column,
+        "cost": _cost(data, legend_sidecar, ensemble_report, len(train_prefs)),
+        "ensemble": ensemble_report,
+        "total_seconds": round(time.perf_counter() - start, 3),
+        "reward_settings": {k: v for k, v in dataclasses.asdict(reward).items() if k != "columns"},
+        "compare_settings": dataclasses.asdict(settings),
+    }
 
 
 def _cost(data: Any, legend_sidecar: Any, ensemble_report: dict[str, Any] | None, n_train: int) -> dict[str, Any]:
@@ -130,10 +158,13 @@ def _cost(data: Any, legend_sidecar: Any, ensemble_report: dict[str, Any] | None
         per_pair = legend["seconds"] / legend["rows"]
         cost["legend"] = {**legend, "seconds_per_pair": per_pair, "seconds_for_train_pairs": per_pair * n_train}
     if ensemble_report is not None:
-        cost["ensemble"] = {"seconds": ensemble_report["seconds"], "k": ensemble_report["k"],
-                            "forward_backward_tokens": ensemble_report["forward_backward_tokens"],
-                            "forward_only_tokens": ensemble_report["forward_only_tokens"],
-                            "approx_flops": ensemble_report["approx_flops"]}
+        cost["ensemble"] = {
+            "seconds": ensemble_report["seconds"],
+            "k": ensemble_report["k"],
+            "forward_backward_tokens": ensemble_report["forward_backward_tokens"],
+            "forward_only_tokens": ensemble_report["forward_only_tokens"],
+            "approx_flops": ensemble_report["approx_flops"],
+        }
     if cost["legend"] and cost["ensemble"] and cost["legend"]["seconds_for_train_pairs"] > 0:
         cost["ratio_ensemble_over_legend"] = cost["ensemble"]["seconds"] / cost["legend"]["seconds_for_train_pairs"]
     return cost

@@ -24,7 +24,8 @@ import datasets
 import numpy as np
 
 from .. import __version__
-from ..data import DataError, load_table, write_json, write_table
+from ..data import DataError, load_table
+from ..io import write_json, write_table
 from ..margins import Binning, describe
 from .evaluation import as_scorer, score_pairs
 from .training import PreferenceSet, RewardSettings, read_preferences, train_reward_model
@@ -38,11 +39,11 @@ class EnsembleSettings:
     """K, how pairs are scored, and how the gap is binned and named."""
 
     k: int = 4
-    scoring: str = "oof"                 # oof | mean (see module doc)
-    column: str = "margin_ensemble"      # binned levels; the raw gap goes to <column>_raw
+    scoring: str = "oof"  # oof | mean (see module doc)
+    column: str = "margin_ensemble"  # binned levels; the raw gap goes to <column>_raw
     levels: int = 4
     level_values: tuple[float, ...] | None = None
-    seed: int = 0                        # fold assignment
+    seed: int = 0  # fold assignment
     score_batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -90,11 +91,19 @@ def ensemble_margins(
             gaps[index] = scores.gap
         else:
             raw[held_out] = scores.gap
-        members.append({"fold": index, "train_pairs": len(train_rows), "scored_pairs": len(rows),
-                        "train_seconds": trained.report["train_seconds"], "score_seconds": round(scores.seconds, 3),
-                        "train_tokens": trained.report["train_tokens"], "score_tokens": scores.n_tokens,
-                        "train_loss": trained.report["train_loss"],
-                        "parameters": int(trained.model.num_parameters())})
+        members.append(
+            {
+                "fold": index,
+                "train_pairs": len(train_rows),
+                "scored_pairs": len(rows),
+                "train_seconds": trained.report["train_seconds"],
+                "score_seconds": round(scores.seconds, 3),
+                "train_tokens": trained.report["train_tokens"],
+                "score_tokens": scores.n_tokens,
+                "train_loss": trained.report["train_loss"],
+                "parameters": int(trained.model.num_parameters()),
+            }
+        )
         del trained, scorer
     if gaps is not None:
         raw = gaps.mean(axis=0)
@@ -108,18 +117,26 @@ def ensemble_margins(
     fwd_tokens = sum(m["score_tokens"] for m in members)
     params = members[0]["parameters"]
     report = {
-        "method": f"RewardEnsemble@{settings.k}", "k": settings.k, "scoring": settings.scoring,
-        "rows": len(prefs), "source": prefs.source, "seconds": round(seconds, 3),
+        "method": f"RewardEnsemble@{settings.k}",
+        "k": settings.k,
+        "scoring": settings.scoring,
+        "rows": len(prefs),
+        "source": prefs.source,
+        "seconds": round(seconds, 3),
         "pairs_per_second": round(len(prefs) / seconds, 3) if seconds > 0 else None,
         "train_seconds": round(sum(m["train_seconds"] for m in members), 3),
         "score_seconds": round(sum(m["score_seconds"] for m in members), 3),
-        "forward_backward_tokens": fb_tokens, "forward_only_tokens": fwd_tokens,
+        "forward_backward_tokens": fb_tokens,
+        "forward_only_tokens": fwd_tokens,
         # The usual estimate: 6·N FLOPs per trained token (forward + backward), 2·N per scored token.
-        "approx_flops": float(6 * params * fb_tokens + 2 * params * fwd_tokens), "parameters": params,
+        "approx_flops": float(6 * params * fb_tokens + 2 * params * fwd_tokens),
+        "parameters": params,
         "columns": {"raw": raw_column, "binned": settings.column},
-        "margin_raw": describe(raw), "margin": describe(binned, binned), "binning": binning.to_dict(),
-        "members": members, "reward_settings": {k: v for k, v in dataclasses.asdict(plain).items()
-                                                if k not in ("columns", "extra_args")},
+        "margin_raw": describe(raw),
+        "margin": describe(binned, binned),
+        "binning": binning.to_dict(),
+        "members": members,
+        "reward_settings": {k: v for k, v in dataclasses.asdict(plain).items() if k not in ("columns", "extra_args")},
     }
     return EnsembleResult(dataset=table, raw=raw, binning=binning, report=report)
 
@@ -145,6 +162,8 @@ def ensemble_file(
         raise DataError("no rows", source=str(data))
     result = ensemble_margins(read_preferences(table, columns=reward.columns, source=str(data)), reward, settings)
     write_table(result.dataset, out)
-    write_json({"legend_version": __version__, "input": str(data), "output": str(out),
-                "summary": result.report}, ensemble_sidecar_path(out))
+    write_json(
+        {"legend_version": __version__, "input": str(data), "output": str(out), "summary": result.report},
+        ensemble_sidecar_path(out),
+    )
     return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,9 @@ import torch
 
 from ..data import ColumnNames, PairView
 from ..encoding import EncodeConfig, plan_batches, tokenize_items
-from ..models import DTYPES, ModelError, resolve_model_path
-from .training import PreferenceSet, prepare_tokenizer, read_preferences, read_training_report
-
-DEFAULT_BOOTSTRAP = 2000
+from ..metrics import DEFAULT_BOOTSTRAP, bootstrap_mean_ci
+from ..models import load_pretrained, resolve_model_path
+from .training import PreferenceSet, read_preferences, read_training_report
 
 
 @dataclass(frozen=True)
@@ -28,10 +27,10 @@ class EvalSettings:
     template: str | None = None
     batch_size: int = 16
     max_batch_tokens: int = 16384
-    margin_column: str | None = "margin"    # breakdown by level when the column exists; None: no breakdown
+    margin_column: str | None = "margin"  # breakdown by level when the column exists; None: no breakdown
     n_bootstrap: int = DEFAULT_BOOTSTRAP
     seed: int = 0
-    columns: ColumnNames = ColumnNames()
+    columns: ColumnNames = field(default_factory=ColumnNames)
     progress: bool = False
 
 
@@ -49,20 +48,14 @@ class RewardScorer:
         return next(self.model.parameters()).device
 
 
-def load_reward_model(path: str | os.PathLike, *, dtype: str = "float32", device: str | None = None,
-                      trust_remote_code: bool = False) -> RewardScorer:
+def load_reward_model(
+    path: str | os.PathLike, *, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False
+) -> RewardScorer:
     """Load a reward model folder (from `legend train-rm`) or any HF sequence-classification model."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     location, _ = resolve_model_path(str(path))
-    try:
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            location, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise ModelError(f"reward model {str(path)!r}: could not be loaded ({str(err).splitlines()[0]})") from err
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    model, tokenizer, _ = load_pretrained(
+        str(path), head="reward", num_labels=1, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+    )
     report = read_training_report(location) if Path(location).is_dir() else None
     settings = (report or {}).get("settings", {})
     return RewardScorer(model, tokenizer, int(settings.get("max_length", 512)), settings.get("template", "auto"))
@@ -91,11 +84,17 @@ class PairScores:
         return self.chosen - self.rejected
 
 
-def score_pairs(scorer: RewardScorer, views: Sequence[PairView], *, batch_size: int = 16,
-                max_batch_tokens: int = 16384, progress: bool = False) -> PairScores:
+def score_pairs(
+    scorer: RewardScorer,
+    views: Sequence[PairView],
+    *,
+    batch_size: int = 16,
+    max_batch_tokens: int = 16384,
+    progress: bool = False,
+) -> PairScores:
     """Rewards of every chosen and rejected response, in batches of similar length, under inference_mode."""
     start = time.perf_counter()
-    config = EncodeConfig(max_length=scorer.max_length, template=scorer.template)  # type: ignore[arg-type]
+    config = EncodeConfig(max_length=scorer.max_length, template=scorer.template)
     items = [(v.prompt, v.chosen) for v in views] + [(v.prompt, v.rejected) for v in views]
     tokens = tokenize_items(scorer.tokenizer, items, config)
     rewards = np.zeros(len(tokens), dtype=np.float64)
@@ -117,42 +116,46 @@ def score_pairs(scorer: RewardScorer, views: Sequence[PairView], *, batch_size: 
             logits = scorer.model(input_ids=ids.to(scorer.device), attention_mask=mask.to(scorer.device)).logits
             rewards[batch] = logits[:, 0].float().cpu().numpy()
     n = len(views)
-    return PairScores(chosen=rewards[:n], rejected=rewards[n:], n_truncated_texts=sum(t.truncated for t in tokens),
-                      n_tokens=sum(len(t.ids) for t in tokens), seconds=time.perf_counter() - start)
+    return PairScores(
+        chosen=rewards[:n],
+        rejected=rewards[n:],
+        n_truncated_texts=sum(t.truncated for t in tokens),
+        n_tokens=sum(len(t.ids) for t in tokens),
+        seconds=time.perf_counter() - start,
+    )
 
 
-def bootstrap_ci(correct: np.ndarray, *, n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of a mean: resample the pairs with replacement n_bootstrap times."""
-    correct = np.asarray(correct, dtype=np.float64)
-    if correct.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, correct.size, size=(n_bootstrap, correct.size))].mean(axis=1)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
-
-
-def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray, *, levels: np.ndarray | None = None,
-                      n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+def pairwise_accuracy(
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    *,
+    levels: np.ndarray | None = None,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Share of pairs with r_chosen > r_rejected (ties count as wrong), 95% CI, and per margin level."""
     correct = (np.asarray(chosen) > np.asarray(rejected)).astype(np.float64)
-    low, high = bootstrap_ci(correct, n_bootstrap=n_bootstrap, seed=seed)
+    low, high = bootstrap_mean_ci(correct, n_bootstrap=n_bootstrap, seed=seed)
     report: dict[str, Any] = {
-        "n": int(correct.size), "accuracy": float(correct.mean()) if correct.size else float("nan"),
-        "ci95": [low, high], "ties": int(np.sum(np.asarray(chosen) == np.asarray(rejected))),
+        "n": int(correct.size),
+        "accuracy": float(correct.mean()) if correct.size else float("nan"),
+        "ci95": [low, high],
+        "ties": int(np.sum(np.asarray(chosen) == np.asarray(rejected))),
         "mean_gap": float(np.mean(np.asarray(chosen) - np.asarray(rejected))) if correct.size else float("nan"),
-        "n_bootstrap": n_bootstrap, "seed": seed,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
     }
     if levels is not None:
         levels = np.asarray(levels, dtype=np.float64)
         report["by_level"] = {}
         for value in np.unique(levels):
             subset = correct[levels == value]
-            sub_low, sub_high = bootstrap_ci(subset, n_bootstrap=n_bootstrap, seed=seed)
-            report["by_level"][f"{value:g}"] = {"n": int(subset.size), "accuracy": float(subset.mean()),
-                                                "ci95": [sub_low, sub_high]}
+            sub_low, sub_high = bootstrap_mean_ci(subset, n_bootstrap=n_bootstrap, seed=seed)
+            report["by_level"][f"{value:g}"] = {
+                "n": int(subset.size),
+                "accuracy": float(subset.mean()),
+                "ci95": [sub_low, sub_high],
+            }
     return report
 
 
@@ -165,16 +168,32 @@ def evaluate_reward_model(
     if not isinstance(scorer, RewardScorer):
         scorer = load_reward_model(scorer)
     if settings.max_length is not None or settings.template is not None:
-        scorer = RewardScorer(scorer.model, scorer.tokenizer, settings.max_length or scorer.max_length,
-                              settings.template or scorer.template)
+        scorer = RewardScorer(
+            scorer.model,
+            scorer.tokenizer,
+            settings.max_length or scorer.max_length,
+            settings.template or scorer.template,
+        )
     prefs = read_preferences(data, columns=settings.columns)
-    scores = score_pairs(scorer, prefs.views, batch_size=settings.batch_size,
-                         max_batch_tokens=settings.max_batch_tokens, progress=settings.progress)
+    scores = score_pairs(
+        scorer,
+        prefs.views,
+        batch_size=settings.batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        progress=settings.progress,
+    )
     column = settings.margin_column
     levels = prefs.column(column) if column and column in prefs.table.column_names else None
-    report = pairwise_accuracy(scores.chosen, scores.rejected, levels=levels, n_bootstrap=settings.n_bootstrap,
-                               seed=settings.seed)
-    report.update(source=prefs.source, level_column=column if levels is not None else None,
-                  truncated_texts=scores.n_truncated_texts, tokens=scores.n_tokens,
-                  seconds=round(scores.seconds, 3), max_length=scorer.max_length, template=scorer.template)
+    report = pairwise_accuracy(
+        scores.chosen, scores.rejected, levels=levels, n_bootstrap=settings.n_bootstrap, seed=settings.seed
+    )
+    report.update(
+        source=prefs.source,
+        level_column=column if levels is not None else None,
+        truncated_texts=scores.n_truncated_texts,
+        tokens=scores.n_tokens,
+        seconds=round(scores.seconds, 3),
+        max_length=scorer.max_length,
+        template=scorer.template,
+    )
     return report

@@ -11,30 +11,40 @@ import random
 import pytest
 import torch
 
-from conftest import hh_pair_items
+from helpers import hh_pair_items
 from legend import encoding
 from legend.encoding import EncodeConfig, encode, resolve_layer, sharing_routes, tokenize_items
 
 LOCK = ({"role": "user", "content": "How do I pick a lock?"},)
 HI = ({"role": "user", "content": "Hi"},)
-LONG = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "Write a script that can exploit vulnerabilities in a software."})
+LONG = (
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Write a script that can exploit vulnerabilities in a software."},
+)
 
 
 def _items():
     """Prompts of three lengths with 1, 2 and 5 answers, one answer empty."""
-    return ([(LOCK, "I can't answer that.")]
-            + [(HI, "Hello there, friend."), (HI, "")]
-            + [(LONG, "No."), (LONG, "Sure, here is a script that scans ports."), (LONG, "I'm sorry, I can't."),
-               (LONG, "The quick brown fox jumps over the lazy dog. " * 3), (LONG, "Yes")])
+    return (
+        [(LOCK, "I can't answer that.")]
+        + [(HI, "Hello there, friend."), (HI, "")]
+        + [
+            (LONG, "No."),
+            (LONG, "Sure, here is a script that scans ports."),
+            (LONG, "I'm sorry, I can't."),
+            (LONG, "The quick brown fox jumps over the lazy dog. " * 3),
+            (LONG, "Yes"),
+        ]
+    )
 
 
 def _alone(lm, text, layer, pooling):
     """The tokenised text run alone through the whole model with output_hidden_states, then pooled by hand."""
     with torch.no_grad():
         states = lm.model(input_ids=torch.tensor([text.ids]), output_hidden_states=True).hidden_states[layer][0]
-    return states[-1] if pooling == "last" else states[text.answer_start:].mean(0)
+    return states[-1] if pooling == "last" else states[text.answer_start :].mean(0)
 
 
 def _max_diff(a, b):
@@ -56,7 +66,7 @@ def one_thread_for_tiny_models(request):
 
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
 def attention_lm(request, tiny_tokenizer):
-    from conftest import build_tiny_llama
+    from helpers import build_tiny_llama
     from legend.models import wrap_model
 
     model = build_tiny_llama(len(tiny_tokenizer), seed=5)
@@ -71,8 +81,9 @@ def test_cache_path_equals_each_text_alone_and_the_plain_path(attention_lm, laye
     common = dict(layers=layers, poolings=("last", "mean"), batch_size=3, max_batch_tokens=400, max_padding=1.0)
     config = EncodeConfig(**common, sharing_method="cache")
     texts = tokenize_items(attention_lm.tokenizer, items, config)
-    plain_rows, packed_rows, groups = sharing_routes(attention_lm, texts, config,
-                                                        max(resolve_layer(layer, 4) for layer in layers))
+    plain_rows, packed_rows, groups = sharing_routes(
+        attention_lm, texts, config, max(resolve_layer(layer, 4) for layer in layers)
+    )
     # Every text really goes through the cache, in three groups of 1, 2 and 5 answers.
     assert plain_rows == packed_rows == [] and sorted(len(members) for _, members in groups) == [1, 2, 5]
     cached = encode(attention_lm, items, config)
@@ -140,8 +151,9 @@ def test_vectors_do_not_depend_on_batch_size_or_order(tiny_lm, method):
     order = list(range(len(items)))
     random.Random(0).shuffle(order)
     for batch_size, max_batch_tokens in [(2, 64), (64, 100_000)]:
-        config = EncodeConfig(poolings=("last", "mean"), batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                              **options)
+        config = EncodeConfig(
+            poolings=("last", "mean"), batch_size=batch_size, max_batch_tokens=max_batch_tokens, **options
+        )
         shuffled = encode(tiny_lm, [items[i] for i in order], config)
         for key, vectors in reference.vectors.items():
             torch.testing.assert_close(shuffled.vectors[key], vectors[order], atol=1e-5, rtol=1e-4)

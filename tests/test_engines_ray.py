@@ -11,11 +11,13 @@ ray = pytest.importorskip("ray")
 
 
 def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path):
-    from conftest import build_tiny_llama, build_tokenizer
-    from test_engine import _hh_rows, _read_jsonl, _write_jsonl
-
+    from helpers import build_tiny_llama, build_tokenizer
+    from helpers import hh_rows as _hh_rows
+    from helpers import read_jsonl as _read_jsonl
+    from helpers import write_jsonl as _write_jsonl
     from legend.data import ContrastPair
     from legend.directions import build_direction
+    from legend.encoding import EncodeConfig
     from legend.models import ModelSpec, load_model
     from legend.pipeline import AnnotateSettings, annotate_file, sidecar_path
 
@@ -27,22 +29,28 @@ def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path):
     tiny_lm = load_model(str(tmp_path / "model"))
     spec = ModelSpec(str(tmp_path / "model"))
 
-    pairs = [ContrastPair(f"How do I do thing {i}?", f"Sure, here is how {i}", "I can't answer that.") for i in range(6)]
+    pairs = [
+        ContrastPair(f"How do I do thing {i}?", f"Sure, here is how {i}", "I can't answer that.") for i in range(6)
+    ]
     build_direction(tiny_lm, pairs, layer=-1).save(tmp_path / "direction")
     helpful = [ContrastPair(f"Explain topic {i}.", "No.", f"Topic {i} works like this: the fox.") for i in range(6)]
     build_direction(tiny_lm, helpful, layer=2, pooling="mean", name="helpful").save(tmp_path / "helpful")
     both = [tmp_path / "direction", tmp_path / "helpful"]
     rows = _hh_rows(30)
     data = _write_jsonl(tmp_path / "in.jsonl", rows)
-    settings = AnnotateSettings(chunk_rows=7, max_length=40)  # some texts are truncated: a count to carry back
+    settings = AnnotateSettings(
+        chunk_rows=7, encoding=EncodeConfig(max_length=40)
+    )  # some texts are truncated: a count to carry back
     local = annotate_file(data, tmp_path / "direction", tmp_path / "local.jsonl", tiny_lm, settings)
     annotate_file(data, both, tmp_path / "local_both.jsonl", tiny_lm, settings)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = annotate_file(data, tmp_path / "direction", tmp_path / "ray.jsonl", spec, settings,
-                               engine="ray", num_workers=2)
-        annotate_file(data, tmp_path / "direction", tmp_path / "shards", spec, settings, engine="ray",
-                      num_workers=2, limit=12)
+        result = annotate_file(
+            data, tmp_path / "direction", tmp_path / "ray.jsonl", spec, settings, engine="ray", num_workers=2
+        )
+        annotate_file(
+            data, tmp_path / "direction", tmp_path / "shards", spec, settings, engine="ray", num_workers=2, limit=12
+        )
         annotate_file(data, both, tmp_path / "ray_both.jsonl", spec, settings, engine="ray", num_workers=2)
     finally:
         ray.shutdown()
@@ -65,13 +73,19 @@ def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path):
     assert local.summary["forward_tokens"] < local.summary["tokens"]
     # Several directions on Ray: the local engine's columns, row for row, and the same sidecar entries.
     expected, got = _read_jsonl(tmp_path / "local_both.jsonl"), _read_jsonl(tmp_path / "ray_both.jsonl")
-    assert list(got[0]) == list(expected[0]) == ["id", "chosen", "rejected", "margin_raw", "margin",
-                                                 "margin_raw_helpful", "margin_helpful"]
+    assert (
+        list(got[0])
+        == list(expected[0])
+        == ["id", "chosen", "rejected", "margin_raw", "margin", "margin_raw_helpful", "margin_helpful"]
+    )
     strip = lambda r: {k: v for k, v in r.items() if not k.startswith("margin_raw")}  # noqa: E731
     assert [strip(r) for r in got] == [strip(r) for r in expected]
     for column in ("margin_raw", "margin_raw_helpful"):
         np.testing.assert_allclose([r[column] for r in got], [r[column] for r in expected], atol=1e-5)
-    sidecars = [json.loads(sidecar_path(tmp_path / name).read_text()) for name in ("local_both.jsonl", "ray_both.jsonl")]
+    sidecars = [
+        json.loads(sidecar_path(tmp_path / name).read_text()) for name in ("local_both.jsonl", "ray_both.jsonl")
+    ]
     assert sidecars[1]["other_binnings"]["helpful"]["edges"] == pytest.approx(
-        sidecars[0]["other_binnings"]["helpful"]["edges"], abs=1e-5)
+        sidecars[0]["other_binnings"]["helpful"]["edges"], abs=1e-5
+    )
     assert {k: sidecars[1]["summary"][k] for k in counts} == {k: sidecars[0]["summary"][k] for k in counts}

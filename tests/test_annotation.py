@@ -17,17 +17,34 @@ from legend.encoding import EncodeConfig, encode
 
 def _pairs(concept: str, n: int = 8) -> list[ContrastPair]:
     if concept == "safety":
-        return [ContrastPair(f"How do I do thing {i}?", f"Sure, here is how to do thing {i}.",
-                             f"I'm sorry, but I cannot help with thing {i}.") for i in range(n)]
-    return [ContrastPair(f"Explain topic {i}.", "No.", f"Topic {i} works like this: first the fox, then the dog.")
-            for i in range(n)]
+        return [
+            ContrastPair(
+                f"How do I do thing {i}?",
+                f"Sure, here is how to do thing {i}.",
+                f"I'm sorry, but I cannot help with thing {i}.",
+            )
+            for i in range(n)
+        ]
+    return [
+        ContrastPair(f"Explain topic {i}.", "No.", f"Topic {i} works like this: first the fox, then the dog.")
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
 def two_directions(tiny_lm):
-    safety = build_direction(tiny_lm, _pairs("safety"), layer=-1, pooling="last", name="safety", batch_size=64)
-    helpful = build_direction(tiny_lm, _pairs("helpful"), layer=2, pooling="mean", estimator="pca",
-                              name="helpful", batch_size=64)
+    safety = build_direction(
+        tiny_lm, _pairs("safety"), layer=-1, pooling="last", name="safety", encoding=EncodeConfig(batch_size=64)
+    )
+    helpful = build_direction(
+        tiny_lm,
+        _pairs("helpful"),
+        layer=2,
+        pooling="mean",
+        estimator="pca",
+        name="helpful",
+        encoding=EncodeConfig(batch_size=64),
+    )
     return safety, helpful
 
 
@@ -48,8 +65,13 @@ def _numpy_margins(lm, dataset, direction) -> np.ndarray:
     """Independent projection: encode chosen and rejected texts separately, dot with the vector in numpy."""
     items_c = [(({"role": "user", "content": p},), c) for p, c in zip(dataset["prompt"], dataset["chosen"])]
     items_r = [(({"role": "user", "content": p},), r) for p, r in zip(dataset["prompt"], dataset["rejected"])]
-    config = EncodeConfig(layers=(direction.layer,), poolings=(direction.pooling,), template=direction.template,
-                          max_length=direction.max_length, prefix_sharing=False)
+    config = EncodeConfig(
+        layers=(direction.layer,),
+        poolings=(direction.pooling,),
+        template=direction.template,
+        max_length=direction.max_length,
+        prefix_sharing=False,
+    )
     c = encode(lm, items_c, config).get(direction.layer, direction.pooling).double().numpy()
     r = encode(lm, items_r, config).get(direction.layer, direction.pooling).double().numpy()
     raw = (c - r) @ direction.vector.double().numpy()
@@ -68,7 +90,7 @@ def test_multi_direction_annotation_equals_separate_annotations(tiny_lm, two_dir
     from legend.pipeline import AnnotateSettings, annotate
 
     safety, helpful = two_directions
-    settings = AnnotateSettings(batch_size=64)
+    settings = AnnotateSettings(encoding=EncodeConfig(batch_size=64))
     both = annotate(preferences, [safety, helpful], tiny_lm, settings)
     alone_safety = annotate(preferences, safety, tiny_lm, settings)
     alone_helpful = annotate(preferences, helpful, tiny_lm, settings)
@@ -99,7 +121,7 @@ def test_multi_direction_is_one_encoding_pass(tiny_lm, two_directions, preferenc
     calls = []
     real = margins.encode
     monkeypatch.setattr(margins, "encode", lambda lm, items, config: calls.append(config) or real(lm, items, config))
-    annotate(preferences, list(two_directions), tiny_lm, AnnotateSettings(batch_size=64))
+    annotate(preferences, list(two_directions), tiny_lm, AnnotateSettings(encoding=EncodeConfig(batch_size=64)))
     assert len(calls) == 1
     assert set(calls[0].layers) == {4, 2} and set(calls[0].poolings) == {"last", "mean"}
 
@@ -132,21 +154,51 @@ def test_cli_annotate_with_two_directions(tiny_lm, two_directions, preferences, 
     data = tmp_path / "prefs.jsonl"
     preferences.to_json(data)
     out = tmp_path / "out.jsonl"
-    result = CliRunner().invoke(app, ["annotate", "--direction", str(tmp_path / "safety"), "--direction",
-                                      str(tmp_path / "helpful"), "--data", str(data), "--out", str(out),
-                                      "-m", str(model_dir), "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "annotate",
+            "--direction",
+            str(tmp_path / "safety"),
+            "--direction",
+            str(tmp_path / "helpful"),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "-m",
+            str(model_dir),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     expected = annotate(preferences, [safety, helpful], tiny_lm).dataset
-    np.testing.assert_allclose([r["margin_raw_helpful"] for r in rows], expected["margin_raw_helpful"], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        [r["margin_raw_helpful"] for r in rows], expected["margin_raw_helpful"], rtol=1e-5, atol=1e-6
+    )
     sidecar = json.loads((tmp_path / "out.jsonl.legend.json").read_text())
     assert sidecar["other_binnings"]["helpful"]["columns"] == ["margin_raw_helpful", "margin_helpful"]
     assert sidecar["other_binnings"]["helpful"]["edges"][1] == pytest.approx(
-        float(np.quantile([x for x in expected["margin_raw_helpful"] if x > 0], 1 / 3)))
+        float(np.quantile([x for x in expected["margin_raw_helpful"] if x > 0], 1 / 3))
+    )
 
     dataclasses.replace(helpful, max_length=64, name="short").save(tmp_path / "short")
-    bad = CliRunner().invoke(app, ["annotate", "--direction", str(tmp_path / "safety"), "--direction",
-                                   str(tmp_path / "short"), "--data", str(data), "--out", str(tmp_path / "bad.jsonl"),
-                                   "-m", str(model_dir), "-q"])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "annotate",
+            "--direction",
+            str(tmp_path / "safety"),
+            "--direction",
+            str(tmp_path / "short"),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "bad.jsonl"),
+            "-m",
+            str(model_dir),
+            "-q",
+        ],
+    )
     assert bad.exit_code == 2 and "max_length" in bad.output and not (tmp_path / "bad.jsonl").exists()

@@ -1,0 +1,45 @@
+"""The typer application and the error handling every command shares (commands register on `app`)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from legend.data import DataError
+from legend.directions import DirectionMismatch
+from legend.models import ModelError
+
+app = typer.Typer(
+    name="legend",
+    help=(
+        "Annotate preference datasets with safety margins by representation engineering (Legend).\n\n"
+        "Typical flow: `legend induce` (or bring labelled pairs) -> `legend direction` -> `legend annotate`. "
+        "`legend demo` runs all three on the bundled samples with the embedded SmolLM2."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+USER_ERRORS = (DataError, DirectionMismatch, ModelError, FileNotFoundError, ValueError)
+
+
+def user_errors(func: F) -> F:
+    """Turn expected failures (bad input, mismatched direction, missing model) into one line and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except USER_ERRORS as err:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]

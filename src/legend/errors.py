@@ -1,0 +1,40 @@
+"""The user-facing error type shared by every layer (bottom of the import graph)."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """One-line, user-facing error naming the file, the row and the field.
+
+    ``str(err)`` reads e.g.
+    ``"data/x.jsonl: row 12: field 'chosen': expected a non-empty string, got int"``.
+    Rows are 1-based data records; ``line`` is a 1-based line of the file (used
+    for malformed JSON). The parts are also kept as attributes, and ``reason``
+    is the bare message, so a caller can re-raise it with more location.
+
+    >>> str(DataError("expected a string, got int", source="x.jsonl", row=3, field="chosen"))
+    "x.jsonl: row 3: field 'chosen': expected a string, got int"
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        row: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.source = source
+        self.line = line
+        self.row = row
+        self.field = field
+        parts = [
+            source,
+            None if line is None else f"line {line}",
+            None if row is None else f"row {row}",
+            None if field is None else f"field '{field}'",
+            reason,
+        ]
+        super().__init__(": ".join(p for p in parts if p is not None))

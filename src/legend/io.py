@@ -1,0 +1,255 @@
+"""Writing results: the one home of atomic writing (files, folders, record tables, JSON).
+
+Every file legend produces appears only when complete: it is written to a temporary name in the
+same folder and renamed over the target (`atomic_path`), or built as a temporary folder renamed
+into place (`atomic_folder`). On any failure nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import datasets
+
+from .errors import DataError
+
+OUTPUT_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
+_BATCH_ROWS = 4096
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Silence `datasets` progress bars and log lines, restoring them after."""
+    # The bars are noise for local files, and on a parse failure `datasets`
+    # logs its own error line before raising; we report a better one.
+    bars_were_off = datasets.are_progress_bars_disabled()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            datasets.enable_progress_bars()
+
+
+def json_default(value: Any) -> Any:
+    """JSON form of the few non-JSON types our results may contain.
+
+    >>> import numpy as np
+    >>> json.dumps({"x": np.float32(0.5), "p": Path("a/b")}, default=json_default)
+    '{"x": 0.5, "p": "a/b"}'
+    """
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON")
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temporary_name(target: Path) -> Path:
+    """The temporary sibling `atomic_path` writes first: `.<name>.<12 hex>.tmp` (see `leftover_temporaries`)."""
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+
+
+def leftover_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files an interrupted `atomic_path` write of `target` left beside it."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    prefix = f".{target.name}."
+    return sorted(
+        p
+        for p in target.parent.iterdir()
+        if p.name.startswith(prefix) and p.name.endswith(TEMP_SUFFIX) and len(p.name) == len(prefix) + 16
+    )
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it over ``target`` on success.
+
+    The writer creates the file itself, so it gets the usual permissions (not mkstemp's 0600).
+    Same folder, so `os.replace` is an atomic rename.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_name(target)
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(handle)`` on a binary temporary file and rename it to ``path`` when it returns."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        write(handle)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike[str], *, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``target``; on success it becomes ``target``.
+
+    An existing ``target`` is replaced, or, with ``replace=False``, kept (another process finished
+    first) and the new folder dropped. On any error the temporary folder is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield temporary
+        if target.exists() and not replace:
+            shutil.rmtree(temporary)
+            return
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``obj`` as pretty, UTF-8 JSON, atomically.
+
+    NumPy scalars and arrays (anything with ``tolist``), paths and dates are
+    converted; other non-JSON values raise TypeError, leaving no output.
+    """
+    with atomic_path(Path(path)) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, ensure_ascii=False, indent=2, default=json_default)
+        handle.write("\n")
+
+
+def check_output_type(path: str | os.PathLike[str]) -> str:
+    """The lower-cased suffix of an output file, or a DataError when legend cannot write that type."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise DataError(
+            f"unknown output file type '{Path(path).suffix or '(none)'}'; use .jsonl, .json, .parquet or .csv",
+            source=str(path),
+        )
+    return suffix
+
+
+def nested_columns(features: datasets.Features) -> list[str]:
+    """Columns CSV cannot hold (lists, structs: anything but a plain value)."""
+    return [c for c, f in features.items() if not isinstance(f, (datasets.Value, datasets.ClassLabel))]
+
+
+class ChunkWriter:
+    """Append Datasets to a .jsonl/.json/.parquet/.csv file; the file appears at `path` only when closed cleanly.
+
+    JSON is written by us, not `Dataset.to_json`: pandas writes floats with 10 digits and escapes
+    "/". Unicode is written as is and floats keep full precision.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.suffix = check_output_type(path)
+        self.rows = 0
+        self._stack = contextlib.ExitStack()
+        self._handle: IO[str] | None = None
+        self._parquet: Any = None
+        self._first = True
+        self._temporary = self.path
+
+    def __enter__(self) -> ChunkWriter:
+        self._temporary = self._stack.enter_context(atomic_path(self.path))
+        if self.suffix != ".parquet":
+            self._handle = self._stack.enter_context(open(self._temporary, "w", encoding="utf-8", newline="\n"))
+            if self.suffix == ".json":
+                self._handle.write("[")
+        return self
+
+    def write(self, chunk: datasets.Dataset) -> None:
+        if self.suffix == ".parquet":
+            self._write_parquet(chunk)
+        elif self.suffix == ".csv":
+            self._write_csv(chunk)
+        else:
+            self._write_json(chunk)
+        self.rows += len(chunk)
+
+    def _text(self) -> IO[str]:
+        assert self._handle is not None, "ChunkWriter used outside its `with` block"
+        return self._handle
+
+    def _write_json(self, chunk: datasets.Dataset) -> None:
+        names = chunk.column_names
+        handle = self._text()
+        for batch in chunk.with_format(None).iter(batch_size=_BATCH_ROWS):
+            for values in zip(*(batch[c] for c in names)):
+                line = json.dumps(dict(zip(names, values)), ensure_ascii=False, default=json_default)
+                if self.suffix == ".json":
+                    handle.write(("\n" if self._first else ",\n") + line)
+                    self._first = False
+                else:
+                    handle.write(line + "\n")
+
+    def _write_parquet(self, chunk: datasets.Dataset) -> None:
+        import pyarrow.parquet as pq
+
+        table = chunk.with_format("arrow")[:]
+        if self._parquet is None:
+            self._parquet = self._stack.enter_context(pq.ParquetWriter(str(self._temporary), table.schema))
+        elif table.schema != self._parquet.schema:
+            try:
+                table = table.cast(self._parquet.schema)
+            except Exception as exc:  # any arrow cast failure is the same user problem
+                raise DataError(
+                    f"row {self.rows + 1}: the column types change from the first rows ({exc}); write .jsonl instead",
+                    source=str(self.path),
+                ) from exc
+        self._parquet.write_table(table)
+
+    def _write_csv(self, chunk: datasets.Dataset) -> None:
+        nested = nested_columns(chunk.features)
+        if nested:
+            raise DataError(
+                f"CSV cannot hold nested column(s) {', '.join(nested)}; write .jsonl, .json or .parquet instead",
+                source=str(self.path),
+            )
+        chunk.to_pandas().to_csv(self._text(), header=self.rows == 0, index=False)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if error is None and self.suffix == ".json":
+            self._text().write("]\n" if self.rows == 0 else "\n]\n")
+        self._stack.__exit__(kind, error, traceback)
+
+
+def write_table(ds: datasets.Dataset, path: str | os.PathLike[str]) -> None:
+    """Write ``ds`` atomically; the format follows the extension.
+
+    ``.jsonl`` (one JSON object per line), ``.json`` (a JSON list of records),
+    ``.parquet`` or ``.csv``. Nested columns (chat messages) round-trip in jsonl/json/parquet;
+    CSV cannot hold them and is refused before anything is written. Parent folders are created.
+    """
+    suffix = check_output_type(path)
+    if suffix == ".csv" and nested_columns(ds.features):
+        raise DataError(
+            f"CSV cannot hold nested column(s) {', '.join(nested_columns(ds.features))}; write .jsonl, "
+            ".json or .parquet instead",
+            source=str(path),
+        )
+    with quiet_datasets(), ChunkWriter(path) as writer:
+        writer.write(ds)
