@@ -241,3 +241,135 @@ def test_gzip_input_is_read(workspace, tmp_path):
     out = tmp_path / "out.parquet"
     assert annotate(workspace, data, out).exit_code == 0
     assert len(load_table(out)) == 3
+
+
+# ---------------------------------------------------------------- one name per option across commands
+
+
+def command_options() -> dict[str, dict[str, set[str]]]:
+    """Every command's options as {command: {parameter name: its flags}}, read from the click command tree."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    return {
+        name: {p.name: set(p.opts) | set(p.secondary_opts) for p in command.params if p.name}
+        for name, command in group.commands.items()  # type: ignore[attr-defined]
+    }
+
+
+PAIR_COMMANDS = ("annotate", "evaluate", "audit", "train-rm", "eval-rm", "ensemble-margins", "compare-rm", "dpo")
+
+
+def test_every_pair_reading_command_spells_the_columns_the_same_way():
+    options = command_options()
+    for command in PAIR_COMMANDS:
+        for column in ("prompt", "chosen", "rejected"):
+            assert options[command][f"{column}_column"] == {f"--{column}-column"}, command
+
+
+def test_shared_options_have_one_spelling_in_every_command():
+    """The same parameter has the same flags wherever it appears (the aliases included)."""
+    expected = {
+        "model": {"--model", "-m"},
+        "limit": {"--limit"},
+        "seed": {"--seed"},
+        "batch_size": {"--batch-size"},
+        "dtype": {"--dtype"},
+        "device": {"--device"},
+        "quiet": {"--quiet", "-q"},
+        "trust_remote_code": {"--trust-remote-code", "--no-trust-remote-code"},
+        "max_length": {"--max-length"},
+        "learning_rate": {"--learning-rate"},
+        "epochs": {"--epochs"},
+        "grad_accum": {"--grad-accum"},
+        "lora_r": {"--lora-r"},
+        "margin_column": {"--margin-column"},
+    }
+    options = command_options()
+    for command, params in options.items():
+        for name, flags in expected.items():
+            if name in params:
+                assert flags <= params[name], (command, name, params[name])
+    # best-of-n's policy is its --model/-m (the old --policy still works).
+    assert {"--model", "-m", "--policy"} <= options["best-of-n"]["policy"]
+    for command in ("train-rm", "eval-rm", "ensemble-margins", "compare-rm", "dpo", "best-of-n"):
+        assert "--quiet" in options[command]["quiet"] and "--trust-remote-code" in options[command]["trust_remote_code"]
+    for command in ("eval-rm", "best-of-n", "annotate", "evaluate", "audit"):
+        assert {"dtype", "device"} <= set(options[command]), command
+
+
+def test_training_option_help_comes_from_the_settings_fields():
+    from legend.rewards.fields import DPOFields, RewardFields
+
+    for command, cls, field in (
+        ("train-rm", RewardFields, "template"),
+        ("train-rm", RewardFields, "train_layers"),
+        ("dpo", DPOFields, "offset_transform"),
+    ):
+        flag = "--" + field.replace("_", "-")
+        result = run(command, "--help")
+        assert result.exit_code == 0
+        words = " ".join(result.output.split())
+        metadata_help = " ".join(next(f for f in fields_of(cls) if f.name == field).metadata["help"].split())
+        assert flag in words and metadata_help[:40] in words, (command, field)
+
+
+def fields_of(cls):
+    import dataclasses
+
+    return dataclasses.fields(cls)
+
+
+def test_deprecated_columns_alias_maps_to_the_three_options():
+    from legend.cli.options import column_names
+
+    assert column_names(legacy="q, a ,b") == ("q", "a", "b")
+    assert column_names("p", None, "r") == ("p", None, "r")
+    with pytest.raises(ValueError, match="expected prompt,chosen,rejected"):
+        column_names(legacy="q,a")
+    with pytest.raises(ValueError, match="either --columns or"):
+        column_names("p", legacy="q,a,b")
+
+
+@pytest.mark.parametrize(
+    "command,extra,message",
+    [
+        ("train-rm", ["--out", "x"], "no column 'margin'"),
+        ("eval-rm", [], "no column 'margin'"),
+        ("compare-rm", [], "no column 'margin'"),
+        ("ensemble-margins", ["--out", "x.jsonl", "--k", "9"], "cannot be split into 9 folds"),
+        ("dpo", ["--out", "x", "--bf16", "false"], "no margin column 'margin'"),
+    ],
+)
+def test_reward_and_dpo_commands_check_the_data_before_loading_weights(tmp_path, command, extra, message):
+    """The model does not exist: the data's error (naming the file) must come first, as one line."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b", "level": "x"}] * 3)
+    model = ["--model", str(tmp_path / "no-such-model")]
+    if command == "eval-rm":
+        extra = ["--level-column", "level"]
+        message = "row 1: field 'level'"
+    if command == "compare-rm":
+        data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 3)
+    result = run(command, "--data", data, *model, "--quiet", *extra)
+    assert_one_line_error(result, message)
+    assert "no-such-model" not in result.output
+
+
+def test_best_of_n_reads_the_direction_before_the_policy(tmp_path):
+    prompts = tmp_path / "q.csv"
+    prompts.write_text("goal\nHow?\n")
+    result = run(
+        "best-of-n", "--prompts", prompts, "-r", tmp_path / "rm", "--out", tmp_path / "r.json",
+        "--model", tmp_path / "no-such-policy", "--direction", tmp_path / "no-such-direction",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "no-such-direction" in result.output, result.output
+
+
+def test_an_extra_trl_argument_may_not_set_an_option_twice(tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.0}])
+    result = run("train-rm", "--data", data, "--out", tmp_path / "x", "--arg", "num_train_epochs=3")
+    assert_one_line_error(result, "num_train_epochs with --epochs")
+    result = run("dpo", "--data", data, "--out", tmp_path / "x", "--max_length", "9")
+    assert_one_line_error(result, "max_length with --max-length")
+    result = run("train-rm", "--data", data, "--out", tmp_path / "x", "--no_such_field", "1")
+    assert_one_line_error(result, "not a valid LegendRewardConfig setting")

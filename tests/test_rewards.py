@@ -17,7 +17,7 @@ from legend.io import write_json, write_table
 from legend.rewards import (
     CompareSettings,
     EnsembleSettings,
-    RewardSettings,
+    LegendRewardConfig,
     as_scorer,
     build_trainer,
     compare_reward_models,
@@ -102,9 +102,10 @@ def toy_pairs(n: int, *, flipped: float = 0.0, seed: int = 0) -> datasets.Datase
     return datasets.Dataset.from_dict(rows)
 
 
-def fast(tiny_rm: str, **overrides) -> RewardSettings:
-    base = dict(model=tiny_rm, max_length=64, learning_rate=5e-3, batch_size=8, epochs=2.0, seed=0)
-    return RewardSettings(**{**base, **overrides})
+def fast(tiny_rm: str, **overrides) -> LegendRewardConfig:
+    base = dict(model=tiny_rm, max_length=64, learning_rate=5e-3, per_device_train_batch_size=8, seed=0)
+    overrides.setdefault("num_train_epochs", overrides.pop("epochs", 2.0))
+    return LegendRewardConfig(**{**base, **overrides})
 
 
 def _logsigmoid(x: np.ndarray) -> np.ndarray:
@@ -171,14 +172,14 @@ def test_no_pair_is_lost_to_max_length(tiny_rm):
 
 
 def test_extra_args_are_typed_by_transformers_parser(tiny_rm, tmp_path):
-    settings = fast(tiny_rm, extra_args={"warmup_steps": "0.25", "lr_scheduler_type": "cosine", "weight_decay": "0.01"})
-    config = reward_config(settings, str(tmp_path), has_eval=False)
+    extra = ["--warmup_steps", "0.25", "--lr_scheduler_type", "cosine", "--weight_decay", "0.01"]
+    config = reward_config(tmp_path, extra, model=tiny_rm, max_length=64)
     assert config.warmup_steps == 0.25 and config.weight_decay == 0.01
     assert getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type) == "cosine"
     with pytest.raises(ValueError, match="not a valid"):
-        reward_config(fast(tiny_rm, extra_args={"no_such_field": "1"}), str(tmp_path), has_eval=False)
+        reward_config(tmp_path, ["--no_such_field", "1"], model=tiny_rm)
     with pytest.raises(ValueError, match="--max-length"):
-        reward_config(fast(tiny_rm, extra_args={"max_length": "9"}), str(tmp_path), has_eval=False)
+        reward_config(tmp_path, ["--max_length", "9"], model=tiny_rm, max_length=64)
 
 
 # ---------------------------------------------------------------- scoring and accuracy
@@ -309,7 +310,8 @@ def test_cli_train_eval_compare(tiny_rm, tmp_path):
     assert result.exit_code == 0, result.output
     assert "trained on 16 pairs" in result.output
     report = json.loads((tmp_path / "rm" / "legend_rm.json").read_text())
-    assert report["alpha"] == 0.5 and report["settings"]["extra_args"] == {"warmup_steps": "0.1"}
+    # legend_rm.json's "settings" is the whole LegendRewardConfig: the pass-through value is in it, typed.
+    assert report["alpha"] == 0.5 and report["settings"]["warmup_steps"] == 0.1
     result = runner.invoke(
         app,
         [

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from ..data import ColumnNames, DataError, detect_layout, load_table, pair_views
 from ..io import write_json
 from ..models import ensure_pad_token, load_pretrained
+from ..rewards.fields import DPOFields, parse_config
 
 MARGIN_KEY = "margin"  # the column/batch key that carries each pair's margin through TRL
 
@@ -46,6 +46,25 @@ OFFSET_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda m: m,
     "relu": torch.relu,  # negative (raw) margins give no offset instead of a negative one
 }
+
+
+@dataclass
+class MarginDPOConfig(DPOConfig, DPOFields):
+    """TRL's DPOConfig plus legend's fields (`DPOFields`): the one settings object of margin-aware DPO.
+
+    Every DPOConfig / TrainingArguments field keeps TRL's name and default; legend adds the model, the
+    margin column, α, f, the held-out share and LoRA. Checked once here (the offset needs TRL's sigmoid
+    loss with the standard reverse-KL DPO); saved whole in `legend_dpo.json`.
+    """
+
+    def __post_init__(self) -> None:
+        self.check_dpo_fields()
+        super().__post_init__()
+        if self.offset_on and (list(self.loss_type) != ["sigmoid"] or self.f_divergence_type != "reverse_kl"):
+            raise ValueError(
+                "the margin offset needs loss_type ['sigmoid'] and f_divergence_type 'reverse_kl', got "
+                f"{self.loss_type} and {self.f_divergence_type!r}; use --alpha 0 for other losses"
+            )
 
 
 # ---------------------------------------------------------------- data
@@ -113,27 +132,20 @@ class MarginCollator(DataCollatorForPreference):
 class MarginDPOTrainer(DPOTrainer):
     """DPOTrainer whose sigmoid loss subtracts a per-pair offset α·f(margin) (see the module docstring).
 
-    `alpha=0` gives TRL's plain DPO loss exactly. The offset needs `loss_type=["sigmoid"]` and the
-    reverse-KL (standard) DPO: for other losses the shift would not be a plain offset.
+    α and f come from its `MarginDPOConfig` (`args`); α = 0 or no margin column gives TRL's plain DPO
+    loss exactly.
     """
 
-    def __init__(self, *args: Any, alpha: float = 1.0, offset_transform: str = "identity", **kwargs: Any) -> None:
-        if offset_transform not in OFFSET_TRANSFORMS:
-            raise ValueError(
-                f"unknown offset transform {offset_transform!r}; choose from {', '.join(OFFSET_TRANSFORMS)}"
-            )
-        self.offset_alpha = float(alpha)
-        self.offset_transform = offset_transform
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         given = inspect.signature(DPOTrainer.__init__).bind(self, *args, **kwargs).arguments
         config, tokenizer = given.get("args"), given.get("processing_class")
-        if "data_collator" not in given and config is not None and tokenizer is not None:
+        if not isinstance(config, MarginDPOConfig):
+            raise TypeError("MarginDPOTrainer needs args=MarginDPOConfig (see legend.align.dpo.dpo_config)")
+        self.offset_alpha = config.alpha if config.offset_on else 0.0
+        self.offset_transform = config.offset_transform
+        if "data_collator" not in given and tokenizer is not None:
             kwargs["data_collator"] = _margin_collator(tokenizer, config)
         super().__init__(*args, **kwargs)
-        if self.offset_alpha and (self.loss_types != ["sigmoid"] or self.f_divergence_type != "reverse_kl"):
-            raise ValueError(
-                "the margin offset needs loss_type ['sigmoid'] and f_divergence_type 'reverse_kl', got "
-                f"{self.loss_types} and {self.f_divergence_type!r}; use --alpha 0 for other losses"
-            )
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -183,28 +195,6 @@ def _margin_collator(tokenizer: Any, config: DPOConfig) -> MarginCollator:
 # ---------------------------------------------------------------- the job
 
 
-@dataclass(frozen=True)
-class DPOSettings:
-    """Legend's options of `legend dpo` (TRL's own options go in a DPOConfig)."""
-
-    alpha: float = 1.0
-    margin_column: str | None = "margin"  # None: plain DPO
-    offset_transform: str = "identity"
-    limit: int | None = None
-    eval_fraction: float = 0.0
-    seed: int = 0
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target: str = "all-linear"
-    columns: ColumnNames = field(default_factory=ColumnNames)
-
-    @property
-    def offset_on(self) -> bool:
-        return bool(self.alpha) and self.margin_column is not None
-
-
 def load_policy(spec: str | None, dtype: str = "float32", trust_remote_code: bool = False) -> tuple[Any, Any, str]:
     """(model, tokenizer, model id) of a causal LM to train; "default" = the embedded SmolLM2."""
     model, tokenizer, model_id = load_pretrained(
@@ -215,37 +205,37 @@ def load_policy(spec: str | None, dtype: str = "float32", trust_remote_code: boo
 
 def train_dpo(
     data: datasets.Dataset | str | os.PathLike,
-    config: DPOConfig,
-    model: str | None = "default",
-    settings: DPOSettings = DPOSettings(),
+    config: MarginDPOConfig,
     *,
+    limit: int | None = None,
     policy: Any = None,
     tokenizer: Any = None,
 ) -> dict[str, Any]:
-    """Train a policy with (margin-aware) DPO and save it to `config.output_dir`; return a summary.
+    """Train `config.model` with (margin-aware) DPO and save it to `config.output_dir`; return a summary.
 
-    The reference is a frozen copy of the starting policy (with LoRA: the base model under the adapter;
-    with `precompute_ref_log_probs`: its log-probs computed once before training). `policy`/`tokenizer`
-    take an in-memory model instead of loading `model`. The summary is also written next to the model
-    as `legend_dpo.json`.
+    The data (and its margin column) are read and checked before the model is loaded. The reference is
+    a frozen copy of the starting policy (with LoRA: the base model under the adapter; with
+    `precompute_ref_log_probs`: its log-probs computed once before training). `policy`/`tokenizer`
+    take an in-memory model instead of loading `config.model`; `limit` keeps the first rows. The
+    summary is also written next to the model as `legend_dpo.json`.
     """
-    margin_column = settings.margin_column if settings.offset_on else None
-    dataset = preference_dataset(data, margin_column=margin_column, columns=settings.columns, limit=settings.limit)
-    train, evaluation = _split(dataset, settings.eval_fraction, settings.seed)
+    margin_column = config.margin_column if config.offset_on else None
+    dataset = preference_dataset(data, margin_column=margin_column, columns=config.columns, limit=limit)
+    train, evaluation = _split(dataset, config.eval_fraction, config.seed)
     if policy is None:
-        policy, tokenizer, model_id = load_policy(model, trust_remote_code=config.trust_remote_code)
+        policy, tokenizer, model_id = load_policy(config.model, trust_remote_code=config.trust_remote_code)
     else:
-        model_id = str(model or getattr(policy.config, "_name_or_path", "in-memory"))
+        model_id = str(getattr(policy.config, "_name_or_path", None) or config.model)
     peft_config = None
     ref_model = None
-    if settings.lora:
+    if config.lora:
         from peft import LoraConfig
 
         peft_config = LoraConfig(
-            r=settings.lora_r,
-            lora_alpha=settings.lora_alpha,
-            lora_dropout=settings.lora_dropout,
-            target_modules=settings.lora_target,
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha or 2 * config.lora_r,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target,
             task_type="CAUSAL_LM",
         )
     elif not config.precompute_ref_log_probs:
@@ -258,8 +248,6 @@ def train_dpo(
         eval_dataset=evaluation,
         processing_class=tokenizer,
         peft_config=peft_config,
-        alpha=settings.alpha if settings.offset_on else 0.0,
-        offset_transform=settings.offset_transform,
     )
     start = time.perf_counter()
     result = trainer.train()
@@ -272,15 +260,15 @@ def train_dpo(
         "pairs_train": len(train),
         "pairs_eval": len(evaluation) if evaluation is not None else 0,
         "offset": {
-            "on": settings.offset_on,
-            "alpha": settings.alpha,
+            "on": config.offset_on,
+            "alpha": config.alpha,
             "column": margin_column,
-            "transform": settings.offset_transform,
+            "transform": config.offset_transform,
             "mean": float(offsets.mean()) if len(offsets) else 0.0,
             "max": float(offsets.max()) if len(offsets) else 0.0,
             "rule": "loss = -log sigmoid(beta*(dpolicy - dref) - alpha*f(margin))",
         },
-        "settings": {k: v for k, v in asdict(settings).items() if k != "columns"},
+        "settings": config.to_dict(),
         "beta": config.beta,
         "learning_rate": config.learning_rate,
         "steps": result.global_step,
@@ -301,22 +289,18 @@ def _split(dataset: datasets.Dataset, fraction: float, seed: int) -> tuple[datas
     return parts["train"], parts["test"]
 
 
-def dpo_config(output_dir: str | os.PathLike, extra_args: list[str] | None = None, **options: Any) -> DPOConfig:
-    """A DPOConfig from legend's options plus TRL/transformers command-line arguments (`--warmup_ratio 0.1`, ...).
+def dpo_config(
+    output_dir: str | os.PathLike | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    option_names: Mapping[str, str] | None = None,
+    **options: Any,
+) -> MarginDPOConfig:
+    """A MarginDPOConfig from keyword options plus TRL/transformers command-line arguments (`--warmup_ratio 0.1`).
 
-    `extra_args` are parsed by transformers' HfArgumentParser, so every DPOConfig field passes through;
-    explicit extra arguments win over `options`.
+    `extra_args` are parsed by transformers' HfArgumentParser, so every DPOConfig field passes through,
+    typed as on any HF training command line; a field given both ways is refused (as in `reward_config`).
     """
-    from transformers import HfArgumentParser
-
-    argv = ["--output_dir", str(output_dir)]
-    for key, value in options.items():
-        if value is not None:
-            argv += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
-    argv += list(extra_args or [])
-    try:
-        parser = HfArgumentParser(DPOConfig)  # type: ignore[arg-type]  # DPOConfig is a dataclass
-        (config,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    except SystemExit as err:  # argparse exits on a bad flag; make it a one-line error instead
-        raise ValueError(f"bad TRL/transformers argument in {' '.join(extra_args or []) or '(none)'}") from err
-    return config
+    if output_dir is not None:
+        options["output_dir"] = str(output_dir)
+    return parse_config(MarginDPOConfig, extra_args, option_names=option_names, **options)

@@ -10,7 +10,21 @@ from rich.console import Console
 from rich.table import Table
 
 from legend.cli.app import app, user_errors
-from legend.cli.options import BatchSize, Device, Dtype, Limit, Quiet, TrustRemoteCode
+from legend.cli.options import (
+    BatchSize,
+    ChosenColumn,
+    Device,
+    Dtype,
+    Limit,
+    PromptColumn,
+    Quiet,
+    RejectedColumn,
+    TrustRemoteCode,
+    column_names,
+    field_help,
+)
+from legend.cli.rewards import TRAINING, ExtraArg, GradAccum, Lora, LoraR, MarginColumn, extra_arguments
+from legend.rewards.fields import DPOFields, MarginFields
 
 console = Console(stderr=False)
 
@@ -73,7 +87,10 @@ def best_of_n(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON report.")],
     policy: Annotated[
-        str, typer.Option("--policy", "-m", help="Policy that samples the responses ('default' = embedded SmolLM2).")
+        str,
+        typer.Option(
+            "--model", "-m", "--policy", help="Policy that samples the responses ('default' = embedded SmolLM2)."
+        ),
     ] = "default",
     direction: Annotated[
         Optional[Path],
@@ -95,7 +112,7 @@ def best_of_n(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
     column: Annotated[
         Optional[str], typer.Option(help="Question column (forces reading the prompts as questions).")
     ] = None,
@@ -126,13 +143,13 @@ def best_of_n(
     if (direction is None) == (judge_model is None):
         raise ValueError("give exactly one judge: --direction (safety score) or --judge-model")
     prompt_list = read_prompts(prompts, column=column, limit=limit)
+    loaded = Direction.load(direction) if direction is not None else None  # read before any weights
     lm = load_model(policy, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     selectors = [
         RewardModelScorer.load(spec, name=name, dtype=dtype, device=device, batch_size=batch_size)
         for spec, name in zip(reward_model, _names(reward_model))
     ]
-    if direction is not None:
-        loaded = Direction.load(direction)
+    if loaded is not None:
         annotator_spec = judge_lm or loaded.model_id
         annotator = (
             lm
@@ -177,7 +194,17 @@ def best_of_n(
     )
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# The config field each `legend dpo` option sets, for the message when an extra argument sets it again.
+DPO_OPTION_NAMES = {
+    "num_train_epochs": "--epochs",
+    "per_device_train_batch_size": "--batch-size",
+    "gradient_accumulation_steps": "--grad-accum",
+    "disable_tqdm": "--quiet",
+    "output_dir": "--out",
+}
+
+
+@app.command(context_settings=TRAINING)
 @user_errors
 def dpo(
     ctx: typer.Context,
@@ -190,46 +217,48 @@ def dpo(
     ],
     model: Annotated[
         str,
-        typer.Option(
-            "--model", "-m", help="Policy to train ('default' = embedded SmolLM2); the reference is a frozen copy."
-        ),
+        typer.Option("--model", "-m", help=field_help(MarginFields, "model") + " The reference is a frozen copy."),
     ] = "default",
     alpha: Annotated[
         float, typer.Option(help="Offset scale: loss = -log σ(β·(Δπ − Δref) − α·f(margin)). 0 = plain DPO.")
     ] = 1.0,
-    margin_column: Annotated[
-        str,
-        typer.Option(help="Column feeding the offset: margin (binned levels), margin_raw, or 'none' for plain DPO."),
-    ] = "margin",
-    offset_transform: Annotated[
-        str, typer.Option(help="f: identity | relu (negative margins give no offset).")
-    ] = "identity",
+    margin_column: MarginColumn = "margin",
+    offset_transform: Annotated[str, typer.Option(help=field_help(DPOFields, "offset_transform"))] = "identity",
     beta: Annotated[float, typer.Option(help="DPO β.")] = 0.1,
-    learning_rate: float = 5e-6,
+    learning_rate: Annotated[float, typer.Option(help="Learning rate.")] = 5e-6,
     epochs: Annotated[float, typer.Option(help="Training epochs (ignored when --max-steps is set).")] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (-1: use --epochs).")] = -1,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per device per step.")] = 4,
-    grad_accum: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
+    grad_accum: GradAccum = 1,
     max_length: Annotated[
         int, typer.Option(min=2, help="Longest prompt + answer in tokens (TRL truncates the end).")
     ] = 512,
-    lora: Annotated[bool, typer.Option(help="Train a LoRA adapter (peft) instead of all weights.")] = False,
-    lora_r: int = 16,
-    eval_fraction: Annotated[
-        float, typer.Option(min=0.0, max=0.9, help="Share of pairs held out for evaluation.")
-    ] = 0.0,
-    seed: int = 0,
+    lora: Lora = False,
+    lora_r: LoraR = 16,
+    eval_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help=field_help(DPOFields, "eval_fraction"))] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the data order and the held-out split.")] = 0,
+    arg: ExtraArg = None,
+    prompt_column: PromptColumn = None,
+    chosen_column: ChosenColumn = None,
+    rejected_column: RejectedColumn = None,
     limit: Limit = None,
     trust_remote_code: TrustRemoteCode = False,
+    quiet: Quiet = False,
 ) -> None:
     """Margin-aware DPO (ODPO offset from Legend margins) on TRL's DPOTrainer; other TRL/transformers
     arguments pass through, e.g. `--warmup_ratio 0.1 --bf16 false --gradient_checkpointing false`."""
-    from legend.align.dpo import DPOSettings, dpo_config, train_dpo
+    from legend.align.dpo import dpo_config, train_dpo
 
-    column = None if margin_column.lower() == "none" else margin_column
+    prompt, chosen, rejected = column_names(prompt_column, chosen_column, rejected_column)
     config = dpo_config(
         out,
-        ctx.args,
+        extra_arguments(ctx, arg),
+        option_names=DPO_OPTION_NAMES,
+        defaults={"report_to": "none", "logging_steps": 1, "eval_strategy": "epoch" if eval_fraction else "no"},
+        model=model,
+        alpha=alpha,
+        margin_column=margin_column,
+        offset_transform=offset_transform,
         beta=beta,
         learning_rate=learning_rate,
         num_train_epochs=epochs,
@@ -237,24 +266,17 @@ def dpo(
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum,
         max_length=max_length,
-        seed=seed,
-        report_to="none",
-        logging_steps=1,
-        trust_remote_code=trust_remote_code,
-        eval_strategy="epoch" if eval_fraction else "no",
-    )
-    settings = DPOSettings(
-        alpha=alpha,
-        margin_column=column,
-        offset_transform=offset_transform,
-        limit=limit,
-        eval_fraction=eval_fraction,
-        seed=seed,
         lora=lora,
         lora_r=lora_r,
-        lora_alpha=2 * lora_r,
+        eval_fraction=eval_fraction,
+        seed=seed,
+        prompt_column=prompt,
+        chosen_column=chosen,
+        rejected_column=rejected,
+        trust_remote_code=trust_remote_code,
+        disable_tqdm=True if quiet else None,
     )
-    summary = train_dpo(data, config, model, settings)
+    summary = train_dpo(data, config, limit=limit)  # reads and checks the pairs before loading weights
     losses = [entry["loss"] for entry in summary["log_history"] if "loss" in entry]
     margins = [entry["rewards/margins"] for entry in summary["log_history"] if "rewards/margins" in entry]
     offset = summary["offset"]

@@ -13,6 +13,7 @@ from rich.table import Table
 from legend.cli.app import app, user_errors
 from legend.cli.options import (
     BatchSize,
+    ChosenColumn,
     Device,
     Dtype,
     Limit,
@@ -20,7 +21,9 @@ from legend.cli.options import (
     MaxLength,
     Model,
     OutFile,
+    PromptColumn,
     Quiet,
+    RejectedColumn,
     TrustRemoteCode,
 )
 
@@ -270,9 +273,9 @@ def annotate(
     bins_from: Annotated[
         Optional[Path], typer.Option(help="Re-use the bin edges of an earlier run (its .legend.json sidecar).")
     ] = None,
-    prompt_column: Optional[str] = None,
-    chosen_column: Optional[str] = None,
-    rejected_column: Optional[str] = None,
+    prompt_column: PromptColumn = None,
+    chosen_column: ChosenColumn = None,
+    rejected_column: RejectedColumn = None,
     limit: Limit = None,
     max_length: Annotated[Optional[int], typer.Option(min=2, help="Default: the direction's.")] = None,
     batch_size: BatchSize = 16,

@@ -27,3 +27,44 @@ OutFile = Annotated[
     Path,
     typer.Option("--out", "-o", help="Output file; the format follows the extension (.jsonl, .json, .parquet, .csv)."),
 ]
+
+
+# ---------------------------------------------------------------- columns and settings-field help (h10b)
+# The same three column options in every command that reads preference pairs, and option help taken
+# from a settings dataclass's field metadata so a command does not restate what its settings document.
+
+
+def field_help(cls: type, name: str) -> str:
+    """The `metadata["help"]` of dataclass field `name` of `cls` (a KeyError names a missing one)."""
+    from dataclasses import fields
+
+    for item in fields(cls):
+        if item.name == name:
+            return str(item.metadata["help"])
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+PromptColumn = Annotated[Optional[str], typer.Option(help="Prompt column (auto-detected by default).")]
+ChosenColumn = Annotated[Optional[str], typer.Option(help="Chosen column (auto-detected by default).")]
+RejectedColumn = Annotated[Optional[str], typer.Option(help="Rejected column (auto-detected by default).")]
+LegacyColumns = Annotated[
+    Optional[str],
+    typer.Option("--columns", hidden=True, help="Deprecated: use --prompt-column/--chosen-column/--rejected-column."),
+]
+
+
+def column_names(
+    prompt: Optional[str] = None,
+    chosen: Optional[str] = None,
+    rejected: Optional[str] = None,
+    legacy: Optional[str] = None,
+) -> tuple[Optional[str], Optional[str], Optional[str]]:
+    """The three column options, or the deprecated `--columns p,c,r` (which may not be mixed with them)."""
+    if not legacy:
+        return prompt, chosen, rejected
+    if prompt or chosen or rejected:
+        raise ValueError("--columns: give either --columns or --prompt-column/--chosen-column/--rejected-column")
+    parts = [p.strip() or None for p in legacy.split(",")]
+    if len(parts) != 3:
+        raise ValueError(f"--columns: expected prompt,chosen,rejected, got {legacy!r}")
+    return parts[0], parts[1], parts[2]

@@ -11,7 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 from legend.cli.app import app, user_errors
-from legend.cli.options import BatchSize, Device, Dtype, Limit, MaxBatchTokens, Quiet, TrustRemoteCode
+from legend.cli.options import (
+    BatchSize,
+    ChosenColumn,
+    Device,
+    Dtype,
+    Limit,
+    MaxBatchTokens,
+    PromptColumn,
+    Quiet,
+    RejectedColumn,
+    TrustRemoteCode,
+)
 
 console = Console(stderr=False)
 
@@ -37,9 +48,6 @@ MarginColumn = Annotated[str, typer.Option(help="Column of raw margins to read (
 Split = Annotated[str, typer.Option(help="Split to read from a Hub dataset or DatasetDict folder.")]
 Seed = Annotated[int, typer.Option(help="Seed of the bootstrap resamples (and of the simulated flips).")]
 Bootstrap = Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals (0: none).")]
-PromptColumn = Annotated[Optional[str], typer.Option(help="Prompt column (auto-detected by default).")]
-ChosenColumn = Annotated[Optional[str], typer.Option(help="Chosen column (auto-detected by default).")]
-RejectedColumn = Annotated[Optional[str], typer.Option(help="Rejected column (auto-detected by default).")]
 
 
 def _read(

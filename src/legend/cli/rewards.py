@@ -10,115 +10,108 @@ from rich.console import Console
 from rich.table import Table
 
 from legend.cli.app import app, user_errors
-from legend.cli.options import BatchSize, Limit, MaxBatchTokens, OutFile, Quiet, TrustRemoteCode
+from legend.cli.options import (
+    BatchSize,
+    ChosenColumn,
+    Device,
+    Dtype,
+    LegacyColumns,
+    Limit,
+    MaxBatchTokens,
+    OutFile,
+    PromptColumn,
+    Quiet,
+    RejectedColumn,
+    TrustRemoteCode,
+    column_names,
+    field_help,
+)
+from legend.rewards.fields import MarginFields, RewardFields
 
 console = Console(stderr=False)
 
-# Options shared by every command that trains reward models, declared once.
-RmModel = Annotated[
-    str, typer.Option("--model", "-m", help="Backbone: HF id, local path, or 'default' (embedded SmolLM2).")
-]
-MarginColumn = Annotated[
-    str,
-    typer.Option(
-        help="Column feeding the loss offset: margin | margin_raw | any numeric column | none (plain Bradley–Terry)."
-    ),
-]
+# Options shared by every command that trains reward models (and by `legend dpo`), declared once; the
+# help of legend's own fields is their documentation in legend.rewards.fields.
+TRAINING = {"allow_extra_args": True, "ignore_unknown_options": True}  # other TRL fields pass through
+RmModel = Annotated[str, typer.Option("--model", "-m", help=field_help(MarginFields, "model"))]
+MarginColumn = Annotated[str, typer.Option(help=field_help(MarginFields, "margin_column"))]
 Alpha = Annotated[float, typer.Option(help="Loss is -log σ(r_c − r_r − α·margin).")]
 RmMaxLength = Annotated[
     int,
     typer.Option(min=2, help="Tokens per prompt ⊕ response; longer pairs lose their start (counted, never dropped)."),
 ]
-Epochs = Annotated[float, typer.Option(min=0.0)]
+Epochs = Annotated[float, typer.Option(min=0.0, help="Training epochs (TRL's num_train_epochs).")]
 LearningRate = Annotated[Optional[float], typer.Option(help="Default: 1e-4 with --lora, 2e-5 without.")]
-RmBatchSize = Annotated[int, typer.Option(min=1, help="Pairs per device batch.")]
+RmBatchSize = Annotated[int, typer.Option(min=1, help="Pairs per device batch (TRL's per_device_train_batch_size).")]
 GradAccum = Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")]
 Bf16 = Annotated[bool, typer.Option(help="bf16 mixed precision.")]
-Lora = Annotated[bool, typer.Option(help="Train LoRA adapters (all linear layers) + the reward head, merged on save.")]
-LoraR = Annotated[int, typer.Option(min=1)]
-TrainLayers = Annotated[
-    Optional[int],
-    typer.Option(
-        min=0,
-        help="Train only the last N decoder blocks + final norm + head (much cheaper backward on CPU); default all.",
-    ),
-]
+Lora = Annotated[bool, typer.Option(help=field_help(MarginFields, "lora") + " Merged into the model on save.")]
+LoraR = Annotated[int, typer.Option(min=1, help=field_help(MarginFields, "lora_r") + " LoRA alpha is 2 × r.")]
+TrainLayers = Annotated[Optional[int], typer.Option(min=0, help=field_help(RewardFields, "train_layers"))]
 Seed = Annotated[int, typer.Option(help="Seed of the reward head init and data order (same for every run).")]
 ExtraArg = Annotated[
     Optional[list[str]],
     typer.Option(
-        "--arg", help="Other RewardConfig/TrainingArguments field as key=value; repeat (e.g. --arg warmup_steps=0.1)."
+        "--arg",
+        help="Another TRL config / TrainingArguments field as key=value; repeat (e.g. --arg warmup_steps=0.1). "
+        "Unknown options pass through too (--warmup_steps 0.1).",
     ),
 ]
-Template = Annotated[str, typer.Option(help="auto (chat template when the tokenizer has one) | chat | plain.")]
-Columns = Annotated[Optional[str], typer.Option(help="prompt,chosen,rejected column names (default: auto-detect).")]
+Template = Annotated[str, typer.Option(help=field_help(RewardFields, "template"))]
+
+# The config field each training option sets, for the message when an extra argument sets it again.
+OPTION_NAMES = {
+    "num_train_epochs": "--epochs",
+    "per_device_train_batch_size": "--batch-size",
+    "gradient_accumulation_steps": "--grad-accum",
+    "disable_tqdm": "--quiet",
+    "output_dir": "--out",
+}
 
 
-def _columns(text: Optional[str]):
-    from legend.data import ColumnNames
+def extra_arguments(ctx: typer.Context, arg: Optional[list[str]]) -> list[str]:
+    """The pass-through TRL arguments of a training command: unknown options, then every `--arg key=value`."""
+    from legend.rewards.fields import pairs_to_args
 
-    if not text:
-        return ColumnNames()
-    parts = [p.strip() or None for p in text.split(",")]
-    if len(parts) != 3:
-        raise ValueError(f"--columns: expected prompt,chosen,rejected, got {text!r}")
-    return ColumnNames(prompt=parts[0], chosen=parts[1], rejected=parts[2])
+    return [*ctx.args, *pairs_to_args(arg or [])]
 
 
-def _reward_settings(
-    model: str,
-    margin_column: str,
-    alpha: float,
-    max_length: int,
-    epochs: float,
-    learning_rate: Optional[float],
-    batch_size: int,
-    grad_accum: int,
-    bf16: bool,
-    lora: bool,
-    lora_r: int,
-    train_layers: Optional[int],
-    seed: int,
-    arg: Optional[list[str]],
-    template: str,
-    columns: Optional[str],
-    trust_remote_code: bool,
-    quiet: bool,
-    eval_steps: Optional[int] = None,
-):
-    from legend.rewards import RewardSettings, parse_extra_args
+def _reward_config(ctx: typer.Context, arg: Optional[list[str]], columns: tuple, quiet: bool, **options: Any):
+    """The LegendRewardConfig of a reward command: its own options plus the pass-through TRL arguments."""
+    from legend.rewards import reward_config
 
-    return RewardSettings(
-        model=model,
-        margin_column=None if margin_column.lower() == "none" else margin_column,
-        alpha=alpha,
-        max_length=max_length,
-        template=template,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        eval_steps=eval_steps,
-        bf16=bf16,
-        lora=lora,
-        lora_r=lora_r,
-        train_layers=train_layers,
-        lora_alpha=2 * lora_r,
-        seed=seed,
-        extra_args=parse_extra_args(arg or []),
-        trust_remote_code=trust_remote_code,
-        columns=_columns(columns),
-        progress=not quiet,
+    prompt, chosen, rejected = columns
+    return reward_config(
+        None,
+        extra_arguments(ctx, arg),
+        option_names=OPTION_NAMES,
+        prompt_column=prompt,
+        chosen_column=chosen,
+        rejected_column=rejected,
+        disable_tqdm=quiet,
+        **options,
     )
+
+
+def _read_limited(data: str, limit: Optional[int], columns: Any):
+    """Read and check the pairs (with --limit) before any weights are loaded."""
+    from legend.data import load_table
+    from legend.rewards import read_preferences
+
+    table = load_table(data)
+    if limit is not None:
+        table = table.select(range(min(limit, len(table))))
+    return read_preferences(table, columns=columns, source=data)
 
 
 def _ci(values: list[float]) -> str:
     return f"[{values[0]:.3f}, {values[1]:.3f}]"
 
 
-@app.command("train-rm")
+@app.command("train-rm", context_settings=TRAINING)
 @user_errors
 def train_rm(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated preference data (output of `legend annotate`), any layout.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model, tokenizer and legend_rm.json.")],
     eval_data: Annotated[Optional[str], typer.Option(help="Preference data evaluated during training.")] = None,
@@ -140,44 +133,44 @@ def train_rm(
     seed: Seed = 0,
     arg: ExtraArg = None,
     template: Template = "auto",
-    columns: Columns = None,
+    prompt_column: PromptColumn = None,
+    chosen_column: ChosenColumn = None,
+    rejected_column: RejectedColumn = None,
+    columns: LegacyColumns = None,
     limit: Limit = None,
     trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train a reward model with TRL's RewardTrainer; the loss offset is α × the margin column."""
-    from legend.data import load_table
+    """Train a reward model with TRL's RewardTrainer; the loss offset is α × the margin column.
+
+    Other RewardConfig / TrainingArguments fields pass through (`--warmup_steps 0.1` or `--arg warmup_steps=0.1`).
+    """
     from legend.rewards import train_reward_model
 
-    settings = _reward_settings(
-        model,
-        margin_column,
-        alpha,
-        max_length,
-        epochs,
-        learning_rate,
-        batch_size,
-        grad_accum,
-        bf16,
-        lora,
-        lora_r,
-        train_layers,
-        seed,
+    config = _reward_config(
+        ctx,
         arg,
-        template,
-        columns,
-        trust_remote_code,
+        column_names(prompt_column, chosen_column, rejected_column, columns),
         quiet,
-        eval_steps,
+        model=model,
+        margin_column=margin_column,
+        alpha=alpha,
+        max_length=max_length,
+        template=template,
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        eval_steps=eval_steps,
+        bf16=bf16,
+        lora=lora,
+        lora_r=lora_r,
+        train_layers=train_layers,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
     )
-    table = load_table(data)
-    if limit is not None:
-        table = table.select(range(min(limit, len(table))))
-    from legend.rewards import read_preferences
-
-    trained = train_reward_model(
-        read_preferences(table, columns=settings.columns, source=data), settings, eval_data=eval_data, out=out
-    )
+    prefs = _read_limited(data, limit, config.columns)
+    trained = train_reward_model(prefs, config, eval_data=eval_data, out=out)
     report = trained.report
     accuracy = report["eval"].get("eval_accuracy")
     console.print(
@@ -194,7 +187,7 @@ def train_rm(
 def eval_rm(
     model: Annotated[str, typer.Option("--model", "-m", help="Reward model folder (from train-rm) or HF id.")],
     data: Annotated[str, typer.Option(help="Preference data to score.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON report.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", "--json", help="JSON report.")] = None,
     level_column: Annotated[
         str, typer.Option(help="Break accuracy down by this column when present (none: off).")
     ] = "margin",
@@ -202,20 +195,25 @@ def eval_rm(
         Optional[int], typer.Option(min=2, help="Default: the one the model was trained with.")
     ] = None,
     bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap resamples for the 95% CI.")] = 2000,
-    seed: int = 0,
-    columns: Columns = None,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
+    prompt_column: PromptColumn = None,
+    chosen_column: ChosenColumn = None,
+    rejected_column: RejectedColumn = None,
+    columns: LegacyColumns = None,
     limit: Limit = None,
     batch_size: BatchSize = 16,
     max_batch_tokens: MaxBatchTokens = 16384,
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
+    dtype: Dtype = "float32",
+    device: Device = None,
     trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
 ) -> None:
     """Pairwise accuracy (r_chosen > r_rejected) with a bootstrap 95% CI, by margin level too."""
-    from legend.data import load_table
+    from legend.data import ColumnNames
     from legend.io import write_json
-    from legend.rewards import EvalSettings, evaluate_reward_model, load_reward_model, read_preferences
+    from legend.rewards import EvalSettings, evaluate_reward_model, load_reward_model
 
+    prompt, chosen, rejected = column_names(prompt_column, chosen_column, rejected_column, columns)
     settings = EvalSettings(
         max_length=max_length,
         batch_size=batch_size,
@@ -223,14 +221,14 @@ def eval_rm(
         margin_column=None if level_column.lower() == "none" else level_column,
         n_bootstrap=bootstrap,
         seed=seed,
-        columns=_columns(columns),
+        columns=ColumnNames(prompt=prompt, chosen=chosen, rejected=rejected),
         progress=not quiet,
     )
-    table = load_table(data)
-    if limit is not None:
-        table = table.select(range(min(limit, len(table))))
-    scorer = load_reward_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
-    report = evaluate_reward_model(scorer, read_preferences(table, columns=settings.columns, source=data), settings)
+    prefs = _read_limited(data, limit, settings.columns)
+    if settings.margin_column and settings.margin_column in prefs.table.column_names:
+        prefs.column(settings.margin_column)  # a bad level value fails here, before the model is loaded
+    scorer = load_reward_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    report = evaluate_reward_model(scorer, prefs, settings)
     report["model"] = model
     if out is not None:
         write_json(report, out)
@@ -245,9 +243,10 @@ def eval_rm(
     console.print(table_out)
 
 
-@app.command("ensemble-margins")
+@app.command("ensemble-margins", context_settings=TRAINING)
 @user_errors
 def ensemble_margins_command(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Preference data (any layout).")],
     out: OutFile,
     k: Annotated[int, typer.Option("--k", "-k", min=2, help="Number of folds = reward models.")] = 4,
@@ -271,7 +270,10 @@ def ensemble_margins_command(
     seed: Seed = 0,
     arg: ExtraArg = None,
     template: Template = "auto",
-    columns: Columns = None,
+    prompt_column: PromptColumn = None,
+    chosen_column: ChosenColumn = None,
+    rejected_column: RejectedColumn = None,
+    columns: LegacyColumns = None,
     limit: Limit = None,
     trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
@@ -279,25 +281,25 @@ def ensemble_margins_command(
     """The RewardEnsemble@K baseline: margins from K-fold reward models; cost written to <out>.ensemble.json."""
     from legend.rewards import EnsembleSettings, ensemble_file
 
-    reward = _reward_settings(
-        model,
-        "none",
-        1.0,
-        max_length,
-        epochs,
-        learning_rate,
-        batch_size,
-        grad_accum,
-        bf16,
-        lora,
-        lora_r,
-        train_layers,
-        seed,
+    reward = _reward_config(
+        ctx,
         arg,
-        template,
-        columns,
-        trust_remote_code,
+        column_names(prompt_column, chosen_column, rejected_column, columns),
         quiet,
+        model=model,
+        margin_column="none",
+        max_length=max_length,
+        template=template,
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        bf16=bf16,
+        lora=lora,
+        lora_r=lora_r,
+        train_layers=train_layers,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
     )
     result = ensemble_file(
         data, out, reward, EnsembleSettings(k=k, scoring=scoring, column=column, levels=levels, seed=seed), limit=limit
@@ -312,9 +314,10 @@ def ensemble_margins_command(
     )
 
 
-@app.command("compare-rm")
+@app.command("compare-rm", context_settings=TRAINING)
 @user_errors
 def compare_rm(
+    ctx: typer.Context,
     data: Annotated[
         str, typer.Option(help="Legend-annotated preference data (train split, or all with --test-fraction).")
     ],
@@ -332,7 +335,7 @@ def compare_rm(
     legend_sidecar: Annotated[
         Optional[Path], typer.Option(help="Sidecar with Legend's annotation time (default: <data>.legend.json).")
     ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON report.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", "--json", help="JSON report.")] = None,
     model: RmModel = "default",
     alpha: Alpha = 1.0,
     max_length: RmMaxLength = 512,
@@ -347,42 +350,42 @@ def compare_rm(
     seed: Seed = 0,
     arg: ExtraArg = None,
     template: Template = "auto",
-    columns: Columns = None,
+    prompt_column: PromptColumn = None,
+    chosen_column: ChosenColumn = None,
+    rejected_column: RejectedColumn = None,
+    columns: LegacyColumns = None,
     limit: Limit = None,
-    bootstrap: Annotated[int, typer.Option(min=10)] = 2000,
+    bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap resamples for the 95% CIs.")] = 2000,
     trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
 ) -> None:
     """The paper's experiment: same backbone/seed/data without margins, with Legend margins (and ensemble ones)."""
-    from legend.data import load_table
     from legend.io import write_json
-    from legend.rewards import CompareSettings, compare_reward_models, read_preferences
+    from legend.rewards import CompareSettings, compare_reward_models
 
-    reward = _reward_settings(
-        model,
-        "none",
-        alpha,
-        max_length,
-        epochs,
-        learning_rate,
-        batch_size,
-        grad_accum,
-        bf16,
-        lora,
-        lora_r,
-        train_layers,
-        seed,
+    reward = _reward_config(
+        ctx,
         arg,
-        template,
-        columns,
-        trust_remote_code,
+        column_names(prompt_column, chosen_column, rejected_column, columns),
         True,
+        model=model,
+        margin_column="none",
+        alpha=alpha,
+        max_length=max_length,
+        template=template,
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        bf16=bf16,
+        lora=lora,
+        lora_r=lora_r,
+        train_layers=train_layers,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
     )
-    table = load_table(data)
-    if limit is not None:
-        table = table.select(range(min(limit, len(table))))
     report = compare_reward_models(
-        read_preferences(table, columns=reward.columns, source=data),
+        _read_limited(data, limit, reward.columns),
         reward,
         CompareSettings(
             test_fraction=test_fraction,

@@ -29,7 +29,7 @@ from ..directions import split_indices
 from ..metrics import DEFAULT_BOOTSTRAP, paired_difference_ci
 from .ensemble import EnsembleSettings, ensemble_margins
 from .evaluation import as_scorer, pairwise_accuracy, score_pairs
-from .training import PreferenceSet, RewardSettings, read_preferences, train_reward_model
+from .training import LegendRewardConfig, PreferenceSet, read_preferences, train_reward_model
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,14 @@ def legend_cost(data: Any, explicit: str | os.PathLike | None = None) -> dict[st
 
 def compare_reward_models(
     data: datasets.Dataset | PreferenceSet | str | os.PathLike,
-    reward: RewardSettings = RewardSettings(),
+    reward: LegendRewardConfig | None = None,
     settings: CompareSettings = CompareSettings(),
     *,
     test: datasets.Dataset | PreferenceSet | str | os.PathLike | None = None,
     legend_sidecar: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train BT / Legend-margin / (ensemble-margin) reward models and evaluate them on one test set."""
+    reward = reward if reward is not None else LegendRewardConfig()
     prefs = read_preferences(data, columns=reward.columns)
     if test is None:
         train_rows, test_rows = split_indices(len(prefs), settings.test_fraction, settings.split_seed)
@@ -110,7 +111,7 @@ def compare_reward_models(
     correct: dict[str, np.ndarray] = {}
     for name, column in runs:
         trained = train_reward_model(train_prefs, dataclasses.replace(reward, margin_column=column))
-        scorer = as_scorer(trained.model, trained.tokenizer, max_length=reward.max_length, template=reward.template)
+        scorer = as_scorer(trained.model, trained.tokenizer, max_length=reward.max_tokens, template=reward.template)
         scores = score_pairs(scorer, test_prefs.views, batch_size=settings.score_batch_size)
         accuracy = pairwise_accuracy(
             scores.chosen, scores.rejected, levels=levels, n_bootstrap=settings.n_bootstrap, seed=settings.split_seed
@@ -145,7 +146,7 @@ def compare_reward_models(
         "cost": _cost(data, legend_sidecar, ensemble_report, len(train_prefs)),
         "ensemble": ensemble_report,
         "total_seconds": round(time.perf_counter() - start, 3),
-        "reward_settings": {k: v for k, v in dataclasses.asdict(reward).items() if k != "columns"},
+        "reward_settings": reward.to_report(),
         "compare_settings": dataclasses.asdict(settings),
     }
 

@@ -28,7 +28,7 @@ from ..data import DataError, load_table
 from ..io import write_json, write_table
 from ..margins import Binning, describe
 from .evaluation import as_scorer, score_pairs
-from .training import PreferenceSet, RewardSettings, read_preferences, train_reward_model
+from .training import LegendRewardConfig, PreferenceSet, read_preferences, train_reward_model
 
 ENSEMBLE_SIDECAR_SUFFIX = ".ensemble.json"
 SCORINGS = ("oof", "mean")
@@ -70,10 +70,11 @@ def kfold(n: int, k: int, seed: int) -> list[np.ndarray]:
 
 def ensemble_margins(
     data: datasets.Dataset | PreferenceSet | str | os.PathLike,
-    reward: RewardSettings = RewardSettings(),
+    reward: LegendRewardConfig | None = None,
     settings: EnsembleSettings = EnsembleSettings(),
 ) -> EnsembleResult:
     """Train K reward models on K-fold splits and turn their reward gaps into a margin column."""
+    reward = reward if reward is not None else LegendRewardConfig()
     prefs = read_preferences(data, columns=reward.columns)
     plain = dataclasses.replace(reward, margin_column=None)
     folds = kfold(len(prefs), settings.k, settings.seed)
@@ -84,7 +85,7 @@ def ensemble_margins(
     for index, held_out in enumerate(folds):
         train_rows = np.setdiff1d(np.arange(len(prefs)), held_out)
         trained = train_reward_model(prefs.select(train_rows), plain)
-        scorer = as_scorer(trained.model, trained.tokenizer, max_length=reward.max_length, template=reward.template)
+        scorer = as_scorer(trained.model, trained.tokenizer, max_length=reward.max_tokens, template=reward.template)
         rows = np.arange(len(prefs)) if settings.scoring == "mean" else held_out
         scores = score_pairs(scorer, [prefs.views[i] for i in rows], batch_size=settings.score_batch_size)
         if gaps is not None:
@@ -136,7 +137,7 @@ def ensemble_margins(
         "margin": describe(binned, binned),
         "binning": binning.to_dict(),
         "members": members,
-        "reward_settings": {k: v for k, v in dataclasses.asdict(plain).items() if k not in ("columns", "extra_args")},
+        "reward_settings": plain.to_report(),
     }
     return EnsembleResult(dataset=table, raw=raw, binning=binning, report=report)
 
@@ -148,13 +149,14 @@ def ensemble_sidecar_path(out: str | os.PathLike) -> Path:
 def ensemble_file(
     data: str | os.PathLike,
     out: str | os.PathLike,
-    reward: RewardSettings = RewardSettings(),
+    reward: LegendRewardConfig | None = None,
     settings: EnsembleSettings = EnsembleSettings(),
     *,
     split: str = "train",
     limit: int | None = None,
 ) -> EnsembleResult:
     """Add RewardEnsemble@K margins to a preference file; write it and `<out>.ensemble.json` atomically."""
+    reward = reward if reward is not None else LegendRewardConfig()
     table = load_table(data, split=split)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))

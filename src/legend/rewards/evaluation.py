@@ -165,6 +165,9 @@ def evaluate_reward_model(
     settings: EvalSettings = EvalSettings(),
 ) -> dict[str, Any]:
     """Pairwise accuracy of a reward model on a preference set (any legend layout), as a JSON-able dict."""
+    prefs = read_preferences(data, columns=settings.columns)  # read and checked before any weights are loaded
+    column = settings.margin_column
+    levels = prefs.column(column) if column and column in prefs.table.column_names else None
     if not isinstance(scorer, RewardScorer):
         scorer = load_reward_model(scorer)
     if settings.max_length is not None or settings.template is not None:
@@ -174,7 +177,6 @@ def evaluate_reward_model(
             settings.max_length or scorer.max_length,
             settings.template or scorer.template,
         )
-    prefs = read_preferences(data, columns=settings.columns)
     scores = score_pairs(
         scorer,
         prefs.views,
@@ -182,8 +184,6 @@ def evaluate_reward_model(
         max_batch_tokens=settings.max_batch_tokens,
         progress=settings.progress,
     )
-    column = settings.margin_column
-    levels = prefs.column(column) if column and column in prefs.table.column_names else None
     report = pairwise_accuracy(
         scores.chosen, scores.rejected, levels=levels, n_bootstrap=settings.n_bootstrap, seed=settings.seed
     )

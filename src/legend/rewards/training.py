@@ -13,59 +13,91 @@ nothing to drop; we check that every pair reached the trainer and report how man
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
+import torch
+from trl import RewardConfig
 
 from .. import models
 from ..data import ColumnNames, DataError, PairView, detect_layout, load_table, pair_views
 from ..encoding import EncodeConfig, tokenize_items
 from ..io import atomic_folder, write_json
-from ..models import DEFAULT_MODEL, load_pretrained
+from ..models import load_pretrained
+from .fields import RewardFields, pairs_to_args, parse_config
 
 REPORT_FILE = "legend_rm.json"
 """The training report saved inside the model folder (also read back by `evaluate`)."""
 
 
-@dataclass(frozen=True)
-class RewardSettings:
-    """How to train a reward model. Created once at the edge (CLI or API call) and passed down."""
+def _cuda() -> bool:
+    return torch.cuda.is_available()
 
-    model: str = DEFAULT_MODEL  # HF id, local path, or "default" (embedded SmolLM2)
-    margin_column: str | None = "margin"  # None: plain Bradley–Terry
-    alpha: float = 1.0  # loss offset is alpha * margin
-    max_length: int = 512  # tokens per (prompt ⊕ response); longer ones lose their start
-    template: str = "auto"  # auto | chat | plain (see legend.encoding.render)
-    epochs: float = 1.0
-    learning_rate: float | None = None  # default: 1e-4 with LoRA, 2e-5 without
-    batch_size: int = 8
-    grad_accum: int = 1
-    eval_batch_size: int = 16
-    eval_steps: int | None = None  # evaluate every N steps; default: once per epoch (if eval data)
-    bf16: bool = False
-    lora: bool = False
-    train_layers: int | None = None  # train only the last N blocks (+ final norm + head); None: all
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    seed: int = 0
-    extra_args: Mapping[str, str] = field(default_factory=dict)  # other RewardConfig / TrainingArguments
-    trust_remote_code: bool = False
-    columns: ColumnNames = field(default_factory=ColumnNames)
-    progress: bool = False
 
-    def resolved_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 1e-4 if self.lora else 2e-5
+def _no_cuda() -> bool:
+    return not torch.cuda.is_available()
+
+
+@dataclass
+class LegendRewardConfig(RewardConfig, RewardFields):
+    """TRL's RewardConfig plus legend's fields (`RewardFields`): the one settings object of reward training.
+
+    Every RewardConfig / TrainingArguments field is here under its TRL name; legend changes a few
+    defaults (below) to fit small runs on one machine. Checked once here; saved whole in `legend_rm.json`.
+    `learning_rate=None` resolves to 1e-4 with LoRA, 2e-5 without (so `dataclasses.replace` keeps it).
+    """
+
+    learning_rate: float | None = field(  # type: ignore[assignment]  # None: resolved in __post_init__
+        default=None, metadata={"help": "Default: 1e-4 with --lora, 2e-5 without."}
+    )
+    max_length: int | None = field(
+        default=512,
+        metadata={
+            "help": "Tokens per prompt + response; longer pairs lose their start (counted, never dropped, so "
+            "TRL's length filter has nothing to drop)."
+        },
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per device batch."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Pairs per device batch in evaluation."})
+    seed: int = field(default=0, metadata={"help": "Seed of the reward head init and data order."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Gradient checkpointing."})
+    activation_checkpointing: bool | None = field(default=False, metadata={"help": "Activation checkpointing."})
+    save_strategy: str = field(
+        default="no", metadata={"help": "Checkpoints during training (the model is saved at the end)."}
+    )
+    disable_tqdm: bool | None = field(default=True, metadata={"help": "No progress bars."})
+    use_cpu: bool = field(default_factory=_no_cuda, metadata={"help": "Train on the CPU (default: unless CUDA)."})
+    dataloader_pin_memory: bool = field(default_factory=_cuda, metadata={"help": "Pin memory (default: with CUDA)."})
+
+    def __post_init__(self) -> None:
+        self.check_reward_fields()
+        if self.learning_rate is None:
+            self.learning_rate = 1e-4 if self.lora else 2e-5
+        if self.max_length is None or self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length}")
+        if self.data_seed is None:
+            self.data_seed = self.seed
+        super().__post_init__()
+
+    @property
+    def max_tokens(self) -> int:
+        """`max_length` as an int (never None once checked)."""
+        return int(self.max_length or 0)
+
+    def to_report(self) -> dict[str, Any]:
+        """The JSON-able config saved in `legend_rm.json` (TrainingArguments' own `to_dict`)."""
+        return self.to_dict()
 
 
 @dataclass
@@ -177,131 +209,72 @@ class TrainedRewardModel:
     report: dict[str, Any]
 
 
-_OWNED_ARGS = {
-    "max_length": "--max-length",
-    "output_dir": "--out",
-    "seed": "--seed",
-    "num_train_epochs": "--epochs",
-    "learning_rate": "--learning-rate",
-    "per_device_train_batch_size": "--batch-size",
-    "gradient_accumulation_steps": "--grad-accum",
-    "bf16": "--bf16",
-}
+def reward_config(
+    output_dir: str | os.PathLike | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    option_names: Mapping[str, str] | None = None,
+    **options: Any,
+) -> LegendRewardConfig:
+    """A LegendRewardConfig from keyword options plus TRL/transformers command-line arguments.
 
+    `extra_args` (`["--warmup_steps", "0.1", "--lr_scheduler_type", "cosine"]`) are typed by transformers'
+    own argument parser, as on any HF training command line; a field given both ways is refused.
 
-def parse_extra_args(pairs: Sequence[str]) -> dict[str, str]:
-    """`key=value` strings (from repeated `--arg`) into a dict; the values are typed by `reward_config`."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--arg {pair!r}: expected key=value (a RewardConfig / TrainingArguments field)")
-        out[key.strip().replace("-", "_")] = value
-    return out
-
-
-def reward_config(settings: RewardSettings, output_dir: str, *, has_eval: bool) -> Any:
-    """Build TRL's RewardConfig from our settings plus the pass-through `extra_args`.
-
-    The extra values are typed by transformers' own argument parser, so `--arg warmup_steps=0.1` or
-    `--arg lr_scheduler_type=cosine` behave as on any HF training command line.
+    >>> reward_config(None, ["--warmup_steps", "0.25"], alpha=0.5).warmup_steps
+    0.25
     """
-    import torch
-    from transformers import HfArgumentParser
-    from trl import RewardConfig
-
-    cuda = torch.cuda.is_available()
-
-    clash = [f"{k} (use {_OWNED_ARGS[k]})" for k in settings.extra_args if k in _OWNED_ARGS]
-    if clash:
-        raise ValueError(f"--arg: set {', '.join(clash)} with the command's own option")
-    base: dict[str, Any] = dict(
-        output_dir=output_dir,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.resolved_learning_rate(),
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.eval_batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        bf16=settings.bf16,
-        fp16=False,
-        activation_checkpointing=False,
-        gradient_checkpointing=None,
-        max_length=None,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=10,
-        disable_tqdm=not settings.progress,
-        use_cpu=not cuda,
-        dataloader_pin_memory=cuda,
-    )
-    if has_eval:
-        base.update(eval_strategy="steps" if settings.eval_steps else "epoch")
-        if settings.eval_steps:
-            base["eval_steps"] = settings.eval_steps
-    if settings.extra_args:
-        # The parser builds a whole config: give it ours where its defaults would fail (bf16 on CPU).
-        argv = [
-            "--output_dir",
-            output_dir,
-            "--bf16",
-            str(settings.bf16),
-            "--use_cpu",
-            str(not cuda),
-            "--activation_checkpointing",
-            "False",
-        ]
-        for key, value in settings.extra_args.items():
-            argv += [f"--{key}", value]
-        parser = HfArgumentParser(RewardConfig)  # type: ignore[arg-type]  # RewardConfig is a dataclass
-        try:
-            (parsed,) = parser.parse_args_into_dataclasses(args=argv)
-        except (SystemExit, ValueError) as err:
-            detail = str(err).splitlines()[0] if isinstance(err, ValueError) else "see the message above"
-            raise ValueError(
-                f"--arg: not a valid RewardConfig/TrainingArguments setting among "
-                f"{', '.join(settings.extra_args)} ({detail})"
-            ) from None
-        base.update({key: getattr(parsed, key) for key in settings.extra_args})
-    return RewardConfig(**base)
+    if output_dir is not None:
+        options["output_dir"] = str(output_dir)
+    return parse_config(LegendRewardConfig, extra_args, option_names=option_names, **options)
 
 
-def lora_config(settings: RewardSettings) -> Any:
+def parse_extra_args(pairs: Sequence[str]) -> list[str]:
+    """`key=value` strings (from repeated `--arg`) as `--key value` arguments for `reward_config`."""
+    return pairs_to_args(pairs)
+
+
+def trainer_args(config: LegendRewardConfig, output_dir: str, *, has_eval: bool) -> LegendRewardConfig:
+    """The config RewardTrainer runs with: `output_dir` set, and evaluation on when there is eval data."""
+    changes: dict[str, Any] = {"output_dir": output_dir}
+    if has_eval and config.eval_strategy == "no":
+        changes["eval_strategy"] = "steps" if config.eval_steps else "epoch"
+    return dataclasses.replace(config, **changes)
+
+
+def lora_config(config: LegendRewardConfig) -> Any:
     from peft import LoraConfig, TaskType
 
     # The reward head is new: it must be trained in full, not through an adapter.
     return LoraConfig(
         task_type=TaskType.SEQ_CLS,
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha or 2 * config.lora_r,
+        lora_dropout=config.lora_dropout,
         target_modules="all-linear",
         modules_to_save=["score"],
     )
 
 
 def build_trainer(
-    settings: RewardSettings,
+    config: LegendRewardConfig,
     train: TokenizedPairs,
     tokenizer: Any,
     output_dir: str,
     eval_pairs: TokenizedPairs | None = None,
     model: Any = None,
 ) -> Any:
-    """A RewardTrainer over pre-tokenised pairs (the model is loaded from `settings.model` unless given)."""
+    """A RewardTrainer over pre-tokenised pairs (the model is loaded from `config.model` unless given)."""
     from trl import RewardTrainer
 
-    if settings.lora and settings.train_layers is not None:
-        raise ValueError("choose either LoRA or --train-layers, not both")
-    args = reward_config(settings, output_dir, has_eval=eval_pairs is not None)
+    args = trainer_args(config, output_dir, has_eval=eval_pairs is not None)
     if model is None:
         model, _, _ = load_pretrained(
-            settings.model,
+            config.model,
             head="reward",
             num_labels=1,
             dtype="float32",
-            trust_remote_code=settings.trust_remote_code,
+            trust_remote_code=config.trust_remote_code,
             place=False,
         )
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -311,11 +284,11 @@ def build_trainer(
         train_dataset=train.dataset,
         eval_dataset=eval_pairs.dataset if eval_pairs is not None else None,
         processing_class=tokenizer,
-        peft_config=lora_config(settings) if settings.lora else None,
+        peft_config=lora_config(config) if config.lora else None,
     )
-    if settings.train_layers is not None:
-        freeze_lower_layers(trainer.model, settings.train_layers)
-    if not settings.progress:  # without progress bars transformers prints every log dict instead
+    if config.train_layers is not None:
+        freeze_lower_layers(trainer.model, config.train_layers)
+    if config.disable_tqdm:  # without progress bars transformers prints every log dict instead
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
@@ -347,39 +320,36 @@ def freeze_lower_layers(model: Any, keep: int) -> int:
 
 def train_reward_model(
     train: datasets.Dataset | PreferenceSet | str | os.PathLike,
-    settings: RewardSettings = RewardSettings(),
+    config: LegendRewardConfig | None = None,
     *,
     eval_data: datasets.Dataset | PreferenceSet | str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
 ) -> TrainedRewardModel:
     """Train a reward model with TRL's RewardTrainer; save it (and `legend_rm.json`) to `out` if given.
 
-    The loss is `-log σ(r_c − r_r − α·m)` with m from `settings.margin_column` (None: α·m = 0).
+    The loss is `-log σ(r_c − r_r − α·m)` with m from `config.margin_column` (None: α·m = 0).
     Every pair is trained on: long ones are truncated from the left, and counted in the report.
+    The data (and the margin column) are read and checked before the model is loaded.
     """
-    import torch
-
-    prefs = read_preferences(train, columns=settings.columns)
+    config = config if config is not None else LegendRewardConfig()
+    max_length = config.max_tokens
+    prefs = read_preferences(train, columns=config.columns)
     if len(prefs) == 0:
         raise DataError("no preference pairs to train on", source=prefs.source)
-    tokenizer = load_tokenizer(settings.model, settings.trust_remote_code)
-    margins = margin_values(prefs, settings.margin_column, settings.alpha)
+    margins = margin_values(prefs, config.margin_column, config.alpha)
+    eval_prefs = read_preferences(eval_data, columns=config.columns) if eval_data is not None else None
+    eval_margins = margin_values(eval_prefs, config.margin_column, config.alpha) if eval_prefs is not None else None
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     train_pairs = tokenize_pairs(
-        tokenizer, prefs.views, max_length=settings.max_length, template=settings.template, margins=margins
+        tokenizer, prefs.views, max_length=max_length, template=config.template, margins=margins
     )
-    eval_prefs = read_preferences(eval_data, columns=settings.columns) if eval_data is not None else None
     eval_pairs = None
     if eval_prefs is not None:
-        eval_margins = margin_values(eval_prefs, settings.margin_column, settings.alpha)
         eval_pairs = tokenize_pairs(
-            tokenizer,
-            eval_prefs.views,
-            max_length=settings.max_length,
-            template=settings.template,
-            margins=eval_margins,
+            tokenizer, eval_prefs.views, max_length=max_length, template=config.template, margins=eval_margins
         )
     with tempfile.TemporaryDirectory(prefix="legend-rm-") as scratch:
-        trainer = build_trainer(settings, train_pairs, tokenizer, scratch, eval_pairs)
+        trainer = build_trainer(config, train_pairs, tokenizer, scratch, eval_pairs)
         reached = len(trainer.train_dataset)
         if reached != len(prefs):  # TRL filters by length; our pairs fit, so this must never happen
             raise RuntimeError(f"{len(prefs) - reached} pairs were dropped before training")
@@ -389,17 +359,19 @@ def train_reward_model(
         eval_metrics = trainer.evaluate() if eval_pairs is not None else {}
     model = trainer.model
     trainable = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-    if settings.lora:
+    if config.lora:
         model = model.merge_and_unload()
     model.eval()
+    settings = config.to_report()
+    settings["output_dir"] = str(out) if out is not None else None
     report = {
-        "model": settings.model,
+        "model": config.model,
         "n_pairs": len(prefs),
         "n_truncated_pairs": train_pairs.n_truncated_pairs,
         "n_left_out": len(prefs) - reached,
         "source": prefs.source,
-        "margin_column": settings.margin_column,
-        "alpha": settings.alpha,
+        "margin_column": config.margin_column,
+        "alpha": config.alpha,
         "margin_stats": _stats(margins) if margins is not None else None,
         "train_loss": float(result.training_loss),
         "train_seconds": round(seconds, 3),
@@ -410,7 +382,7 @@ def train_reward_model(
         "eval": {k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))},
         "eval_pairs": len(eval_prefs) if eval_prefs is not None else 0,
         "log_history": trainer.state.log_history,
-        "settings": _settings_dict(settings),
+        "settings": settings,
         "torch_threads": torch.get_num_threads(),
     }
     trained = TrainedRewardModel(model=model, tokenizer=tokenizer, report=report)
@@ -439,10 +411,3 @@ def _stats(values: np.ndarray) -> dict[str, float]:
         "min": float(values.min()),
         "max": float(values.max()),
     }
-
-
-def _settings_dict(settings: RewardSettings) -> dict[str, Any]:
-    data = asdict(settings)
-    data["extra_args"] = dict(settings.extra_args)
-    data["learning_rate"] = settings.resolved_learning_rate()
-    return data
