@@ -283,6 +283,23 @@ def test_dpo_offset_refuses_other_losses(tmp_path):
     assert dpo_config(tmp_path / "x", report_to="none", bf16=False, loss_type=["ipo"], alpha=0.0).loss_type == ["ipo"]
 
 
+def test_margin_dpo_config_is_trl_dpo_config_with_legend_fields(tmp_path):
+    from trl import DPOConfig
+
+    config = dpo_config(tmp_path / "x", ["--warmup_steps", "0.1"], bf16=False, alpha=0.5, margin_column="none")
+    assert isinstance(config, DPOConfig) and config.warmup_steps == 0.1 and not config.offset_on
+    assert config.margin_column is None and config.lora_dropout == 0.05 and config.beta == DPOConfig.beta
+    assert dpo_config(tmp_path / "x").bf16 == torch.cuda.is_available()  # TRL's bf16 default refuses a CPU
+    with pytest.raises(ValueError, match="unknown offset transform 'square'"):
+        dpo_config(tmp_path / "x", bf16=False, offset_transform="square")
+    with pytest.raises(ValueError, match="eval_fraction must be in"):
+        dpo_config(tmp_path / "x", bf16=False, eval_fraction=1.5)
+    with pytest.raises(ValueError, match="max_length with --max-length"):
+        dpo_config(tmp_path / "x", ["--max_length", "9"], bf16=False, max_length=64)
+    with pytest.raises(TypeError, match="MarginDPOConfig"):
+        MarginDPOTrainer(model=None, args=DPOConfig(output_dir=str(tmp_path), bf16=False))
+
+
 def test_preference_dataset_names_bad_margin_rows():
     with pytest.raises(DataError, match="no margin column 'margin_raw'"):
         preference_dataset(datasets.Dataset.from_dict(PAIRS), margin_column="margin_raw")

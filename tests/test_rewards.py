@@ -182,6 +182,29 @@ def test_extra_args_are_typed_by_transformers_parser(tiny_rm, tmp_path):
         reward_config(tmp_path, ["--max_length", "9"], model=tiny_rm, max_length=64)
 
 
+def test_config_checks_legend_fields_once_and_is_trl_reward_config():
+    from trl import RewardConfig
+
+    config = LegendRewardConfig(margin_column="None", lora=True, lora_r=4)
+    assert isinstance(config, RewardConfig) and config.margin_column is None and not config.offset_on
+    assert config.learning_rate == 1e-4 and config.lora_alpha == 8  # LoRA defaults: 1e-4, 2 x r
+    plain = LegendRewardConfig()
+    assert plain.learning_rate == 2e-5 and plain.bf16 is False and plain.save_strategy == "no"
+    assert plain.data_seed == plain.seed == 0 and plain.per_device_train_batch_size == 8
+    for bad, message in (
+        (dict(template="fancy"), "unknown template 'fancy'"),
+        (dict(train_layers=-1), "train_layers must be at least 0"),
+        (dict(alpha=float("nan")), "alpha must be a finite number"),
+        (dict(max_length=1), "max_length must be at least 2"),
+        (dict(lora_r=0), "lora_r must be at least 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            LegendRewardConfig(**bad)
+    # The saved form is TRL's own to_dict, legend's fields included, JSON-able.
+    saved = json.loads(json.dumps(LegendRewardConfig(alpha=0.5, prompt_column="q").to_report()))
+    assert saved["alpha"] == 0.5 and saved["prompt_column"] == "q" and saved["num_train_epochs"] == 1.0
+
+
 # ---------------------------------------------------------------- scoring and accuracy
 
 

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,16 @@ OFFSET_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 class MarginDPOConfig(DPOConfig, DPOFields):
     """TRL's DPOConfig plus legend's fields (`DPOFields`): the one settings object of margin-aware DPO.
 
-    Every DPOConfig / TrainingArguments field keeps TRL's name and default; legend adds the model, the
-    margin column, α, f, the held-out share and LoRA. Checked once here (the offset needs TRL's sigmoid
+    Every DPOConfig / TrainingArguments field keeps TRL's name and default (except `bf16`: off without
+    CUDA, where TRL's "on" refuses to start); legend adds the model, the margin column, α, f, the
+    held-out share and LoRA. Checked once here (the offset needs TRL's sigmoid
     loss with the standard reverse-KL DPO); saved whole in `legend_dpo.json`.
     """
+
+    bf16: bool = field(
+        default_factory=torch.cuda.is_available,
+        metadata={"help": "bf16 mixed precision; default: with CUDA (TRL's default, on), off on the CPU."},
+    )
 
     def __post_init__(self) -> None:
         self.check_dpo_fields()
@@ -296,7 +302,7 @@ def dpo_config(
     option_names: Mapping[str, str] | None = None,
     **options: Any,
 ) -> MarginDPOConfig:
-    """A MarginDPOConfig from keyword options plus TRL/transformers command-line arguments (`--warmup_ratio 0.1`).
+    """A MarginDPOConfig from keyword options plus TRL/transformers command-line arguments (`--warmup_steps 0.1`).
 
     `extra_args` are parsed by transformers' HfArgumentParser, so every DPOConfig field passes through,
     typed as on any HF training command line; a field given both ways is refused (as in `reward_config`).

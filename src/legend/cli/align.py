@@ -246,7 +246,7 @@ def dpo(
     quiet: Quiet = False,
 ) -> None:
     """Margin-aware DPO (ODPO offset from Legend margins) on TRL's DPOTrainer; other TRL/transformers
-    arguments pass through, e.g. `--warmup_ratio 0.1 --bf16 false --gradient_checkpointing false`."""
+    arguments pass through, e.g. `--warmup_steps 0.1 --bf16 false --gradient_checkpointing false`."""
     from legend.align.dpo import dpo_config, train_dpo
 
     prompt, chosen, rejected = column_names(prompt_column, chosen_column, rejected_column)

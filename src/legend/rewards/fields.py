@@ -134,7 +134,7 @@ def parse_config(
 ) -> C:
     """A TRL config (with legend's fields) from keyword `options` plus command-line `extra_args`.
 
-    Both go through transformers' `HfArgumentParser`, so `["--warmup_ratio", "0.1"]` is typed exactly
+    Both go through transformers' `HfArgumentParser`, so `["--warmup_steps", "0.1"]` is typed exactly
     as on any HF training command line; options that are None keep the field's default. A field set
     both ways is refused, naming its own option (`option_names[field]`, else `--field-name`).
     `defaults` are the caller's defaults for other fields: `extra_args` may override them.
