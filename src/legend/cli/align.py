@@ -23,7 +23,16 @@ from legend.cli.options import (
     column_names,
     field_help,
 )
-from legend.cli.rewards import TRAINING, ExtraArg, GradAccum, Lora, LoraR, MarginColumn, extra_arguments
+from legend.cli.rewards import (
+    OPTION_NAMES,
+    TRAINING,
+    ExtraArg,
+    GradAccum,
+    Lora,
+    LoraR,
+    MarginColumn,
+    extra_arguments,
+)
 from legend.rewards.fields import DPOFields, MarginFields
 
 console = Console(stderr=False)
@@ -194,16 +203,6 @@ def best_of_n(
     )
 
 
-# The config field each `legend dpo` option sets, for the message when an extra argument sets it again.
-DPO_OPTION_NAMES = {
-    "num_train_epochs": "--epochs",
-    "per_device_train_batch_size": "--batch-size",
-    "gradient_accumulation_steps": "--grad-accum",
-    "disable_tqdm": "--quiet",
-    "output_dir": "--out",
-}
-
-
 @app.command(context_settings=TRAINING)
 @user_errors
 def dpo(
@@ -253,7 +252,7 @@ def dpo(
     config = dpo_config(
         out,
         extra_arguments(ctx, arg),
-        option_names=DPO_OPTION_NAMES,
+        option_names=OPTION_NAMES,
         defaults={"report_to": "none", "logging_steps": 1, "eval_strategy": "epoch" if eval_fraction else "no"},
         model=model,
         alpha=alpha,

@@ -59,7 +59,8 @@ ExtraArg = Annotated[
 ]
 Template = Annotated[str, typer.Option(help=field_help(RewardFields, "template"))]
 
-# The config field each training option sets, for the message when an extra argument sets it again.
+# The config field each training option (reward commands and dpo) sets under another name, for the message
+# when an extra argument sets it again (the others are --field-name).
 OPTION_NAMES = {
     "num_train_epochs": "--epochs",
     "per_device_train_batch_size": "--batch-size",

@@ -9,6 +9,10 @@ Pairs are tokenised here, not by TRL, with `legend.encoding.tokenize_items` (cha
 tokenizer has one, truncated from the left so the end of the response is always kept). TRL then
 sees ready `chosen_ids`/`rejected_ids`, so its "drop pairs longer than max_length" filter has
 nothing to drop; we check that every pair reached the trainer and report how many were truncated.
+
+Settings: one `LegendRewardConfig`, which is TRL's `RewardConfig` with legend's fields
+(`legend.rewards.fields.RewardFields`) mixed in; `reward_config` builds one from keyword options
+plus TRL command-line arguments, the same way `legend.align.dpo.dpo_config` builds a DPO config.
 """
 
 from __future__ import annotations
