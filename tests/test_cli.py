@@ -94,7 +94,7 @@ def test_annotate_writes_every_row_with_margins_and_sidecar(workspace, tmp_path,
     assert table["chosen"] == [r["chosen"] for r in HH]  # rows untouched, in order
     assert table["margin_raw"][2] == 0.0  # identical pair
     assert all(v in (0.0, 1.0, 2.0, 3.0) for v in table["margin"])
-    sidecar = json.loads(Path(str(out) + ".legend.json").read_text())
+    sidecar = json.loads((tmp_path / ".legend" / f"out{extension}.json").read_text())
     assert sidecar["summary"]["identical_pairs"] == 1 and sidecar["summary"]["rows"] == 3
     assert sidecar["binning"]["levels"] == 4 and sidecar["binning"]["edges"][0] == 0.0
 
@@ -104,11 +104,11 @@ def test_annotate_reads_a_saved_datasets_folder_and_reuses_bins(workspace, tmp_p
     datasets.Dataset.from_list(HH).save_to_disk(str(folder))
     first = tmp_path / "first.jsonl"
     assert annotate(workspace, folder, first).exit_code == 0
-    sidecar = Path(str(first) + ".legend.json")
+    sidecar = tmp_path / ".legend" / "first.jsonl.json"
     second = tmp_path / "second.jsonl"
     result = annotate(workspace, folder, second, "--bins-from", sidecar, "--level-values", "0,0.5,1,2")
     assert result.exit_code == 0, result.output
-    meta = json.loads(Path(str(second) + ".legend.json").read_text())
+    meta = json.loads((tmp_path / ".legend" / "second.jsonl.json").read_text())
     assert meta["binning_source"] == "loaded"
     assert meta["binning"]["edges"] == json.loads(sidecar.read_text())["binning"]["edges"]
 

@@ -101,16 +101,15 @@ def _pair_of_names(text: Optional[str], option: str) -> Optional[tuple[str, str]
 
 
 def _carry_sidecar(data: str, out: Path, audit_summary: dict[str, Any], annotated_now: bool) -> None:
-    """Give the audited file the annotation's sidecar (bin edges, direction), plus the audit settings."""
-    from legend.io import write_json
-    from legend.pipeline import sidecar_path
+    """Give the audited file the annotation's metadata (bin edges, direction), plus the audit settings."""
+    from legend.annotation import read_sidecar, write_metadata
 
-    source = sidecar_path(data)
-    if annotated_now or not source.is_file():
+    sidecar = None if annotated_now else read_sidecar(data)
+    if sidecar is None:
         return
-    sidecar = json.loads(source.read_text(encoding="utf-8"))
     sidecar["audit"] = audit_summary
-    write_json(sidecar, sidecar_path(out))
+    sidecar["output"] = str(out)
+    write_metadata(out, sidecar)
 
 
 def print_metrics(result: dict[str, Any]) -> None:

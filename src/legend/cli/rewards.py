@@ -401,10 +401,9 @@ def compare_rm(
 
 
 def _default_sidecar(data: str) -> Optional[Path]:
-    from legend.pipeline import sidecar_path
+    from legend.annotation import find_sidecar
 
-    path = sidecar_path(data)
-    return path if path.is_file() else None
+    return find_sidecar(data)
 
 
 def print_comparison(report: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ..annotation import sidecar_path
+from ..annotation import find_sidecar
 from ..directions import split_indices
 from ..metrics import DEFAULT_BOOTSTRAP, paired_difference_ci
 from .ensemble import EnsembleSettings, ensemble_margins
@@ -47,11 +47,11 @@ class CompareSettings:
 
 
 def legend_cost(data: Any, explicit: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """Legend annotation seconds and rows from a `.legend.json` sidecar (given, or next to the data file)."""
+    """Legend annotation seconds and rows from the annotation metadata (given, or found for the data file)."""
     path = (
         Path(explicit)
         if explicit is not None
-        else (sidecar_path(data) if isinstance(data, (str, os.PathLike)) else None)
+        else (find_sidecar(data) if isinstance(data, (str, os.PathLike)) else None)
     )
     if path is None or not path.is_file():
         return None
