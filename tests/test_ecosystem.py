@@ -145,6 +145,25 @@ def test_bins_from_takes_the_folder_the_metadata_and_an_old_sidecar(workspace, p
     assert result.exit_code == 2 and "several annotated files" in result.output  # train and test: name one
 
 
+def test_evaluate_records_its_metrics_in_the_metadata_and_the_card(workspace, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    data = write_jsonl(tmp_path / "in.jsonl", HH)
+    annotate(workspace, data, tmp_path / "ev" / "train.jsonl")
+    run("evaluate", "--data", tmp_path / "ev" / "train.jsonl", "--json", tmp_path / "m.json", "--bootstrap", "50")
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    recorded = read_sidecar(tmp_path / "ev" / "train.jsonl")["evaluation"]
+    assert recorded["n"] == len(HH) and recorded["margin_column"] == "margin_raw"
+    assert recorded["metrics"]["share_positive"] == {
+        k: metrics["share_positive"][k] for k in ("value", "ci_low", "ci_high")
+    }
+    card = DatasetCard.load(tmp_path / "ev" / "README.md")
+    assert card.data.to_dict()["legend"]["files"]["train.jsonl"]["evaluation"] == recorded
+    assert f"share_positive {metrics['share_positive']['value']:.3f}" in card.text
+    run("evaluate", "--data", tmp_path / "ev" / "train.jsonl", "--bootstrap", "50", "--limit", "3")  # a part only
+    assert read_sidecar(tmp_path / "ev" / "train.jsonl")["evaluation"] == recorded  # not recorded over the whole
+
+
 # ---------------------------------------------------------------- TRL
 
 
@@ -309,17 +328,24 @@ def test_every_layout_meets_the_openrlhf_reward_data_contract(annotated_layouts,
 
 
 @pytest.mark.parametrize("layout", list(ROWS))
-def test_openrlhf_reward_dataset_reads_the_margin_of_every_layout(annotated_layouts, layout):
+def test_openrlhf_reward_dataset_reads_the_margin_of_every_layout(annotated_layouts, workspace, layout):
     reward_dataset = pytest.importorskip("openrlhf.datasets.reward_dataset")
+    from openrlhf.datasets.utils import blending_datasets
+
     prompt_key, chat = OPENRLHF_KEYS[layout]
     data = SimpleNamespace(
         prompt_key=prompt_key, chosen_key="chosen", rejected_key="rejected", apply_chat_template=chat
     )
-    tokenizer = build_tokenizer()
-    loaded = annotated_layouts[layout]
-    dataset = reward_dataset.RewardDataset(
-        loaded, tokenizer, 64, SimpleNamespace(args=SimpleNamespace(data=data)), num_processors=1
+    strategy = SimpleNamespace(
+        args=SimpleNamespace(data=data, use_ms=False), print=lambda *_: None, is_rank_0=lambda: False
     )
+    # OpenRLHF's own loader on legend's folder (`--data.dataset prefs/`), then its reward dataset.
+    loaded = blending_datasets(str(workspace / "layouts" / layout), strategy=strategy)
+    if layout == "pku":
+        loaded = loaded.map(pku_as_explicit)
+    assert loaded["margin"] == annotated_layouts[layout]["margin"]
+    tokenizer = build_tokenizer()
+    dataset = reward_dataset.RewardDataset(loaded, tokenizer, 64, strategy, num_processors=1)
     assert len(dataset) == len(loaded)
     assert list(dataset.extras) == loaded["margin"]  # OpenRLHF's margin per row is legend's `margin`
     chosen_ids, _, rejected_ids, _, margins = dataset.collate_fn([dataset[i] for i in range(len(dataset))])

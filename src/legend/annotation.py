@@ -337,6 +337,10 @@ def _section_markers(name: str) -> tuple[str, str]:
     return f"<!-- legend:begin {name} -->", f"<!-- legend:end {name} -->"
 
 
+def _number(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
+
+
 def _numbers(values: Any) -> str:
     return "[" + ", ".join(f"{float(v):.4g}" for v in values or []) + "]"
 
@@ -395,8 +399,18 @@ def card_section(document: dict[str, Any]) -> str:
             f"- margin_raw: share positive {margin['share_positive']:.3f}, median {margin['median']:.4g}, "
             f"p10 {margin['p10']:.4g}, p90 {margin['p90']:.4g}"
         )
-    if entry.get("evaluation"):
-        lines.append(f"- evaluation against labels: {json.dumps(entry['evaluation'], default=str)}")
+    evaluation = entry.get("evaluation") or {}
+    if evaluation.get("metrics"):
+        shown = ", ".join(
+            f"{name} {m['value']:.3f} [{_number(m['ci_low'])}, {_number(m['ci_high'])}]"
+            for name, m in evaluation["metrics"].items()
+            if m.get("value") is not None
+        )
+        lines.append(
+            f"- evaluation (`legend evaluate`, {evaluation.get('n')} labelled pairs, chosen = labelled safer, "
+            f"{evaluation.get('confidence', 0.95):.0%} bootstrap intervals on `{evaluation.get('margin_column')}`): "
+            f"{shown}"
+        )
     lines += [
         f"- machine-readable metadata (bin edges, summary, settings): `{entry['metadata']}` "
         "(a hidden folder, which `datasets` does not read as data)",
@@ -457,6 +471,29 @@ def write_card(out: str | os.PathLike[str], document: dict[str, Any]) -> Path | 
     with atomic_path(card) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return card
+
+
+EVALUATION_METRICS = ("share_positive", "auc", "agreement_length_balanced", "length_spearman", "severity_spearman")
+
+
+def record_evaluation(data: str | os.PathLike[str], result: dict[str, Any]) -> Path | None:
+    """Put `legend evaluate`'s headline metrics (with their intervals) in the metadata and card of annotated
+    `data`; the metadata's path, or None when `data` has no legend metadata."""
+    document = read_sidecar(data) if Path(data).is_file() else None
+    if document is None:
+        return None
+    metrics = result.get("metrics", {})
+    document["evaluation"] = {
+        "n": result.get("n"),
+        "margin_column": result.get("margin_column"),
+        "confidence": result.get("settings", {}).get("confidence"),
+        "metrics": {
+            name: {k: metrics[name].get(k) for k in ("value", "ci_low", "ci_high")}
+            for name in EVALUATION_METRICS
+            if name in metrics and metrics[name].get("value") is not None
+        },
+    }
+    return write_metadata(data, document).document
 
 
 def write_metadata(out: str | os.PathLike[str], document: dict[str, Any]) -> MetadataPaths:

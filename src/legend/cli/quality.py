@@ -161,6 +161,13 @@ def evaluate(
     dtype: Dtype = "float32",
     device: Device = None,
     trust_remote_code: TrustRemoteCode = False,
+    record: Annotated[
+        bool,
+        typer.Option(
+            help="When DATA is a file legend annotated (and its margins are read, not recomputed, on all rows): "
+            "record the headline metrics in its metadata and dataset card."
+        ),
+    ] = True,
     quiet: Quiet = False,
 ) -> None:
     """Agreement of margins with preference labels (share positive, AUC, length-balanced, correlations; 95% CIs)."""
@@ -206,19 +213,28 @@ def evaluate(
     print_metrics(result)
     if json_out is not None:
         console.print(f"metrics written to {json_out}")
+    if record and not labelled.annotated_now and limit is None:
+        from legend.annotation import metadata_paths, record_evaluation
+
+        if record_evaluation(data, result) is not None:
+            console.print(f"evaluation recorded in {metadata_paths(data).card} and the file's metadata")
 
 
 @app.command()
 @user_errors
 def report(
     data: Annotated[
-        str, typer.Option(help="Annotated file (from `legend annotate`); its .legend.json sidecar is read if present.")
+        str,
+        typer.Option(
+            help="Annotated file (from `legend annotate`); its metadata (.legend/<file>.json beside it, or an "
+            "older <file>.legend.json) is read if present."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write; the PNG figures go next to it.")],
     direction: Annotated[
         Optional[Path],
         typer.Option(
-            help="Direction folder whose sweep to plot (default: the one named in the sidecar, if it exists)."
+            help="Direction folder whose sweep to plot (default: the one named in the metadata, if it exists)."
         ),
     ] = None,
     metrics: Annotated[

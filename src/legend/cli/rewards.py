@@ -330,7 +330,11 @@ def compare_rm(
         str, typer.Option(help="Ensemble margin column (computed, or already in --data).")
     ] = "margin_ensemble",
     legend_sidecar: Annotated[
-        Optional[Path], typer.Option(help="Sidecar with Legend's annotation time (default: <data>.legend.json).")
+        Optional[Path],
+        typer.Option(
+            help="Legend metadata with the annotation time (default: the data's .legend/<file>.json, or an older "
+            "<file>.legend.json)."
+        ),
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON report.")] = None,
     model: RmModel = "default",
