@@ -48,11 +48,14 @@ class CompareSettings:
 
 def legend_cost(data: Any, explicit: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """Legend annotation seconds and rows from the annotation metadata (given, or found for the data file)."""
-    path = (
-        Path(explicit)
-        if explicit is not None
-        else (find_sidecar(data) if isinstance(data, (str, os.PathLike)) else None)
-    )
+    try:
+        path = (
+            Path(explicit)
+            if explicit is not None
+            else (find_sidecar(data) if isinstance(data, (str, os.PathLike)) else None)
+        )
+    except ValueError:  # a folder with several annotated files: which one's time is meant is unknown
+        path = None
     if path is None or not path.is_file():
         return None
     summary = json.loads(path.read_text()).get("summary", {})
