@@ -100,3 +100,25 @@ def write_jsonl(path, rows):
 def read_jsonl(path):
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
+
+
+def put_in_hub_cache(cache, repo_id: str, folder, commit: str, ref: str | None = "main"):
+    """Lay `folder`'s files out in a Hugging Face cache as huggingface_hub does: blobs/<hash>,
+    snapshots/<commit>/<file> -> ../../blobs/<hash>, refs/<ref> holding the commit. Returns the repo folder."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in sorted(Path(folder).iterdir()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / file.name)
+    if ref is not None:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return repo

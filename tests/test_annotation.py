@@ -177,7 +177,7 @@ def test_cli_annotate_with_two_directions(tiny_lm, two_directions, preferences, 
     np.testing.assert_allclose(
         [r["margin_raw_helpful"] for r in rows], expected["margin_raw_helpful"], rtol=1e-5, atol=1e-6
     )
-    sidecar = json.loads((tmp_path / "out.jsonl.legend.json").read_text())
+    sidecar = json.loads((tmp_path / ".legend" / "out.jsonl.json").read_text())
     assert sidecar["other_binnings"]["helpful"]["columns"] == ["margin_raw_helpful", "margin_helpful"]
     assert sidecar["other_binnings"]["helpful"]["edges"][1] == pytest.approx(
         float(np.quantile([x for x in expected["margin_raw_helpful"] if x > 0], 1 / 3))

@@ -122,15 +122,15 @@ def test_cli_audit_writes_all_rows_and_measures_flips(tmp_path):
     summary = json.loads((tmp_path / "a.json").read_text())
     assert summary["flagged"] == 2 and summary["simulated_flips"]["flipped"] == 10
     assert "precision" in result.output and "recall" in result.output
-    assert not (tmp_path / "a.jsonl.legend.json").exists()  # no sidecar in, none out
-    (tmp_path / "ann.jsonl.legend.json").write_text(json.dumps({"binning": {"edges": [0.0, 1.5]}}))
+    assert not (tmp_path / ".legend").exists()  # no metadata in, none out
+    (tmp_path / "ann.jsonl.legend.json").write_text(json.dumps({"binning": {"edges": [0.0, 1.5]}}))  # an old sidecar
     assert (
         CliRunner()
         .invoke(app, ["audit", "--data", str(tmp_path / "ann.jsonl"), "--out", str(tmp_path / "b.jsonl")])
         .exit_code
         == 0
     )
-    carried = json.loads((tmp_path / "b.jsonl.legend.json").read_text())
+    carried = json.loads((tmp_path / ".legend" / "b.jsonl.json").read_text())
     assert carried["binning"]["edges"] == [0.0, 1.5] and carried["audit"]["flagged"] == 2
 
 

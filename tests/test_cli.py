@@ -94,7 +94,7 @@ def test_annotate_writes_every_row_with_margins_and_sidecar(workspace, tmp_path,
     assert table["chosen"] == [r["chosen"] for r in HH]  # rows untouched, in order
     assert table["margin_raw"][2] == 0.0  # identical pair
     assert all(v in (0.0, 1.0, 2.0, 3.0) for v in table["margin"])
-    sidecar = json.loads(Path(str(out) + ".legend.json").read_text())
+    sidecar = json.loads((tmp_path / ".legend" / f"out{extension}.json").read_text())
     assert sidecar["summary"]["identical_pairs"] == 1 and sidecar["summary"]["rows"] == 3
     assert sidecar["binning"]["levels"] == 4 and sidecar["binning"]["edges"][0] == 0.0
 
@@ -104,11 +104,11 @@ def test_annotate_reads_a_saved_datasets_folder_and_reuses_bins(workspace, tmp_p
     datasets.Dataset.from_list(HH).save_to_disk(str(folder))
     first = tmp_path / "first.jsonl"
     assert annotate(workspace, folder, first).exit_code == 0
-    sidecar = Path(str(first) + ".legend.json")
+    sidecar = tmp_path / ".legend" / "first.jsonl.json"
     second = tmp_path / "second.jsonl"
     result = annotate(workspace, folder, second, "--bins-from", sidecar, "--level-values", "0,0.5,1,2")
     assert result.exit_code == 0, result.output
-    meta = json.loads(Path(str(second) + ".legend.json").read_text())
+    meta = json.loads((tmp_path / ".legend" / "second.jsonl.json").read_text())
     assert meta["binning_source"] == "loaded"
     assert meta["binning"]["edges"] == json.loads(sidecar.read_text())["binning"]["edges"]
 
@@ -373,3 +373,81 @@ def test_an_extra_trl_argument_may_not_set_an_option_twice(tmp_path):
     assert_one_line_error(result, "max_length with --max-length")
     result = run("train-rm", "--data", data, "--out", tmp_path / "x", "--no_such_field", "1")
     assert_one_line_error(result, "not a valid LegendRewardConfig setting")
+
+
+def every_command(group=None, path=()):
+    """(command path, click command) of every command and sub-command of the app."""
+    import click
+    import typer.main
+
+    group = group or typer.main.get_command(app)
+    for name, command in group.commands.items():
+        yield (*path, name), command
+        if isinstance(command, click.Group):
+            yield from every_command(command, (*path, name))
+
+
+def test_every_help_text_is_printed_as_written():
+    """No markup eats text: each command's description and each option's help appear in its --help whole
+    (brackets included, e.g. `pip install 'legend[ray]'`), only re-wrapped."""
+    import re
+
+    def squeeze(text: str) -> str:  # wrapping changes whitespace (and rich would draw boxes): compare the rest
+        return re.sub(r"[\s\u2500-\u257f]", "", text)
+
+    commands = list(every_command())
+    assert len(commands) >= 10
+    bracketed = 0
+    for path, command in commands:
+        result = runner.invoke(app, [*path, "--help"], terminal_width=80)
+        assert result.exit_code == 0, (path, result.output)
+        shown = squeeze(result.output)
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in texts:
+            assert squeeze(text.split("\f")[0]) in shown, (path, text)
+            bracketed += "[" in text
+    assert bracketed >= 1  # the class of text that rich markup ate is among those checked
+    assert "'legend[ray]'" in runner.invoke(app, ["annotate", "--help"], terminal_width=80).output
+
+
+def test_annotate_reads_a_direction_by_hub_id_from_the_local_cache_offline(workspace, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    from helpers import put_in_hub_cache
+
+    put_in_hub_cache(tmp_path / "hub", "user/safety-dir-tiny", workspace / "dir", "a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # huggingface_hub reads env at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    data = write_jsonl(tmp_path / "hh.jsonl", HH)
+    by_id = run("annotate", "--direction", "user/safety-dir-tiny", "--data", data, "--out", tmp_path / "a.jsonl", "-q")
+    assert by_id.exit_code == 0, by_id.output
+    assert annotate(workspace, data, tmp_path / "b.jsonl").exit_code == 0
+    assert load_table(tmp_path / "a.jsonl")["margin_raw"] == load_table(tmp_path / "b.jsonl")["margin_raw"]
+    missing = run("annotate", "--direction", "user/not-cached", "--data", data, "--out", tmp_path / "c.jsonl")
+    assert_one_line_error(missing, "user/not-cached", "not in the local Hugging Face cache")
+
+
+def test_direction_push_to_hub_uploads_the_folder(workspace, tmp_path, monkeypatch):
+    from unittest import mock
+
+    import huggingface_hub
+
+    uploaded = {}
+    api = mock.create_autospec(huggingface_hub.HfApi, instance=True)
+    api.upload_folder.side_effect = lambda **kw: uploaded.update(
+        repo_id=kw["repo_id"], files=sorted(p.name for p in Path(kw["folder_path"]).iterdir())
+    )
+    monkeypatch.setattr(huggingface_hub, "HfApi", mock.Mock(return_value=api))
+    pairs = workspace / "pairs.jsonl"
+    result = run(
+        "direction", "--pairs", pairs, "--out", tmp_path / "dir", "--model", workspace / "model", "--quiet",
+        "--push-to-hub", "user/safety-dir-tiny",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert uploaded == {
+        "repo_id": "user/safety-dir-tiny",
+        "files": ["README.md", "config.json", "direction.safetensors"],
+    }
+    api.create_repo.assert_called_once()
+    assert (tmp_path / "dir" / "README.md").is_file()  # the local folder has its card too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,105 @@ def test_fingerprint_ignores_dtype_but_not_weights(tiny_tokenizer):
 def test_load_rejects_a_folder_without_artifact(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a direction folder"):
         Direction.load(tmp_path)
+
+
+# ---------------------------------------------------------------- model card and the Hub
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+COMMIT_V2 = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+def test_a_saved_direction_carries_a_model_card(tiny_lm, tmp_path):
+    from huggingface_hub import ModelCard
+
+    direction = build_direction(tiny_lm, PAIRS, layer=2, pooling="mean")
+    direction.save(tmp_path / "dir")
+    card = ModelCard.load(tmp_path / "dir" / "README.md")
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "legend" and "base_model" not in meta  # "tiny-random-llama" is no Hub id
+    assert meta["legend"] == {
+        "name": "safety",
+        "model_id": "tiny-random-llama",
+        "fingerprint": tiny_lm.fingerprint,
+        "layer": 2,
+        "num_layers": tiny_lm.num_layers,
+        "pooling": "mean",
+        "estimator": "mean_difference",
+        "template": direction.template,
+        "hidden_size": tiny_lm.hidden_size,
+    }
+    heldout = direction.heldout
+    assert f"accuracy {heldout['accuracy']:.3f}, AUC {heldout['auc']:.3f} on {heldout['n_test']} held-out" in card.text
+    assert "no evidence that the margins agree with preferences" in card.text  # the caveat
+    assert "10 pairs" in card.text and "Direction.from_pretrained" in card.text
+
+
+def hub_env(monkeypatch, cache):
+    """Offline, with `cache` as the HF cache: the environment variables, and huggingface_hub's constants
+    (which it reads from them once, at import)."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def test_from_pretrained_reads_a_hub_repo_from_the_local_cache_offline(tiny_lm, tmp_path, monkeypatch):
+    from huggingface_hub import scan_cache_dir
+
+    from helpers import put_in_hub_cache
+
+    first = build_direction(tiny_lm, PAIRS, layer=2, name="safety")
+    second = build_direction(tiny_lm, PAIRS, layer=3, name="safety")
+    first.save(tmp_path / "first")
+    second.save(tmp_path / "second")
+    cache = tmp_path / "hub"
+    put_in_hub_cache(cache, "user/safety-dir", tmp_path / "first", COMMIT)
+    put_in_hub_cache(cache, "user/safety-dir", tmp_path / "second", COMMIT_V2, ref="v2")
+    # huggingface_hub itself recognises the layout: one repo, two revisions of three files each.
+    (repo,) = scan_cache_dir(cache).repos
+    assert repo.repo_id == "user/safety-dir" and {r.commit_hash for r in repo.revisions} == {COMMIT, COMMIT_V2}
+    assert all(r.nb_files == 3 for r in repo.revisions)
+    hub_env(monkeypatch, cache)
+    loaded = Direction.from_pretrained("user/safety-dir")
+    torch.testing.assert_close(loaded.vector, first.vector)
+    assert (loaded.layer, loaded.fingerprint) == (2, tiny_lm.fingerprint)
+    assert loaded.extra["hub"] == {"repo_id": "user/safety-dir", "revision": "main", "commit": COMMIT}
+    for revision in ("v2", COMMIT_V2):
+        torch.testing.assert_close(
+            Direction.from_pretrained("user/safety-dir", revision=revision).vector, second.vector
+        )
+    with pytest.raises(FileNotFoundError, match=r"user/other-dir: .*not in the local Hugging Face cache"):
+        Direction.from_pretrained("user/other-dir")
+    # A local folder still wins, and a path-like name that is no folder is refused as such.
+    torch.testing.assert_close(Direction.from_pretrained(tmp_path / "second").vector, second.vector)
+    with pytest.raises(FileNotFoundError, match="no such direction folder"):
+        Direction.from_pretrained(tmp_path / "missing")
+
+
+def test_push_to_hub_uploads_the_saved_folder(tiny_lm):
+    from unittest import mock
+
+    from huggingface_hub import HfApi
+
+    direction = build_direction(tiny_lm, PAIRS, layer=2)
+    seen = {}
+
+    def upload_folder(**kwargs):  # what the folder holds while it is uploaded
+        folder = Path(kwargs["folder_path"])
+        seen["files"] = sorted(p.name for p in folder.iterdir())
+        seen["config"] = json.loads((folder / "config.json").read_text())
+        seen["vector"] = Direction.load(folder).vector
+        return "commit-info"
+
+    api = mock.create_autospec(HfApi, instance=True)
+    api.upload_folder.side_effect = upload_folder
+    assert direction.push_to_hub("user/safety-dir", private=True, api=api) == "commit-info"
+    api.create_repo.assert_called_once_with("user/safety-dir", repo_type="model", private=True, exist_ok=True)
+    kwargs = api.upload_folder.call_args.kwargs
+    assert kwargs["repo_id"] == "user/safety-dir" and kwargs["repo_type"] == "model"
+    assert seen["files"] == ["README.md", "config.json", "direction.safetensors"]
+    assert seen["config"]["fingerprint"] == tiny_lm.fingerprint and seen["config"]["layer"] == 2
+    torch.testing.assert_close(seen["vector"], direction.vector)
+    assert not Path(kwargs["folder_path"]).exists()  # a temporary folder, removed after the upload

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -75,7 +74,7 @@ def test_cli_annotates_real_pairs(annotated):
     assert {"chosen", "rejected", "margin_raw", "margin"} <= set(table.column_names)
     assert all(math.isfinite(v) for v in table["margin_raw"])
     assert set(table["margin"]) <= {0.0, 1.0, 2.0, 3.0}
-    sidecar = json.loads(Path(str(out) + ".legend.json").read_text())
+    sidecar = json.loads((out.parent / ".legend" / f"{out.name}.json").read_text())
     assert sidecar["summary"]["direction"]["model_id"] == "default"
     assert sidecar["summary"]["layout"] == "hh"
     assert 0.0 <= summary["margin_raw"]["share_positive"] <= 1.0

@@ -273,7 +273,8 @@ def test_resume_key_changes_with_what_changes_the_numbers(tmp_path, tiny_lm, tin
     key = lambda d=direction, s=settings, limit=None: resume_key(data, [d], tiny_lm, s, split="train", limit=limit)  # noqa: E731
     base = key()
     assert key() == base
-    assert key(s=dataclasses.replace(settings, batch_size=3, max_batch_tokens=99, levels=7)) == base  # rounding only
+    batching = dataclasses.replace(settings.encoding, batch_size=3, max_batch_tokens=99)
+    assert key(s=dataclasses.replace(settings, encoding=batching, levels=7)) == base  # rounding only
     changed = {
         "chunk_rows": key(s=dataclasses.replace(settings, chunk_rows=5)),
         "max_length": key(s=dataclasses.replace(settings, max_length=16)),

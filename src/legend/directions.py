@@ -4,7 +4,9 @@ A direction points from the harmful side of a concept to the harmless side in th
 one layer. The paper's Standard Margin Vector is the normalised mean difference; PCA of paired
 differences and a logistic probe are offered too. A Direction is saved as a folder:
 `direction.safetensors` (the unit vector) + `config.json` (everything needed to reproduce it and to
-refuse a model it was not made for).
+refuse a model it was not made for) + `README.md` (a model card: what it is, how it was made and
+checked, how to use it). `Direction.from_pretrained` reads a folder or a Hugging Face Hub repo (through
+the local HF cache when offline); `Direction.push_to_hub` uploads the folder.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from .models import LoadedModel
 
 CONFIG_FILE = "config.json"
 VECTOR_FILE = "direction.safetensors"
+CARD_FILE = "README.md"
+HUB_FILES = (CONFIG_FILE, VECTOR_FILE, CARD_FILE)  # what `from_pretrained` fetches of a Hub repo
+SEPARATION_CAVEAT = (
+    "Held-out separation is measured on contrast pairs (the same kind of answers the direction was fitted "
+    "on) and saturates easily; it is no evidence that the margins agree with preferences on real preference "
+    "data. Check that with `legend evaluate` on labelled pairs."
+)
 FORMAT_VERSION = 1
 
 
@@ -173,7 +182,159 @@ class Direction:
                 metadata={"name": self.name, "layer": str(self.layer), "pooling": self.pooling},
             )
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2, default=_json_default) + "\n")
+            (tmp / CARD_FILE).write_text(self.model_card(), encoding="utf-8")
         return target
+
+    def model_card(self) -> str:
+        """The folder's README.md: YAML metadata for the Hub, then what the direction is and how to use it."""
+        import yaml
+
+        meta: dict[str, Any] = {
+            "library_name": "legend",
+            "tags": ["legend", "representation-engineering", "safety", "preference-data"],
+        }
+        if _looks_like_repo_id(self.model_id) and not Path(self.model_id).exists():
+            meta["base_model"] = self.model_id
+        meta["legend"] = {
+            "name": self.name,
+            "model_id": self.model_id,
+            "fingerprint": self.fingerprint,
+            "layer": self.layer,
+            "num_layers": self.num_layers,
+            "pooling": self.pooling,
+            "estimator": self.estimator,
+            "template": self.template,
+            "hidden_size": self.hidden_size,
+        }
+        heldout = self.heldout
+        separation = (
+            f"accuracy {heldout['accuracy']:.3f}, AUC {heldout['auc']:.3f} on {heldout['n_test']} held-out "
+            f"contrast pairs (trained on {heldout['n_train']}, seed {heldout.get('seed')})"
+            if "accuracy" in heldout
+            else "not measured (no held-out split)"
+        )
+        selection = self.extra.get("selection") or {}
+        if selection.get("by") == "preferences":
+            evaluation = (
+                f"chosen by agreement with labelled preferences (`{selection.get('select_on')}`): share of positive "
+                f"margins {_number(selection.get('test_share_positive'))}, AUC {_number(selection.get('test_auc'))} "
+                f"on {selection.get('n_test')} held-out preference pairs"
+            )
+        elif self.extra.get("evaluation"):
+            evaluation = json.dumps(self.extra["evaluation"], default=_json_default)
+        else:
+            evaluation = "none recorded: run `legend evaluate` on labelled preference pairs before relying on it"
+        lines = [
+            f"# `{self.name}`: a Legend safety direction for `{self.model_id}`",
+            "",
+            "A unit vector in one layer's hidden space pointing from harmful to harmless answers, built by "
+            "[legend](https://arxiv.org/abs/2406.08124) (Legend, Feng et al., AAAI 2025). Projecting "
+            "e(prompt+chosen) - e(prompt+rejected) on it gives a preference pair's safety margin.",
+            "",
+            f"- model: `{self.model_id}`, weights fingerprint `{self.fingerprint}` (legend refuses other weights)",
+            f"- layer {self.layer} of {self.num_layers} (hidden size {self.hidden_size}), pooling `{self.pooling}`, "
+            f"estimator `{self.estimator}`, template `{self.template}`, max length {self.max_length}",
+            f"- contrast data: {self.n_pairs} pairs"
+            + (f" from `{self.extra['pairs_file']}`" if "pairs_file" in self.extra else ""),
+            f"- held-out separation: {separation}",
+            f"- evaluation on preference data: {evaluation}",
+            "",
+            f"> {SEPARATION_CAVEAT}",
+            "",
+            "## How to use",
+            "",
+            "```bash",
+            "pip install legend",
+            "legend annotate --direction <this repo id or folder> --data prefs.jsonl --out prefs/train.jsonl",
+            "```",
+            "",
+            "```python",
+            "from legend.directions import Direction",
+            "",
+            'direction = Direction.from_pretrained("<this repo id or folder>")',
+            "```",
+            "",
+            "Files: `direction.safetensors` (the vector, key `direction`), `config.json` (how it was made).",
+        ]
+        front = yaml.safe_dump(json.loads(json.dumps(meta, default=_json_default)), sort_keys=False)
+        return f"---\n{front}---\n" + "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike[str],
+        revision: str | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool | None = None,
+        token: str | bool | None = None,
+    ) -> Direction:
+        """A direction from a local folder, or from a Hugging Face Hub repo id (`user/safety-dir-llama3`).
+
+        Hub files go through huggingface_hub's cache (`snapshot_download`, only the artifact's files);
+        offline (`HF_HUB_OFFLINE=1`, or `local_files_only=True`) the cached snapshot of `revision`
+        (default: main) is used. A local folder wins over a Hub id of the same name.
+        """
+        name = os.fspath(path_or_repo_id)
+        folder = Path(name).expanduser()
+        if folder.exists() or not _looks_like_repo_id(name):
+            if not folder.exists():
+                raise FileNotFoundError(f"{name}: no such direction folder (nor a Hub repo id user/name)")
+            return cls.load(folder)
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        offline = constants.HF_HUB_OFFLINE if local_files_only is None else local_files_only
+        try:
+            snapshot = snapshot_download(
+                name,
+                revision=revision,
+                allow_patterns=list(HUB_FILES),
+                cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+                local_files_only=offline,
+                token=token,
+            )
+        except LocalEntryNotFoundError:
+            where = "the local Hugging Face cache (offline)" if offline else "the Hub, nor in the local cache"
+            raise FileNotFoundError(
+                f"{name}: not a local folder, and revision {revision or 'main'} is not in {where}"
+            ) from None
+        except (HfHubHTTPError, OSError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise FileNotFoundError(f"{name}: not a local folder, and the Hub did not give it ({reason})") from None
+        direction = cls.load(snapshot)
+        direction.extra["hub"] = {"repo_id": name, "revision": revision or "main", "commit": Path(snapshot).name}
+        return direction
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        api: Any = None,
+    ) -> Any:
+        """Save the artifact (vector, config, model card) and upload it to a Hub model repo (created if needed).
+
+        Returns huggingface_hub's CommitInfo. `api` is an `HfApi` to use (default: a new one with `token`).
+        """
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = api or HfApi(token=token)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="legend-direction-") as tmp:
+            folder = self.save(Path(tmp) / "direction")
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                repo_type="model",
+                revision=revision,
+                commit_message=commit_message or f"legend direction {self.name!r} for {self.model_id}",
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Direction:
@@ -188,6 +349,24 @@ class Direction:
         if direction.vector.shape != (direction.hidden_size,):
             raise ValueError(f"{vector_path}: vector shape {tuple(vector.shape)} != ({direction.hidden_size},)")
         return direction
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    """`user/name` as the Hub spells repo ids (huggingface_hub's own validation), not a path-like string."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _number(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
 
 
 def _transformers_version() -> str:

@@ -277,11 +277,10 @@ def _sweep_table(rows: list[dict[str, Any]], top: int = 10) -> str:
 
 
 def read_sidecar(data: str | os.PathLike) -> dict[str, Any] | None:
-    """The `<data>.legend.json` written by `legend annotate`, if there is one."""
-    from .annotation import sidecar_path
+    """The metadata `legend annotate` wrote for `data` (`legend.annotation.find_sidecar`), if there is one."""
+    from .annotation import read_sidecar as read_metadata
 
-    path = sidecar_path(data)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_metadata(data)
 
 
 def read_direction_config(

@@ -181,6 +181,10 @@ def direction(
     dtype: Dtype = "float32",
     device: Device = None,
     trust_remote_code: TrustRemoteCode = False,
+    push_to_hub: Annotated[
+        Optional[str],
+        typer.Option(help="Also upload the folder to this Hub model repo (user/name; created if needed)."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Build a concept direction (the paper's Standard Margin Vector by default) and save it as a folder."""
@@ -226,6 +230,9 @@ def direction(
         f"{built.estimator}, {report['pairs_used']} pairs ({report['left_out_refused']} refused left out); "
         f"held-out separation accuracy {acc}; saved to {out}"
     )
+    if push_to_hub:
+        commit = built.push_to_hub(push_to_hub)
+        console.print(f"pushed to the Hub: {getattr(commit, 'commit_url', None) or push_to_hub}")
 
 
 def _print_selection(selection: dict[str, Any], candidates: int) -> None:
@@ -251,10 +258,11 @@ def _fmt(value: Optional[float]) -> str:
 @user_errors
 def annotate(
     direction: Annotated[
-        list[Path],
+        list[str],
         typer.Option(
-            help="Direction folder from `legend direction`; repeat to apply several in one pass (the first "
-            "fills margin_raw/margin, the others margin_raw_<name>/margin_<name>)."
+            help="Direction folder from `legend direction`, or a Hub repo id (user/name; read from the local HF "
+            "cache when offline); repeat to apply several in one pass (the first fills margin_raw/margin, the "
+            "others margin_raw_<name>/margin_<name>)."
         ),
     ],
     data: Annotated[
@@ -271,7 +279,11 @@ def annotate(
         Optional[str], typer.Option(help="Comma-separated value of each level (default 0,1,2,...).")
     ] = None,
     bins_from: Annotated[
-        Optional[Path], typer.Option(help="Re-use the bin edges of an earlier run (its .legend.json sidecar).")
+        Optional[Path],
+        typer.Option(
+            help="Re-use the bin edges of an earlier run: its annotated file, its folder, or its metadata "
+            "(.legend/<file>.json; older <file>.legend.json sidecars work too)."
+        ),
     ] = None,
     prompt_column: PromptColumn = None,
     chosen_column: ChosenColumn = None,
@@ -312,10 +324,14 @@ def annotate(
     ] = True,
     quiet: Quiet = False,
 ) -> None:
-    """Add `margin_raw` (projection) and `margin` (binned, what TRL reads) to every row, with their metadata."""
+    """Add `margin_raw` (projection) and `margin` (binned, what TRL reads) to every row, with their metadata.
+
+    Beside --out: README.md (a dataset card; an existing card is updated, only legend's section for this file)
+    and .legend/<file>.json (bin edges, summary, settings), both ignored by `datasets.load_dataset(folder)`.
+    """
+    from legend.annotation import load_binning
     from legend.data import ColumnNames
     from legend.encoding import EncodeConfig
-    from legend.margins import Binning
     from legend.models import ModelSpec
     from legend.pipeline import AnnotateSettings, annotate_file
 
@@ -332,7 +348,7 @@ def annotate(
     settings = AnnotateSettings(
         levels=levels,
         level_values=_parse_floats(level_values),
-        binning=Binning.load(bins_from) if bins_from else None,
+        binning=load_binning(bins_from) if bins_from else None,
         columns=ColumnNames(prompt=prompt_column, chosen=chosen_column, rejected=rejected_column),
         chunk_rows=chunk_rows,
         encoding=encoding,

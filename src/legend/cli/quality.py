@@ -109,16 +109,15 @@ def _pair_of_names(text: Optional[str], option: str) -> Optional[tuple[str, str]
 
 
 def _carry_sidecar(data: str, out: Path, audit_summary: dict[str, Any], annotated_now: bool) -> None:
-    """Give the audited file the annotation's sidecar (bin edges, direction), plus the audit settings."""
-    from legend.io import write_json
-    from legend.pipeline import sidecar_path
+    """Give the audited file the annotation's metadata (bin edges, direction), plus the audit settings."""
+    from legend.annotation import read_sidecar, write_metadata
 
-    source = sidecar_path(data)
-    if annotated_now or not source.is_file():
+    sidecar = None if annotated_now else read_sidecar(data)
+    if sidecar is None:
         return
-    sidecar = json.loads(source.read_text(encoding="utf-8"))
     sidecar["audit"] = audit_summary
-    write_json(sidecar, sidecar_path(out))
+    sidecar["output"] = str(out)
+    write_metadata(out, sidecar)
 
 
 def print_metrics(result: dict[str, Any]) -> None:
@@ -170,6 +169,13 @@ def evaluate(
     dtype: Dtype = "float32",
     device: Device = None,
     trust_remote_code: TrustRemoteCode = False,
+    record: Annotated[
+        bool,
+        typer.Option(
+            help="When DATA is a file legend annotated (and its margins are read, not recomputed, on all rows): "
+            "record the headline metrics in its metadata and dataset card."
+        ),
+    ] = True,
     quiet: Quiet = False,
 ) -> None:
     """Agreement of margins with preference labels (share positive, AUC, length-balanced, correlations; 95% CIs)."""
@@ -215,19 +221,28 @@ def evaluate(
     print_metrics(result)
     if json_out is not None:
         console.print(f"metrics written to {json_out}")
+    if record and not labelled.annotated_now and limit is None:
+        from legend.annotation import metadata_paths, record_evaluation
+
+        if record_evaluation(data, result) is not None:
+            console.print(f"evaluation recorded in {metadata_paths(data).card} and the file's metadata")
 
 
 @app.command()
 @user_errors
 def report(
     data: Annotated[
-        str, typer.Option(help="Annotated file (from `legend annotate`); its .legend.json sidecar is read if present.")
+        str,
+        typer.Option(
+            help="Annotated file (from `legend annotate`); its metadata (.legend/<file>.json beside it, or an "
+            "older <file>.legend.json) is read if present."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write; the PNG figures go next to it.")],
     direction: Annotated[
         Optional[Path],
         typer.Option(
-            help="Direction folder whose sweep to plot (default: the one named in the sidecar, if it exists)."
+            help="Direction folder whose sweep to plot (default: the one named in the metadata, if it exists)."
         ),
     ] = None,
     metrics: Annotated[

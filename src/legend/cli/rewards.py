@@ -334,7 +334,11 @@ def compare_rm(
         str, typer.Option(help="Ensemble margin column (computed, or already in --data).")
     ] = "margin_ensemble",
     legend_sidecar: Annotated[
-        Optional[Path], typer.Option(help="Sidecar with Legend's annotation time (default: <data>.legend.json).")
+        Optional[Path],
+        typer.Option(
+            help="Legend metadata with the annotation time (default: the data's .legend/<file>.json, or an older "
+            "<file>.legend.json)."
+        ),
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", "--json", help="JSON report.")] = None,
     model: RmModel = "default",
@@ -405,10 +409,9 @@ def compare_rm(
 
 
 def _default_sidecar(data: str) -> Optional[Path]:
-    from legend.pipeline import sidecar_path
+    from legend.annotation import find_sidecar
 
-    path = sidecar_path(data)
-    return path if path.is_file() else None
+    return find_sidecar(data)
 
 
 def print_comparison(report: dict[str, Any]) -> None:

@@ -41,6 +41,7 @@ from ..annotation import (
     sidecar_document,
     sidecar_path,
     with_margins,
+    write_card,
 )
 from ..data import DataError, PairView, chunk_views, detect_layout, iter_chunks
 from ..directions import Direction
@@ -258,13 +259,18 @@ def margins_in_chunks(
 
 @contextlib.contextmanager
 def sidecar_with(out: str | os.PathLike, sidecar: dict[str, Any]) -> Iterator[None]:
-    """Write the sidecar as pending, run the body (which writes `out`), then publish it: both or neither."""
+    """Write the metadata as pending, run the body (which writes `out`), then publish it: both or neither.
+
+    Where the metadata goes is `legend.annotation.metadata_paths`: the JSON (made pending, then
+    renamed) and the dataset card entry, written once the data is in place.
+    """
     final = sidecar_path(out)
     pending = final.with_name(f".{final.name}.pending")
     write_json(sidecar, pending)
     try:
         yield
         os.replace(pending, final)
+        write_card(out, sidecar)
     finally:
         pending.unlink(missing_ok=True)
 

@@ -24,7 +24,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ..annotation import sidecar_path
+from ..annotation import find_sidecar
 from ..directions import split_indices
 from ..metrics import DEFAULT_BOOTSTRAP, paired_difference_ci
 from .ensemble import EnsembleSettings, ensemble_margins
@@ -47,12 +47,15 @@ class CompareSettings:
 
 
 def legend_cost(data: Any, explicit: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """Legend annotation seconds and rows from a `.legend.json` sidecar (given, or next to the data file)."""
-    path = (
-        Path(explicit)
-        if explicit is not None
-        else (sidecar_path(data) if isinstance(data, (str, os.PathLike)) else None)
-    )
+    """Legend annotation seconds and rows from the annotation metadata (given, or found for the data file)."""
+    try:
+        path = (
+            Path(explicit)
+            if explicit is not None
+            else (find_sidecar(data) if isinstance(data, (str, os.PathLike)) else None)
+        )
+    except ValueError:  # a folder with several annotated files: which one's time is meant is unknown
+        path = None
     if path is None or not path.is_file():
         return None
     summary = json.loads(path.read_text()).get("summary", {})
