@@ -33,9 +33,10 @@ from pathlib import Path
 
 import torch
 
-from legend.data import detect_layout, load_table, pair_views, write_table
+from legend.data import detect_layout, load_table, pair_views
 from legend.directions import Direction
 from legend.encoding import EncodeConfig, encode, plan_batches, render, template_kind, tokenize_items
+from legend.io import write_table
 from legend.models import load_model
 from legend.pipeline import AnnotateSettings, annotate_file
 from legend.resources import HH_RLHF_SAMPLE, sample_path
@@ -152,7 +153,7 @@ def compare(lm, data_path, views, layer, settings, reference_s=None, limit_s=Non
     n = len(views)
     direction = random_direction(lm, layer, "last")
     items = pair_items(views)
-    config = direction.encode_config(batch_size=settings.batch_size, max_batch_tokens=settings.max_batch_tokens)
+    config = direction.encode_config(settings.encoding)
     row = {}
     row["ours_s"], result, row["peak_mb"] = run_ours(lm, direction, data_path, n, settings)
     row["tokens"], row["forward_tokens"] = result.margins.n_tokens, result.margins.extra.get("forward_tokens")
@@ -226,7 +227,9 @@ def main(argv=None) -> dict:
     if n_max > len(table):
         sys.exit(f"the bundled sample has {len(table)} pairs; asked for {n_max}")
     layout = detect_layout(table)
-    settings = AnnotateSettings(batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
+    settings = AnnotateSettings(
+        encoding=EncodeConfig(batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
+    )
     results: dict = {
         "machine": {
             "cpus": os.cpu_count(),

