@@ -129,3 +129,17 @@ def test_smollm2_split_between_cpu_and_disk_gives_the_plain_margins(tmp_path):
         np.testing.assert_allclose(
             _margins(spread, directions, encoding), _margins(plain, directions, encoding), atol=1e-5, rtol=0
         )
+
+
+def test_spec_fields_travel_through_pickling_and_the_direction_fallback(tiny_folder, tmp_path):
+    """The Ray engine sends a ModelSpec to each actor and loads it with as_loaded(spec, fallback=direction's model)."""
+    import pickle
+
+    from legend.models import as_loaded
+
+    device_map = _split_map(4)
+    spec = ModelSpec(None, device_map=device_map, offload_folder=str(tmp_path), blocks_path="model.layers")
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    lm = as_loaded(pickle.loads(pickle.dumps(spec)), fallback=str(tiny_folder))
+    assert lm.model.hf_device_map == device_map
+    assert lm.blocks_path == "model.layers"
