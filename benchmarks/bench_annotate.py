@@ -219,6 +219,25 @@ def cli_annotate(direction_path: Path, data_path: Path, out: Path, args) -> floa
     return time.perf_counter() - start
 
 
+def plan_counts(lm, items, config) -> dict:
+    """How ours batches `items` (packed rows, one forward per batch): forwards, rows and tokens per forward, padding."""
+    from legend.encoding import pack_by_prefix, row_length, sharing_routes
+
+    texts = tokenize_items(lm.tokenizer, items, config)
+    _, packed, cached = sharing_routes(lm, texts, config, lm.num_layers)
+    subset = [texts[i] for i in packed]
+    lengths = [row_length(row, subset, True) for row in pack_by_prefix(subset, 2 * config.length_limit)]
+    batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens, config.max_padding)
+    padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+    return {
+        "forwards": len(batches),
+        "rows_per_forward": len(lengths) / max(len(batches), 1),
+        "tokens_per_forward": sum(lengths) / max(len(batches), 1),
+        "padding_share": 1 - sum(lengths) / max(padded, 1),
+        "cached_prompts": len(cached),
+    }
+
+
 def evenly_spaced(views, count: int):
     if len(views) <= count:
         return list(views)
@@ -253,6 +272,7 @@ def run_cli(args, table, layout, results: dict) -> None:
             sample_tokens = sum(len(t.ids) for t in tokenize_items(lm.tokenizer, pair_items(sample), config))
             reference_s = run_reference(lm, sample, args.layer)
             limit_s, _ = run_limit(lm, pair_items(sample), config)
+            engine_s = run_encode(lm, pair_items(sample), config)[0]  # the engine alone, model loaded and warm
             row = {
                 "pairs": size,
                 "tokens": tokens,
@@ -261,7 +281,9 @@ def run_cli(args, table, layout, results: dict) -> None:
                 "sample_tokens": sample_tokens,
                 "reference_ms_per_token": 1e3 * reference_s / sample_tokens,
                 "limit_ms_per_token": 1e3 * limit_s / sample_tokens,
+                "engine_ms_per_token": 1e3 * engine_s / sample_tokens,
                 "cli_ms_per_token": 1e3 * cli_s / tokens,
+                "plan": plan_counts(lm, pair_items(views), config),
             }
             if rows:
                 first = rows[0]
@@ -270,19 +292,22 @@ def run_cli(args, table, layout, results: dict) -> None:
             print(f"  measured: {row}", file=sys.stderr, flush=True)
     print(
         f"  {'pairs':>6} {'tokens':>8} {'CLI s':>8} {'CLI ms/tok':>11} {'marginal':>9} {'paper ms/tok':>13} "
-        f"{'bare ms/tok':>12} {'vs paper':>9} {'vs bare':>8}"
+        f"{'bare ms/tok':>12} {'engine ms/tok':>14} {'vs paper':>9} {'vs bare':>8} "
+        f"{'fwds':>5} {'rows/fwd':>8} {'pad':>5}"
     )
     for row in rows:
         per_token = row.get("cli_marginal_ms_per_token", row["cli_ms_per_token"])
         print(
             f"  {row['pairs']:6d} {row['tokens']:8d} {row['cli_s']:8.1f} {row['cli_ms_per_token']:11.3f} "
             f"{row.get('cli_marginal_ms_per_token', float('nan')):9.3f} {row['reference_ms_per_token']:13.3f} "
-            f"{row['limit_ms_per_token']:12.3f} {row['reference_ms_per_token'] / per_token:8.2f}x "
-            f"{row['limit_ms_per_token'] / per_token:7.2f}x"
+            f"{row['limit_ms_per_token']:12.3f} {row['engine_ms_per_token']:14.3f} "
+            f"{row['reference_ms_per_token'] / per_token:8.2f}x {row['limit_ms_per_token'] / per_token:7.2f}x "
+            f"{row['plan']['forwards']:5d} {row['plan']['rows_per_forward']:8.1f} {row['plan']['padding_share']:5.3f}"
         )
     print(
         f"  ratios use the marginal ms/token over the {sizes[0]}-pair run (start-up and model load removed) where "
-        "there is one; the paper and bare rates are measured in this process on the same pairs"
+        "there is one; the paper, bare and engine (legend's encode, model loaded and warm) rates are measured in "
+        "this process on the same pairs (at most --cli-sample of them, evenly spaced)"
     )
     results["cli"] = rows
 
