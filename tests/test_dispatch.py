@@ -143,3 +143,17 @@ def test_spec_fields_travel_through_pickling_and_the_direction_fallback(tiny_fol
     lm = as_loaded(pickle.loads(pickle.dumps(spec)), fallback=str(tiny_folder))
     assert lm.model.hf_device_map == device_map
     assert lm.blocks_path == "model.layers"
+
+
+def test_tied_embedding_offloaded_to_disk_keeps_the_fingerprint_and_margins(tiny_folder, tmp_path):
+    """lm_head shares the embedding's tensor (saved once): with both on disk the fingerprint reads it via the tie."""
+    plain = load_model(str(tiny_folder), device="cpu")
+    device_map = {**_split_map(plain.num_layers), "model.embed_tokens": "disk", "lm_head": "disk"}
+    spread = load_model(str(tiny_folder), device_map=device_map, offload_folder=str(tmp_path))
+    assert spread.model.get_input_embeddings().weight.device.type == "meta"
+    assert spread.device == torch.device("cpu")
+    assert spread.fingerprint == plain.fingerprint
+    directions = _directions(plain, [plain.num_layers])
+    np.testing.assert_allclose(
+        _margins(spread, directions, SHARING[1]), _margins(plain, directions, SHARING[1]), atol=1e-5, rtol=0
+    )

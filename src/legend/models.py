@@ -548,10 +548,22 @@ def _weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
                     local += [n for n, _ in module.named_buffers(recurse=False)]
                     for local_name in local:
                         offloaded[f"{module_name}.{local_name}" if module_name else local_name] = (store, local_name)
+    aliases: dict[int, list[str]] = {}  # tied weights (lm_head = embed_tokens) are one tensor under several names
+    for name, tensor in state.items():
+        aliases.setdefault(id(tensor), []).append(name)
     for name, tensor in state.items():
         if tensor.device.type == "meta":
-            if name not in offloaded:
-                raise ModelError(f"weight {name} is on the meta device and accelerate holds no offloaded copy of it")
-            store, local_name = offloaded[name]
-            tensor = store[local_name]
+            tensor = _offloaded_copy(name, aliases[id(tensor)], offloaded)
         yield name, tensor
+
+
+def _offloaded_copy(name: str, aliases: list[str], offloaded: dict[str, tuple[Any, str]]) -> torch.Tensor:
+    """An offloaded weight read from accelerate's store, under its own name or a tied alias (saved once)."""
+    for candidate in [name] + [alias for alias in aliases if alias != name]:
+        if candidate in offloaded:
+            store, local_name = offloaded[candidate]
+            try:
+                return store[local_name]
+            except KeyError:
+                continue
+    raise ModelError(f"weight {name} is on the meta device and accelerate holds no offloaded copy of it")
