@@ -3,6 +3,7 @@
     python benchmarks/bench_annotate.py                      # defaults: 64 pairs, fp32, last layer
     python benchmarks/bench_annotate.py --pairs 200 --sizes 50,100,200,400 --json runs/bench.json
     python benchmarks/bench_annotate.py --device cuda --pairs 512 --batch-size 64 --sizes 128,256,512,1024  # GPU
+    python benchmarks/bench_annotate.py --parts cli --cli-sizes 8,160,1101 --json runs/bench_cli.json  # CLI end to end
 
 On the embedded model (SmolLM2-135M-Instruct) and the bundled hh-rlhf sample it prints, from ONE run:
   1. ours: `legend annotate`'s library path (`pipeline.annotate_file`: read, margins, binning, write)
@@ -14,7 +15,13 @@ On the embedded model (SmolLM2-135M-Instruct) and the bundled hh-rlhf sample it 
      sharing and early exit contribute (each switched off in turn), and prefix sharing through the
      KV cache instead of packed rows;
   4. bf16 + a middle-layer direction, compared with the same fp32 reference and limit;
-  5. scaling: time for growing numbers of pairs (should be linear: s/pair about constant).
+  5. scaling: time for growing numbers of pairs (should be linear: s/pair about constant);
+  6. cli (`--parts cli`, run alone): `legend annotate` as a user runs it, a fresh process per size
+     (start-up, model load, reading, writing included), on the first N bundled pairs for each of
+     `--cli-sizes`: ms per token of the full texts, total and marginal over the smallest size (which
+     removes the fixed start-up cost), against the paper's batch-1 approach and a bare batched
+     forward measured in this process on the same pairs (evenly spaced subsets of at most
+     `--cli-sample` pairs for the larger sizes, whose per-token rates stand for the whole).
 Timings on a shared CPU are noisy: `--repeats` runs the main comparison several times and reports
 medians. The direction is a random unit vector: speed does not depend on its values.
 """
@@ -33,9 +40,10 @@ from pathlib import Path
 
 import torch
 
-from legend.data import detect_layout, load_table, pair_views, write_table
+from legend.data import detect_layout, load_table, pair_views
 from legend.directions import Direction
 from legend.encoding import EncodeConfig, encode, plan_batches, render, template_kind, tokenize_items
+from legend.io import write_table
 from legend.models import load_model
 from legend.pipeline import AnnotateSettings, annotate_file
 from legend.resources import HH_RLHF_SAMPLE, sample_path
@@ -152,7 +160,7 @@ def compare(lm, data_path, views, layer, settings, reference_s=None, limit_s=Non
     n = len(views)
     direction = random_direction(lm, layer, "last")
     items = pair_items(views)
-    config = direction.encode_config(batch_size=settings.batch_size, max_batch_tokens=settings.max_batch_tokens)
+    config = direction.encode_config(settings.encoding)
     row = {}
     row["ours_s"], result, row["peak_mb"] = run_ours(lm, direction, data_path, n, settings)
     row["tokens"], row["forward_tokens"] = result.margins.n_tokens, result.margins.extra.get("forward_tokens")
@@ -197,6 +205,113 @@ def report_line(name, seconds, n, tokens, reference, limit):
     )
 
 
+def cli_annotate(direction_path: Path, data_path: Path, out: Path, args) -> float:
+    """Wall time of `legend annotate` in a fresh process (what a user waits for), resume off."""
+    import subprocess
+
+    command = [sys.executable, "-c", "from legend.cli import main; main()", "annotate"]
+    command += ["--direction", str(direction_path), "--data", str(data_path), "--out", str(out), "-q", "--no-resume"]
+    command += ["--batch-size", str(args.batch_size), "--max-batch-tokens", str(args.max_batch_tokens)]
+    if args.device:
+        command += ["--device", args.device]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def plan_counts(lm, items, config) -> dict:
+    """How ours batches `items` (packed rows, one forward per batch): forwards, rows and tokens per forward, padding."""
+    from legend.encoding import pack_by_prefix, row_length, sharing_routes
+
+    texts = tokenize_items(lm.tokenizer, items, config)
+    _, packed, cached = sharing_routes(lm, texts, config, lm.num_layers)
+    subset = [texts[i] for i in packed]
+    lengths = [row_length(row, subset, True) for row in pack_by_prefix(subset, 2 * config.length_limit)]
+    batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens, config.max_padding)
+    padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+    return {
+        "forwards": len(batches),
+        "rows_per_forward": len(lengths) / max(len(batches), 1),
+        "tokens_per_forward": sum(lengths) / max(len(batches), 1),
+        "padding_share": 1 - sum(lengths) / max(padded, 1),
+        "cached_prompts": len(cached),
+    }
+
+
+def evenly_spaced(views, count: int):
+    if len(views) <= count:
+        return list(views)
+    step = len(views) / count
+    return [views[int(i * step)] for i in range(count)]
+
+
+def run_cli(args, table, layout, results: dict) -> None:
+    """Part 6: the CLI end to end at several sizes, per token, against the reference and the bare forward."""
+    sizes = sorted(int(s) for s in args.cli_sizes.split(",") if s)
+    if sizes[-1] > len(table):
+        sys.exit(f"the bundled sample has {len(table)} pairs; asked for {sizes[-1]}")
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    direction = random_direction(lm, args.layer, "last")
+    config = direction.encode_config(EncodeConfig(batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens))
+    all_views = pair_views(table.select(range(sizes[-1])), layout)
+    warm_up(lm, all_views)
+    print(
+        f"\n== CLI end to end ({lm.model_id}, {args.dtype}, layer {args.layer}; a fresh `legend annotate` process "
+        f"per size; load average {os.getloadavg()[0]:.1f})"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        direction_path = direction.save(Path(folder) / "direction")
+        for size in sizes:
+            data_path = Path(folder) / f"hh{size}.jsonl"
+            write_table(table.select(range(size)), data_path)
+            views = all_views[:size]
+            tokens = sum(len(t.ids) for t in tokenize_items(lm.tokenizer, pair_items(views), config))
+            cli_s = cli_annotate(direction_path, data_path, Path(folder) / f"out{size}.jsonl", args)
+            sample = evenly_spaced(views, args.cli_sample)
+            sample_tokens = sum(len(t.ids) for t in tokenize_items(lm.tokenizer, pair_items(sample), config))
+            reference_s = run_reference(lm, sample, args.layer)
+            limit_s, _ = run_limit(lm, pair_items(sample), config)
+            engine_s = run_encode(lm, pair_items(sample), config)[0]  # the engine alone, model loaded and warm
+            row = {
+                "pairs": size,
+                "tokens": tokens,
+                "cli_s": cli_s,
+                "sample_pairs": len(sample),
+                "sample_tokens": sample_tokens,
+                "reference_ms_per_token": 1e3 * reference_s / sample_tokens,
+                "limit_ms_per_token": 1e3 * limit_s / sample_tokens,
+                "engine_ms_per_token": 1e3 * engine_s / sample_tokens,
+                "cli_ms_per_token": 1e3 * cli_s / tokens,
+                "plan": plan_counts(lm, pair_items(views), config),
+            }
+            if rows:
+                first = rows[0]
+                row["cli_marginal_ms_per_token"] = 1e3 * (cli_s - first["cli_s"]) / (tokens - first["tokens"])
+            rows.append(row)
+            print(f"  measured: {row}", file=sys.stderr, flush=True)
+    print(
+        f"  {'pairs':>6} {'tokens':>8} {'CLI s':>8} {'CLI ms/tok':>11} {'marginal':>9} {'paper ms/tok':>13} "
+        f"{'bare ms/tok':>12} {'engine ms/tok':>14} {'vs paper':>9} {'vs bare':>8} "
+        f"{'fwds':>5} {'rows/fwd':>8} {'pad':>5}"
+    )
+    for row in rows:
+        per_token = row.get("cli_marginal_ms_per_token", row["cli_ms_per_token"])
+        print(
+            f"  {row['pairs']:6d} {row['tokens']:8d} {row['cli_s']:8.1f} {row['cli_ms_per_token']:11.3f} "
+            f"{row.get('cli_marginal_ms_per_token', float('nan')):9.3f} {row['reference_ms_per_token']:13.3f} "
+            f"{row['limit_ms_per_token']:12.3f} {row['engine_ms_per_token']:14.3f} "
+            f"{row['reference_ms_per_token'] / per_token:8.2f}x {row['limit_ms_per_token'] / per_token:7.2f}x "
+            f"{row['plan']['forwards']:5d} {row['plan']['rows_per_forward']:8.1f} {row['plan']['padding_share']:5.3f}"
+        )
+    print(
+        f"  ratios use the marginal ms/token over the {sizes[0]}-pair run (start-up and model load removed) where "
+        "there is one; the paper, bare and engine (legend's encode, model loaded and warm) rates are measured in "
+        "this process on the same pairs (at most --cli-sample of them, evenly spaced)"
+    )
+    results["cli"] = rows
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=64, help="pairs for the main comparison")
@@ -217,6 +332,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--cli-sizes", default="8,160,1101", help="--parts cli: pair counts, the smallest as baseline")
+    parser.add_argument(
+        "--cli-sample", type=int, default=300, help="--parts cli: most pairs for the reference and bare rates"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -226,7 +345,16 @@ def main(argv=None) -> dict:
     if n_max > len(table):
         sys.exit(f"the bundled sample has {len(table)} pairs; asked for {n_max}")
     layout = detect_layout(table)
-    settings = AnnotateSettings(batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
+    if args.parts == "cli":
+        results_cli: dict = {"machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()}}
+        run_cli(args, table, layout, results_cli)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results_cli, indent=2, default=str))
+        return results_cli
+    settings = AnnotateSettings(
+        encoding=EncodeConfig(batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
+    )
     results: dict = {
         "machine": {
             "cpus": os.cpu_count(),

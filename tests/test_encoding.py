@@ -148,3 +148,83 @@ def test_plan_batches_respects_budget_and_covers_all():
     for batch in batches:
         assert len(batch) <= 3
         assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 120
+
+
+def _hidden_blocks_lm(tokenizer, blocks_path=None, norm_path=None):
+    """A tiny Llama whose blocks live at `model.decoder_stack`; `layers` is only a plain list view of them."""
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    from helpers import build_tiny_llama
+    from legend.models import wrap_model
+
+    class HiddenBlocksModel(LlamaModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.decoder_stack = self._modules.pop("layers")
+
+        @property
+        def layers(self):  # what LlamaModel.forward iterates; not a ModuleList, so discovery misses it
+            return list(self.decoder_stack)
+
+    model = build_tiny_llama(len(tokenizer))
+    base = HiddenBlocksModel(model.config)
+    state = {k.replace("layers.", "decoder_stack.", 1): v for k, v in model.model.state_dict().items()}
+    base.load_state_dict(state, strict=True)
+    model.model = base
+    lm = wrap_model(model, tokenizer, model_id="hidden-blocks")
+    lm.blocks_path, lm.norm_path = blocks_path, norm_path
+    return lm
+
+
+@pytest.mark.parametrize("layer", [2, -1])
+def test_blocks_path_override_finds_unusual_blocks_and_matches_output_hidden_states(tiny_tokenizer, caplog, layer):
+    lm = _hidden_blocks_lm(tiny_tokenizer, blocks_path="model.decoder_stack")
+    calls = []
+    handles = [
+        b.register_forward_hook(lambda _m, _a, _o, i=i: calls.append(i))
+        for i, b in enumerate(lm.model.model.decoder_stack)
+    ]
+    items = _items()
+    try:
+        with caplog.at_level("WARNING", logger="legend.encoding"):
+            encoded = encode(lm, items, EncodeConfig(layers=(layer,), batch_size=8, prefix_sharing=False))
+    finally:
+        for h in handles:
+            h.remove()
+    assert not caplog.records
+    if layer == 2:
+        assert sorted(set(calls)) == [0, 1]  # the hooks found the blocks: early exit after block 1
+    tok = tiny_tokenizer
+    for row, (prompt, response) in enumerate(items):
+        prefix, answer = render(tok, prompt, response, "chat")
+        expected = _reference(
+            lm,
+            tok(prefix, add_special_tokens=False)["input_ids"],
+            tok(answer, add_special_tokens=False)["input_ids"],
+            layer,
+            "last",
+        )
+        torch.testing.assert_close(encoded.get(layer, "last")[row], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_missing_blocks_fall_back_with_one_warning_naming_what_was_looked_for(tiny_tokenizer, caplog):
+    lm = _hidden_blocks_lm(tiny_tokenizer)
+    items = _items()
+    with caplog.at_level("WARNING", logger="legend.encoding"):
+        slow = encode(lm, items, EncodeConfig(layers=(2,), batch_size=2, prefix_sharing=False)).get(2, "last")
+        encode(lm, items, EncodeConfig(layers=(2,), batch_size=2))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "layers, h, blocks, decoder.layers" in warnings[0] and "--blocks-path" in warnings[0]
+    assert "output_hidden_states" in warnings[0]
+    fast = encode(_hidden_blocks_lm(tiny_tokenizer, "model.decoder_stack"), items, EncodeConfig(layers=(2,)))
+    torch.testing.assert_close(slow, fast.get(2, "last"), atol=1e-5, rtol=1e-4)
+
+
+def test_bad_blocks_path_is_a_one_line_error(tiny_tokenizer):
+    lm = _hidden_blocks_lm(tiny_tokenizer, blocks_path="model.embed_tokens")
+    with pytest.raises(ValueError, match="--blocks-path 'model.embed_tokens': expected a ModuleList of the model's 4"):
+        encode(lm, _items(), EncodeConfig(layers=(2,)))
+    lm = _hidden_blocks_lm(tiny_tokenizer, blocks_path="model.nowhere")
+    with pytest.raises(ValueError, match="no such module"):
+        encode(lm, _items(), EncodeConfig(layers=(2,)))

@@ -277,7 +277,9 @@ def test_resume_key_changes_with_what_changes_the_numbers(tmp_path, tiny_lm, tin
     assert key(s=dataclasses.replace(settings, encoding=batching, levels=7)) == base  # rounding only
     changed = {
         "chunk_rows": key(s=dataclasses.replace(settings, chunk_rows=5)),
-        "max_length": key(s=dataclasses.replace(settings, max_length=16)),
+        "max_length": key(
+            s=dataclasses.replace(settings, encoding=dataclasses.replace(settings.encoding, max_length=16))
+        ),
         "prefix_sharing": key(s=dataclasses.replace(settings, prefix_sharing=False)),
         "limit": key(limit=3),
         "directions": key(d=dataclasses.replace(direction, vector=-direction.vector)),

@@ -50,3 +50,60 @@ def test_default_spec_resolves_to_the_embedded_copy(monkeypatch, tmp_path):
 def test_unloadable_model_is_a_one_line_error(tmp_path):
     with pytest.raises(models.ModelError, match="could not be loaded"):
         models.load_model(str(tmp_path / "nowhere"))
+
+
+def test_model_spec_validates_placement_options_before_any_load():
+    with pytest.raises(ValueError, match="--device-map: expected auto"):
+        models.ModelSpec("x", device_map="everywhere")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        models.ModelSpec("x", device_map='{"model.layers.0": ')
+    with pytest.raises(ValueError, match="exclude each other"):
+        models.ModelSpec("x", device="cpu", device_map="auto")
+    with pytest.raises(ValueError, match="need --device-map"):
+        models.ModelSpec("x", max_memory="0=10GiB")
+    with pytest.raises(ValueError, match="DEVICE=SIZE"):
+        models.ModelSpec("x", device_map="auto", max_memory="0:10GiB")
+    with pytest.raises(ValueError, match="unknown attn_implementation 'flash'"):
+        models.ModelSpec("x", attn_implementation="flash")
+    with pytest.raises(ValueError, match="unknown quantization '3bit'"):
+        models.ModelSpec("x", quantization="3bit")
+    with pytest.raises(ValueError, match="dotted attribute path"):
+        models.ModelSpec("x", blocks_path="model/layers")
+    spec = models.ModelSpec("x", device_map={"model.layers.0": 0, "lm_head": "cpu"}, max_memory={0: "70GiB"})
+    assert models.parse_device_map(spec.device_map) == {"model.layers.0": 0, "lm_head": "cpu"}
+    assert models.parse_max_memory(spec.max_memory) == {0: "70GiB"}
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None,
+    reason="bitsandbytes can run here",
+)
+def test_quantization_where_it_cannot_run_is_a_one_line_error_before_loading(tmp_path):
+    # The folder holds nothing: the error must come from the check, before any file is read.
+    with pytest.raises(models.ModelError, match=r"--quantization 4bit needs (a CUDA GPU|bitsandbytes)"):
+        models.load_model(str(tmp_path / "nowhere"), quantization="4bit")
+
+
+def test_cli_rejects_bad_placement_options_with_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from legend.cli.app import app
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    result = CliRunner().invoke(
+        app,
+        [
+            "annotate",
+            "--direction",
+            str(tmp_path),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+            "--max-memory",
+            "0=1GiB",
+        ],
+    )
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: --max-memory and --offload-folder need")

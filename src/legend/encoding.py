@@ -13,6 +13,8 @@ from L + 1, so -1 is L (the paper's "last layer").
 from __future__ import annotations
 
 import inspect
+import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,6 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .models import LoadedModel
+
+logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
 Pooling = Literal["last", "mean"]
@@ -202,24 +206,94 @@ class _StopForward(Exception):
     """Raised by a hook once the deepest needed layer has run, so later layers are skipped."""
 
 
-def find_blocks(base: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList | None:
-    """The list of decoder blocks of a base model (Llama/Mistral/Qwen `layers`, GPT-2 `h`, ...), or None."""
-    for name in ("layers", "h", "blocks", "decoder.layers"):
-        module: Any = base
-        for part in name.split("."):
-            module = getattr(module, part, None)
+BLOCK_NAMES = ("layers", "h", "blocks", "decoder.layers")
+NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
+
+
+def _attribute(root: Any, path: str) -> Any:
+    module = root
+    for part in path.split("."):
+        module = getattr(module, part, None)
+    return module
+
+
+def find_blocks(base: torch.nn.Module, num_layers: int, path: str | None = None) -> torch.nn.ModuleList | None:
+    """The list of decoder blocks of a base model (Llama/Mistral/Qwen `layers`, GPT-2 `h`, ...), or None.
+
+    `path` is a user's dotted path to them (see `model_blocks`), tried instead of the known names.
+    """
+    for name in (path,) if path else BLOCK_NAMES:
+        module = _attribute(base, name)
         if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers:
             return module
     return None
 
 
-def find_final_norm(base: torch.nn.Module) -> torch.nn.Module | None:
+def find_final_norm(base: torch.nn.Module, path: str | None = None) -> torch.nn.Module | None:
     """The norm applied after the last block (what output_hidden_states[-1] includes), or None."""
-    for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm"):
-        module = getattr(base, name, None)
+    for name in (path,) if path else NORM_NAMES:
+        module = _attribute(base, name)
         if isinstance(module, torch.nn.Module):
             return module
     return None
+
+
+def _resolve_override(lm: LoadedModel, path: str, what: str) -> torch.nn.Module:
+    """A user-named module, looked up from the model (e.g. "model.layers") or from its base model ("layers")."""
+    for root in (lm.model, lm.model.base_model):
+        module = _attribute(root, path)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise ValueError(f"{what} {path!r}: no such module in {type(lm.model).__name__}")
+
+
+def model_blocks(lm: LoadedModel) -> tuple[torch.nn.ModuleList | None, torch.nn.Module | None]:
+    """The decoder blocks and final norm the hooks use: the user's `blocks_path`/`norm_path`, else the known names.
+
+    A user path that does not lead to a ModuleList of `num_layers` blocks is an error (not a
+    silent fallback). Without an override, a model whose blocks (or norm) are not found runs the
+    slower full path (every layer's states, no early exit, no prompt cache); that is logged once
+    per model, naming what was looked for.
+    """
+    base = lm.model.base_model
+    if lm.blocks_path:
+        module = _resolve_override(lm, lm.blocks_path, "--blocks-path")
+        if not isinstance(module, torch.nn.ModuleList) or len(module) != lm.num_layers:
+            size = len(module) if isinstance(module, torch.nn.ModuleList) else "not a ModuleList"
+            raise ValueError(
+                f"--blocks-path {lm.blocks_path!r}: expected a ModuleList of the model's {lm.num_layers} decoder "
+                f"blocks, found {type(module).__name__} ({size})"
+            )
+        blocks: torch.nn.ModuleList | None = module
+    else:
+        blocks = find_blocks(base, lm.num_layers)
+    norm = _resolve_override(lm, lm.norm_path, "--norm-path") if lm.norm_path else find_final_norm(base)
+    if blocks is None or norm is None:
+        _warn_slow_path(lm, blocks is None, norm is None)
+    return blocks, norm
+
+
+_WARNED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _warn_slow_path(lm: LoadedModel, no_blocks: bool, no_norm: bool) -> None:
+    if lm.model in _WARNED:
+        return
+    _WARNED.add(lm.model)
+    base = type(lm.model.base_model).__name__
+    missing = []
+    if no_blocks:
+        missing.append(
+            f"no ModuleList of {lm.num_layers} decoder blocks at {', '.join(BLOCK_NAMES)} of {base} "
+            "(pass --blocks-path, e.g. model.layers)"
+        )
+    if no_norm:
+        missing.append(f"no final norm at {', '.join(NORM_NAMES)} of {base} (pass --norm-path, e.g. model.norm)")
+    logger.warning(
+        "legend: %s; falling back to output_hidden_states (every layer's states, no early exit%s): slower",
+        "; ".join(missing),
+        ", no prompt cache" if no_blocks else " when the last layer is read",
+    )
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -245,7 +319,7 @@ def capture_hidden(
     """
     base = lm.model.base_model
     num_layers = lm.num_layers
-    blocks, norm = find_blocks(base, num_layers), find_final_norm(base)
+    blocks, norm = model_blocks(lm)
     wanted = sorted(set(layers))
     extra: dict[str, Any] = {} if position_ids is None else {"position_ids": position_ids}
     use_cache = cache is not None
@@ -480,7 +554,7 @@ def _block_mask(lm: LoadedModel, segments: torch.Tensor) -> torch.Tensor:
     allowed = allowed[:, None]
     if lm.model.config._attn_implementation == "sdpa":
         return allowed
-    dtype = next(lm.model.parameters()).dtype  # eager adds the mask to the scores
+    dtype = getattr(lm.model, "dtype", None) or next(lm.model.parameters()).dtype  # eager adds it to the scores
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
@@ -559,7 +633,8 @@ def supports_prompt_cache(lm: LoadedModel, deepest: int) -> bool:
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
     base = lm.model.base_model
-    if find_blocks(base, lm.num_layers) is None or (deepest == lm.num_layers and find_final_norm(base) is None):
+    blocks, norm = model_blocks(lm)
+    if blocks is None or (deepest == lm.num_layers and norm is None):
         return False
     if "cache" not in inspect.signature(base.forward).parameters:
         return False
@@ -651,7 +726,10 @@ def _answer_inputs(
         spans.append(_Span(index, r, 0, length))
     device = prompt_mask.device
     rows = torch.tensor([row for row, _ in answers], device=device)
-    cache = DynamicCache(ddp_cache_data=[(keys[rows], values[rows]) for keys, values in keys_values])
+    # A dispatched model keeps each block's keys/values on that block's device.
+    cache = DynamicCache(
+        ddp_cache_data=[(keys[rows.to(keys.device)], values[rows.to(values.device)]) for keys, values in keys_values]
+    )
     prompt = prompt_mask[rows]
     positions = prompt.sum(1, keepdim=True) + torch.arange(width, device=device)
     return {

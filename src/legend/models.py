@@ -7,17 +7,18 @@ first use converts it once to a safetensors folder in the cache; later loads tak
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from .io import atomic_folder
 
 DEFAULT_MODEL = "default"
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -47,6 +48,10 @@ class LoadedModel:
     tokenizer: Any  # its tokenizer
     model_id: str  # what the user asked for, resolved ("HuggingFaceTB/SmolLM2-135M-Instruct", a path, ...)
     fingerprint: str  # hash of the config and a sample of the weights (dtype-independent)
+    # Where the decoder blocks and the final norm live, for architectures the engine does not know
+    # (dotted paths from the model, e.g. "model.layers" and "model.norm"); None: found by name.
+    blocks_path: str | None = None
+    norm_path: str | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -58,12 +63,44 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's (execution) device, also for a dispatched model."""
+        return input_device(self.model)
 
     @property
     def dtype_name(self) -> str:
-        """The weights' dtype as a short name ("float32", "bfloat16")."""
-        return str(next(self.model.parameters()).dtype).replace("torch.", "")
+        """The compute dtype as a short name ("float32", "bfloat16")."""
+        dtype = getattr(self.model, "dtype", None) or next(self.model.parameters()).dtype
+        return str(dtype).replace("torch.", "")
+
+
+def input_device(model: Any) -> torch.device:
+    """The device a model's inputs must be on.
+
+    For a plain model that is where its weights are. For one dispatched by accelerate
+    (`device_map`), the input embedding's execution device: its weights may be offloaded (meta
+    tensors) and the first parameter may live on another GPU than the embedding.
+    """
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embedding is not None:
+        for hook in _hooks(embedding):
+            execution = getattr(hook, "execution_device", None)
+            if execution is not None:
+                return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
+        weight = getattr(embedding, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+            return weight.device
+    for parameter in model.parameters():
+        if parameter.device.type != "meta":
+            return parameter.device
+    return torch.device("cpu")
+
+
+def _hooks(module: Any) -> list[Any]:
+    """accelerate's hooks on a module (a SequentialHook holds several), or []."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        return []
+    return list(getattr(hook, "hooks", None) or [hook])
 
 
 def cache_dir() -> Path:
@@ -98,6 +135,8 @@ def embedded_model_dir() -> Path:
 def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from .io import atomic_folder  # here, not at the top: legend.io pulls `datasets`, which encoding never needs
+
     quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model refuses save_pretrained; rebuild a plain one from its config and weights.
@@ -125,17 +164,134 @@ def resolve_model_path(spec: str | None) -> tuple[str, str]:
     return spec, spec
 
 
+DEVICE_MAP_PRESETS = ("auto", "balanced", "balanced_low_0", "sequential")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+QUANTIZATIONS = ("8bit", "4bit")
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_device_map(value: str | dict | None) -> str | dict[str, Any] | None:
+    """A device map: an accelerate preset ("auto", "balanced", ...) or an explicit module -> device map.
+
+    The map is a dict or its JSON text, e.g. '{"model.embed_tokens": 0, "model.layers.0": 0, ...,
+    "model.norm": "disk"}'; devices are GPU numbers, "cpu", "disk" or torch device strings.
+
+    >>> parse_device_map("auto")
+    'auto'
+    >>> parse_device_map('{"model.layers.0": 0, "lm_head": "cpu"}')
+    {'model.layers.0': 0, 'lm_head': 'cpu'}
+    """
+    if value is None or isinstance(value, dict):
+        return value
+    text = value.strip()
+    if text in DEVICE_MAP_PRESETS:
+        return text
+    if not text.startswith("{"):
+        raise ValueError(
+            f"--device-map: expected {', '.join(DEVICE_MAP_PRESETS)} or a JSON object (module -> device), got {value!r}"
+        )
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--device-map: not valid JSON ({err.msg} at character {err.pos})") from None
+    if not isinstance(parsed, dict) or not all(isinstance(v, (int, str)) for v in parsed.values()):
+        raise ValueError("--device-map: expected a JSON object whose values are GPU numbers or device names")
+    return parsed
+
+
+def parse_max_memory(value: str | dict | None) -> dict[int | str, str] | None:
+    """Per-device memory limits for accelerate, from "0=70GiB,1=70GiB,cpu=200GiB" (or a dict).
+
+    >>> parse_max_memory("0=70GiB, cpu=200GiB")
+    {0: '70GiB', 'cpu': '200GiB'}
+    """
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {int(k) if str(k).isdigit() else str(k): str(v) for k, v in value.items()}
+    limits: dict[int | str, str] = {}
+    for part in value.split(","):
+        device, sep, amount = part.partition("=")
+        device, amount = device.strip(), amount.strip()
+        if (
+            not sep
+            or not device
+            or not _MEMORY.match(amount)
+            or not (device.isdigit() or device in ("cpu", "disk", "mps"))
+        ):
+            raise ValueError(
+                f"--max-memory: expected DEVICE=SIZE pairs such as 0=70GiB,cpu=200GiB, got {part.strip()!r}"
+            )
+        limits[int(device) if device.isdigit() else device] = amount.replace(" ", "")
+    return limits
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to load, decided at the edge; loading waits until the input has been validated."""
+    """What to load, decided at the edge (validated here); loading waits until the input has been validated.
+
+    `device_map` (an accelerate preset such as "auto", or an explicit module -> device map as JSON
+    text) spreads a big model over GPUs, CPU memory and disk (`offload_folder`), within
+    `max_memory` ("0=70GiB,cpu=200GiB"). `quantization` "8bit"/"4bit" loads the weights through
+    bitsandbytes (CUDA only). `blocks_path`/`norm_path` name the decoder blocks and the final norm
+    of an architecture the engine does not find by itself.
+    """
 
     name: str | None = DEFAULT_MODEL
     dtype: str = "float32"
     device: str | None = None
     trust_remote_code: bool = False
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_folder: str | None = None
+    attn_implementation: str | None = None
+    quantization: str | None = None
+    blocks_path: str | None = None
+    norm_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if isinstance(self.device_map, dict):  # kept as JSON text, so the spec stays hashable and printable
+            object.__setattr__(self, "device_map", json.dumps(self.device_map))
+        if isinstance(self.max_memory, dict):
+            limits = ",".join(f"{k}={v}" for k, v in self.max_memory.items())
+            object.__setattr__(self, "max_memory", limits)
+        parse_device_map(self.device_map)
+        parse_max_memory(self.max_memory)
+        if self.device_map is not None and self.device is not None:
+            raise ValueError("--device and --device-map exclude each other: the map places every module")
+        if (self.max_memory or self.offload_folder) and self.device_map is None:
+            raise ValueError("--max-memory and --offload-folder need --device-map (e.g. --device-map auto)")
+        if self.attn_implementation is not None and self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown attn_implementation {self.attn_implementation!r}; "
+                f"choose from {', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"unknown quantization {self.quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
+        for field_name in ("blocks_path", "norm_path"):
+            path = getattr(self, field_name)
+            if path is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", path):
+                raise ValueError(f"--{field_name.replace('_', '-')}: expected a dotted attribute path, got {path!r}")
+
+    def load_options(self) -> dict[str, Any]:
+        """The keyword arguments of load_pretrained/load_model that this spec sets."""
+        return {
+            "dtype": self.dtype,
+            "device": self.device,
+            "trust_remote_code": self.trust_remote_code,
+            "device_map": self.device_map,
+            "max_memory": self.max_memory,
+            "offload_folder": self.offload_folder,
+            "attn_implementation": self.attn_implementation,
+            "quantization": self.quantization,
+        }
 
     def load(self) -> LoadedModel:
-        return load_model(self.name, dtype=self.dtype, device=self.device, trust_remote_code=self.trust_remote_code)
+        lm = load_model(self.name, **self.load_options())
+        lm.blocks_path, lm.norm_path = self.blocks_path, self.norm_path
+        return lm
 
 
 def as_loaded(model: LoadedModel | ModelSpec | str | None, fallback: str | None = DEFAULT_MODEL) -> LoadedModel:
@@ -143,11 +299,7 @@ def as_loaded(model: LoadedModel | ModelSpec | str | None, fallback: str | None 
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, ModelSpec):
-        return (
-            model.load()
-            if model.name is not None
-            else ModelSpec(fallback, model.dtype, model.device, model.trust_remote_code).load()
-        )
+        return model.load() if model.name is not None else dataclasses.replace(model, name=fallback).load()
     return load_model(model or fallback)
 
 
@@ -201,6 +353,11 @@ def load_pretrained(
     trust_remote_code: bool = False,
     num_labels: int | None = None,
     place: bool = True,
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_folder: str | None = None,
+    attn_implementation: str | None = None,
+    quantization: str | None = None,
 ) -> tuple[Any, Any, str]:
     """The one loader of transformers models: (model, tokenizer, model id).
 
@@ -208,6 +365,13 @@ def load_pretrained(
     `num_labels`, or the checkpoint's own head). The pad token follows `ensure_pad_token`, and a
     reward model's config learns its pad id. With `place` the model goes to `device` (default: a GPU
     when visible) in eval mode. Errors are one-line ModelErrors naming the spec.
+
+    Big models: `device_map` ("auto", "balanced", "sequential" or an explicit module -> device map)
+    lets accelerate spread the blocks over GPUs, CPU memory and disk (`offload_folder`) within
+    `max_memory`; such a model is not moved afterwards (inputs go to `input_device(model)`).
+    `attn_implementation` picks eager, sdpa or flash_attention_2; `quantization` "8bit"/"4bit"
+    loads the weights through bitsandbytes (needs CUDA and the `bitsandbytes` package; placed on
+    `device` or GPU 0 unless a device map is given).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -221,6 +385,15 @@ def load_pretrained(
     options: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if num_labels is not None:
         options["num_labels"] = num_labels
+    options.update(_placement_options(spec, device, device_map, max_memory, offload_folder, quantization, torch_dtype))
+    if attn_implementation is not None:
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown attn_implementation {attn_implementation!r}; choose from {', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
+        if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ModelError(f"model {spec!r}: --attn-implementation flash_attention_2 needs the flash-attn package")
+        options["attn_implementation"] = attn_implementation
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         auto: Any = AutoModelForCausalLM if head == "causal" else AutoModelForSequenceClassification
@@ -230,9 +403,57 @@ def load_pretrained(
     ensure_pad_token(tokenizer, reward_head=head == "reward")
     if head == "reward":
         model.config.pad_token_id = tokenizer.pad_token_id
-    if place:
+    if "device_map" in options:
+        model.eval()  # placed by accelerate (or bitsandbytes); moving it would undo the map
+    elif place:
         model.to(device or default_device()).eval()
     return model, tokenizer, model_id
+
+
+def _placement_options(
+    spec: str | None,
+    device: str | None,
+    device_map: str | dict | None,
+    max_memory: str | dict | None,
+    offload_folder: str | None,
+    quantization: str | None,
+    torch_dtype: torch.dtype,
+) -> dict[str, Any]:
+    """from_pretrained's device_map / max_memory / offload_folder / quantization_config, checked first."""
+    options: dict[str, Any] = {}
+    if device_map is not None:
+        if device is not None:
+            raise ValueError("--device and --device-map exclude each other: the map places every module")
+        if importlib.util.find_spec("accelerate") is None:
+            raise ModelError(f"model {spec!r}: --device-map needs the accelerate package (pip install accelerate)")
+        options["device_map"] = parse_device_map(device_map)
+        if max_memory is not None:
+            options["max_memory"] = parse_max_memory(max_memory)
+        if offload_folder is not None:
+            options["offload_folder"] = str(offload_folder)
+    elif max_memory is not None or offload_folder is not None:
+        raise ValueError("--max-memory and --offload-folder need --device-map (e.g. --device-map auto)")
+    if quantization is None:
+        return options
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
+    if not torch.cuda.is_available():
+        raise ModelError(
+            f"model {spec!r}: --quantization {quantization} needs a CUDA GPU (bitsandbytes); none is visible"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"model {spec!r}: --quantization {quantization} needs bitsandbytes (pip install bitsandbytes)")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        options["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        compute = torch.bfloat16 if torch_dtype == torch.float32 else torch_dtype
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+        )
+    options.setdefault("device_map", {"": device or 0})
+    return options
 
 
 def load_model(
@@ -241,14 +462,28 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_folder: str | None = None,
+    attn_implementation: str | None = None,
+    quantization: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer for inference.
 
     `spec` is "default" (the embedded SmolLM2-135M-Instruct), a Hugging Face id or a local folder.
-    `trust_remote_code` stays off unless asked for.
+    `trust_remote_code` stays off unless asked for. The placement options are load_pretrained's.
     """
     model, tokenizer, model_id = load_pretrained(
-        spec, head="causal", dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        spec,
+        head="causal",
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        device_map=device_map,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
+        attn_implementation=attn_implementation,
+        quantization=quantization,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, fingerprint=fingerprint(model))
 
@@ -280,14 +515,17 @@ def fingerprint(model: Any, samples: int = 4096) -> str:
     """A short hash of the model's architecture and a strided sample of every weight tensor.
 
     Values are rounded to bfloat16 before hashing, so the same weights loaded in fp32 or bf16 agree,
-    and only a few thousand numbers per tensor are read, so it stays cheap for 70B models.
+    and only a few thousand numbers per tensor are read, so it stays cheap for 70B models. Weights
+    that accelerate offloaded (meta tensors of a dispatched model) are read one tensor at a time from
+    its offload store (the checkpoint's safetensors files or the offload folder), so a dispatched
+    load has the same fingerprint as a plain one and nothing is materialised on a GPU.
     """
     digest = hashlib.sha256()
     config = {k: v for k, v in model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
     for key in ("hidden_size", "num_hidden_layers", "vocab_size", "model_type"):
         digest.update(f"{key}={config.get(key)};".encode())
     with torch.no_grad():
-        for name, tensor in sorted(model.state_dict().items()):
+        for name, tensor in sorted(_weights(model)):
             flat = tensor.detach().reshape(-1)
             step = max(1, flat.numel() // samples)
             sample = flat[::step][:samples].to(device="cpu", dtype=torch.bfloat16).view(torch.int16)
@@ -295,3 +533,37 @@ def fingerprint(model: Any, samples: int = 4096) -> str:
             digest.update(str(tuple(tensor.shape)).encode())
             digest.update(sample.numpy().tobytes())
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def _weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the state dict; offloaded (meta) tensors are fetched lazily from accelerate's store."""
+    state = model.state_dict()
+    offloaded: dict[str, tuple[Any, str]] = {}
+    if any(tensor.device.type == "meta" for tensor in state.values()):
+        for module_name, module in model.named_modules():
+            for hook in _hooks(module):
+                store = getattr(hook, "weights_map", None)
+                if getattr(hook, "offload", False) and store is not None:
+                    local = [n for n, _ in module.named_parameters(recurse=False)]
+                    local += [n for n, _ in module.named_buffers(recurse=False)]
+                    for local_name in local:
+                        offloaded[f"{module_name}.{local_name}" if module_name else local_name] = (store, local_name)
+    aliases: dict[int, list[str]] = {}  # tied weights (lm_head = embed_tokens) are one tensor under several names
+    for name, tensor in state.items():
+        aliases.setdefault(id(tensor), []).append(name)
+    for name, tensor in state.items():
+        if tensor.device.type == "meta":
+            tensor = _offloaded_copy(name, aliases[id(tensor)], offloaded)
+        yield name, tensor
+
+
+def _offloaded_copy(name: str, aliases: list[str], offloaded: dict[str, tuple[Any, str]]) -> torch.Tensor:
+    """An offloaded weight read from accelerate's store, under its own name or a tied alias (saved once)."""
+    for candidate in [name] + [alias for alias in aliases if alias != name]:
+        if candidate in offloaded:
+            store, local_name = offloaded[candidate]
+            try:
+                return store[local_name]
+            except KeyError:
+                continue
+    raise ModelError(f"weight {name} is on the meta device and accelerate holds no offloaded copy of it")

@@ -12,29 +12,35 @@ from rich.table import Table
 
 from legend.cli.app import app, user_errors
 from legend.cli.options import (
+    AttnImplementation,
     BatchSize,
+    BlocksPath,
     ChosenColumn,
     Device,
+    DeviceMap,
     Dtype,
     Limit,
     MaxBatchTokens,
     MaxLength,
+    MaxMemory,
     Model,
+    NormPath,
+    OffloadFolder,
     OutFile,
     PromptColumn,
+    Quantization,
     Quiet,
     RejectedColumn,
     TrustRemoteCode,
+    model_spec,
 )
 
 console = Console(stderr=False)
 
 
-def _spec(model: Optional[str], dtype: str, device: Optional[str], trust_remote_code: bool):
+def _spec(model: Optional[str], dtype: str, device: Optional[str], trust_remote_code: bool, *placement: Any):
     """What to load; the pipeline loads it only after the input has been read and validated."""
-    from legend.models import ModelSpec
-
-    return ModelSpec(model or "default", dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return model_spec(model or "default", dtype, device, trust_remote_code, *placement)
 
 
 def _parse_floats(text: Optional[str]) -> Optional[tuple[float, ...]]:
@@ -96,6 +102,13 @@ def induce(
     dtype: Dtype = "float32",
     device: Device = None,
     trust_remote_code: TrustRemoteCode = False,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
+    attn_implementation: AttnImplementation = None,
+    quantization: Quantization = None,
+    blocks_path: BlocksPath = None,
+    norm_path: NormPath = None,
     quiet: Quiet = False,
 ) -> None:
     """Generate contrast pairs {question, harmful, harmless}: a greedy answer by the model and a refusal template."""
@@ -105,7 +118,19 @@ def induce(
     report = induce_file(
         questions,
         out,
-        _spec(model, dtype, device, trust_remote_code),
+        _spec(
+            model,
+            dtype,
+            device,
+            trust_remote_code,
+            device_map,
+            max_memory,
+            offload_folder,
+            attn_implementation,
+            quantization,
+            blocks_path,
+            norm_path,
+        ),
         column=column,
         prefill_column=prefill_column,
         refusals=tuple(refusal) if refusal else DEFAULT_REFUSALS,
@@ -185,6 +210,13 @@ def direction(
         Optional[str],
         typer.Option(help="Also upload the folder to this Hub model repo (user/name; created if needed)."),
     ] = None,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
+    attn_implementation: AttnImplementation = None,
+    quantization: Quantization = None,
+    blocks_path: BlocksPath = None,
+    norm_path: NormPath = None,
     quiet: Quiet = False,
 ) -> None:
     """Build a concept direction (the paper's Standard Margin Vector by default) and save it as a folder."""
@@ -207,7 +239,19 @@ def direction(
     )
     built, report = build_direction_from_file(
         pairs,
-        _spec(model, dtype, device, trust_remote_code),
+        _spec(
+            model,
+            dtype,
+            device,
+            trust_remote_code,
+            device_map,
+            max_memory,
+            offload_folder,
+            attn_implementation,
+            quantization,
+            blocks_path,
+            norm_path,
+        ),
         settings,
         question=question_column,
         harmful=harmful_column,
@@ -295,6 +339,13 @@ def annotate(
     dtype: Dtype = "float32",
     device: Device = None,
     trust_remote_code: TrustRemoteCode = False,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
+    attn_implementation: AttnImplementation = None,
+    quantization: Quantization = None,
+    blocks_path: BlocksPath = None,
+    norm_path: NormPath = None,
     summary_json: Annotated[bool, typer.Option(help="Print the summary as JSON instead of a table.")] = False,
     prefix_sharing: Annotated[
         bool, typer.Option(help="Run each pair's prompt once for both answers (same margins, less work).")
@@ -332,11 +383,22 @@ def annotate(
     from legend.annotation import load_binning
     from legend.data import ColumnNames
     from legend.encoding import EncodeConfig
-    from legend.models import ModelSpec
     from legend.pipeline import AnnotateSettings, annotate_file
 
     # No --model: the model each direction records (read once, by the engine, with the direction).
-    lm = ModelSpec(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    lm = model_spec(
+        model,
+        dtype,
+        device,
+        trust_remote_code,
+        device_map,
+        max_memory,
+        offload_folder,
+        attn_implementation,
+        quantization,
+        blocks_path,
+        norm_path,
+    )
     encoding = EncodeConfig(
         batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,

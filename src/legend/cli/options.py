@@ -68,3 +68,61 @@ def column_names(
     if len(parts) != 3:
         raise ValueError(f"--columns: expected prompt,chosen,rejected, got {legacy!r}")
     return parts[0], parts[1], parts[2]
+
+
+# Big annotators (7B-70B): placement over GPUs/CPU/disk, attention kernel, quantisation, block discovery.
+DeviceMap = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Spread the model with accelerate: auto | balanced | sequential, or a JSON object of module -> "
+        "device (GPU number, cpu, disk). Excludes --device."
+    ),
+]
+MaxMemory = Annotated[
+    Optional[str], typer.Option(help="With --device-map: memory per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB.")
+]
+OffloadFolder = Annotated[Optional[str], typer.Option(help="With --device-map: folder for weights offloaded to disk.")]
+AttnImplementation = Annotated[
+    Optional[str], typer.Option(help="Attention kernel: sdpa | eager | flash_attention_2 (default: the model's).")
+]
+Quantization = Annotated[
+    Optional[str], typer.Option(help="Load the weights in 8bit | 4bit (bitsandbytes; needs a CUDA GPU).")
+]
+BlocksPath = Annotated[
+    Optional[str],
+    typer.Option(help="Dotted path to the decoder blocks when legend does not find them (e.g. model.layers)."),
+]
+NormPath = Annotated[
+    Optional[str], typer.Option(help="Dotted path to the final norm when legend does not find it (e.g. model.norm).")
+]
+
+
+def model_spec(
+    model: Optional[str],
+    dtype: str,
+    device: Optional[str],
+    trust_remote_code: bool,
+    device_map: Optional[str] = None,
+    max_memory: Optional[str] = None,
+    offload_folder: Optional[str] = None,
+    attn_implementation: Optional[str] = None,
+    quantization: Optional[str] = None,
+    blocks_path: Optional[str] = None,
+    norm_path: Optional[str] = None,
+):
+    """The ModelSpec of a command's model options (validated here; nothing is loaded yet)."""
+    from legend.models import ModelSpec
+
+    return ModelSpec(
+        model,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        device_map=device_map,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
+        attn_implementation=attn_implementation,
+        quantization=quantization,
+        blocks_path=blocks_path,
+        norm_path=norm_path,
+    )

@@ -12,16 +12,24 @@ from rich.table import Table
 
 from legend.cli.app import app, user_errors
 from legend.cli.options import (
+    AttnImplementation,
     BatchSize,
+    BlocksPath,
     ChosenColumn,
     Device,
+    DeviceMap,
     Dtype,
     Limit,
     MaxBatchTokens,
+    MaxMemory,
+    NormPath,
+    OffloadFolder,
     PromptColumn,
+    Quantization,
     Quiet,
     RejectedColumn,
     TrustRemoteCode,
+    model_spec,
 )
 
 console = Console(stderr=False)
@@ -65,17 +73,17 @@ def _read(
     margin_column: str,
     quiet: bool,
     severity_columns: Optional[tuple[str, str]] = None,
+    placement: tuple = (),
 ):
     """Read the labelled margins, annotating first when a direction is given.
 
     The model (None: the direction's) is loaded only after the data has been read and checked.
     """
     from legend.encoding import EncodeConfig
-    from legend.models import ModelSpec
     from legend.pipeline import AnnotateSettings
     from legend.quality import read_labelled_margins
 
-    spec = ModelSpec(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    spec = model_spec(model, dtype, device, trust_remote_code, *placement)
     settings = AnnotateSettings(
         columns=columns,
         encoding=EncodeConfig(batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=not quiet),
@@ -176,6 +184,13 @@ def evaluate(
             "record the headline metrics in its metadata and dataset card."
         ),
     ] = True,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
+    attn_implementation: AttnImplementation = None,
+    quantization: Quantization = None,
+    blocks_path: BlocksPath = None,
+    norm_path: NormPath = None,
     quiet: Quiet = False,
 ) -> None:
     """Agreement of margins with preference labels (share positive, AUC, length-balanced, correlations; 95% CIs)."""
@@ -199,6 +214,7 @@ def evaluate(
         margin_column,
         quiet,
         _pair_of_names(severity_columns, "--severity-columns"),
+        placement=(device_map, max_memory, offload_folder, attn_implementation, quantization, blocks_path, norm_path),
     )
     tokenizer = None
     if length_unit == "tokens":
@@ -323,6 +339,13 @@ def audit(
     dtype: Dtype = "float32",
     device: Device = None,
     trust_remote_code: TrustRemoteCode = False,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
+    attn_implementation: AttnImplementation = None,
+    quantization: Quantization = None,
+    blocks_path: BlocksPath = None,
+    norm_path: NormPath = None,
     quiet: Quiet = False,
 ) -> None:
     """Flag pairs whose margin says the rejected answer is clearly safer (likely label errors); keep every row."""
@@ -347,6 +370,7 @@ def audit(
         split,
         margin_column,
         quiet,
+        placement=(device_map, max_memory, offload_folder, attn_implementation, quantization, blocks_path, norm_path),
     )
     result = audit_margins(labelled.raw, settings)
     summary: dict[str, Any] = {"source": labelled.source, "margin_column": labelled.margin_column, **result.summary()}
