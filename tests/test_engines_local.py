@@ -275,12 +275,14 @@ def test_resume_key_changes_with_what_changes_the_numbers(tmp_path, tiny_lm, tin
     assert key() == base
     batching = dataclasses.replace(settings.encoding, batch_size=3, max_batch_tokens=99)
     assert key(s=dataclasses.replace(settings, encoding=batching, levels=7)) == base  # rounding only
+
+    def with_encoding(**fields):
+        return dataclasses.replace(settings, encoding=dataclasses.replace(settings.encoding, **fields))
+
     changed = {
         "chunk_rows": key(s=dataclasses.replace(settings, chunk_rows=5)),
-        "max_length": key(
-            s=dataclasses.replace(settings, encoding=dataclasses.replace(settings.encoding, max_length=16))
-        ),
-        "prefix_sharing": key(s=dataclasses.replace(settings, prefix_sharing=False)),
+        "max_length": key(s=with_encoding(max_length=16)),
+        "prefix_sharing": key(s=with_encoding(prefix_sharing=False)),
         "limit": key(limit=3),
         "directions": key(d=dataclasses.replace(direction, vector=-direction.vector)),
     }
