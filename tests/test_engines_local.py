@@ -273,11 +273,16 @@ def test_resume_key_changes_with_what_changes_the_numbers(tmp_path, tiny_lm, tin
     key = lambda d=direction, s=settings, limit=None: resume_key(data, [d], tiny_lm, s, split="train", limit=limit)  # noqa: E731
     base = key()
     assert key() == base
-    assert key(s=dataclasses.replace(settings, batch_size=3, max_batch_tokens=99, levels=7)) == base  # rounding only
+
+    def encoding(**changes):
+        return dataclasses.replace(settings, encoding=dataclasses.replace(settings.encoding, **changes))
+
+    rounding_only = dataclasses.replace(encoding(batch_size=3, max_batch_tokens=99), levels=7)
+    assert key(s=rounding_only) == base  # batching changes margins by rounding only; levels only the binning
     changed = {
         "chunk_rows": key(s=dataclasses.replace(settings, chunk_rows=5)),
-        "max_length": key(s=dataclasses.replace(settings, max_length=16)),
-        "prefix_sharing": key(s=dataclasses.replace(settings, prefix_sharing=False)),
+        "max_length": key(s=encoding(max_length=16)),
+        "prefix_sharing": key(s=encoding(prefix_sharing=False)),
         "limit": key(limit=3),
         "directions": key(d=dataclasses.replace(direction, vector=-direction.vector)),
     }
