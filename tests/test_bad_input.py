@@ -519,3 +519,32 @@ def test_kill_9_then_a_rerun_gives_the_uninterrupted_output_and_leaves_nothing_e
     assert reused == (2 if point.startswith("compute") else 4)
     only(tmp_path, "in.jsonl", "whole", "out.jsonl", "out.jsonl.legend.json")
     fields_unchanged(data, out)
+
+
+# ---------------------------------------------------------------- rows left out are exactly the flagged ones
+
+
+def test_pairs_flagged_harmful_refused_are_left_out_counted_and_only_them(tiny_lm, tmp_path):
+    from legend.data import ContrastPair
+    from legend.directions import DirectionSettings, build_direction
+    from legend.pipeline import build_direction_from_file
+
+    rows = [
+        {"question": f"How do I do thing {i}?", "harmful": f"Sure, here is how {i}", "harmless": "I can't."}
+        for i in range(8)
+    ]
+    for i in (1, 4, 5):
+        rows[i]["harmful"] = "I'm sorry, I cannot help with that."
+    flags = [i in (1, 4, 5) for i in range(8)]
+    for row, flag in zip(rows, flags):
+        row["harmful_refused"] = flag
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    settings = DirectionSettings(layer=2, pooling="mean", test_fraction=0.25)
+    built, report = build_direction_from_file(data, tiny_lm, settings)
+    assert (report["pairs_read"], report["left_out_refused"], report["pairs_used"]) == (8, 3, 5)
+    kept = [ContrastPair(r["question"], r["harmful"], r["harmless"]) for r, flag in zip(rows, flags) if not flag]
+    by_hand = build_direction(tiny_lm, kept, settings)
+    torch.testing.assert_close(built.vector, by_hand.vector)
+    everything, report = build_direction_from_file(data, tiny_lm, settings, drop_refused=False)
+    assert report["left_out_refused"] == 0 and report["pairs_used"] == 8
+    assert not torch.allclose(everything.vector, by_hand.vector)

