@@ -133,7 +133,12 @@ def test_a_column_mixing_types_is_refused_naming_the_row_and_field(workspace, tm
 
 @pytest.mark.parametrize(
     "value, shown",
-    [(1.5, "1 (int) would be read as 1.0 (float)"), (2**64 + 1, "(int) would be read as"), ({"a": 1}, "")],
+    [
+        (1.5, "1 (int) would be read as 1.0 (float)"),
+        (2**64 + 1, "(int) would be read as"),
+        ({"a": 1}, ""),
+        ("2020-01-01", "turns date-like text into timestamps"),
+    ],
 )
 def test_other_values_a_reader_would_change_are_refused(tmp_path, value, shown):
     from legend.data import DataError, load_table
@@ -141,6 +146,8 @@ def test_other_values_a_reader_would_change_are_refused(tmp_path, value, shown):
     rows = [{"chosen": "a b", "rejected": "a c", "extra": 1}, {"chosen": "a b", "rejected": "a c", "extra": value}]
     if isinstance(value, dict):
         rows[0]["extra"] = "text"  # a string among objects
+    if isinstance(value, str):
+        rows[0]["extra"] = "2021-02-03"  # dates as text: the reader would make timestamps of them
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     try:
         load_table(data)
@@ -149,6 +156,30 @@ def test_other_values_a_reader_would_change_are_refused(tmp_path, value, shown):
     else:  # read back unchanged is the only other acceptable outcome
         table = load_table(data)
         assert json.dumps(table.to_list()) == json.dumps(rows)
+
+
+@pytest.mark.parametrize(
+    "cell, shown", [("007", '"007" would be read as 7 (int)'), ("NA", '"NA" would be read as null')]
+)
+def test_a_csv_cell_that_type_inference_would_change_is_refused(workspace, tmp_path, cell, shown):
+    data = tmp_path / "in.csv"
+    data.write_text(f"prompt,chosen,rejected,code\nq1,a b,a c,12\nq2,a b,a d,{cell}\n")
+    for chunk_rows in (1, 100):
+        result = annotate(workspace, data, tmp_path / "out.csv", "--chunk-rows", chunk_rows, "--model", MISSING_MODEL)
+        assert_one_line_error(result, f"{data}: row 2: field 'code': the text {shown}")
+    only(tmp_path, "in.csv")
+
+
+def test_ray_engine_refuses_the_same_bad_input_before_ray_starts(workspace, tmp_path):
+    pytest.importorskip("ray")
+    rows = hh_rows(6)
+    rows[4]["chosen"] = None
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = annotate(workspace, data, tmp_path / "out.jsonl", "--engine", "ray", "--model", MISSING_MODEL)
+    assert_one_line_error(result, f"{data}: row 5: field 'chosen'")
+    result = annotate(workspace, data, data, "--engine", "ray", "--model", MISSING_MODEL)
+    assert_one_line_error(result, f"{data}: is the input {data}")
+    only(tmp_path, "in.jsonl")
 
 
 def test_a_good_file_comes_back_row_for_row_with_its_types(workspace, tmp_path):

@@ -130,6 +130,8 @@ def load_table(source: str | os.PathLike[str], split: str = "train") -> datasets
         raise DataError("no rows", source=name)
     if path.is_file() and input_format(path) == "json":
         check_values_kept(ds, json_records(path, name), name)
+    elif path.is_file() and input_format(path) == "csv":
+        check_csv_values_kept(ds, csv_records(path), name)
     return ds
 
 
@@ -374,7 +376,7 @@ def _first_change(original: Any, read: Any, path: str = "") -> tuple[str, Any, A
 
 
 def _shown(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    text = json.dumps(value, ensure_ascii=False, default=str)
     return (text[:40] + "...") if len(text) > 43 else text
 
 
@@ -403,14 +405,70 @@ def check_values_kept(ds: datasets.Dataset, records: Iterator[Any], source: str,
                 )
             field = next(k for k in original if not _kept(original[k], read[k]))
             where, before, after = _first_change(original[field], read[field])
+            if isinstance(before, str) and hasattr(after, "isoformat"):
+                hint = "the JSON reader turns date-like text into timestamps; give this data as .parquet instead"
+            else:
+                hint = "the column mixes types between rows; give this field one type in every row"
             raise DataError(
                 f"{where + ': ' if where else ''}{_shown(before)} ({type(before).__name__}) would be read as "
-                f"{_shown(after)} ({type(after).__name__}): the column mixes types between rows, and legend "
-                "never writes a changed value; give this field one type in every row",
+                f"{_shown(after)} ({type(after).__name__}) and legend never writes a changed value: {hint}",
                 source=source,
                 row=row,
                 field=field,
             )
+
+
+def csv_records(path: Path) -> Iterator[dict[str, str]]:
+    """The rows of a CSV file as the texts written in it (header -> cell)."""
+    import csv
+
+    with _open_text(path) if path.suffix.lower() == ".gz" else open(path, encoding="utf-8", newline="") as handle:
+        yield from csv.DictReader(handle)
+
+
+def _csv_kept(text: str | None, read: Any) -> bool:
+    """True when a CSV cell read as `read` is written back as the same value `text` held."""
+    if text is None:
+        return read is None
+    if read is None or (isinstance(read, float) and read != read):
+        return not text.strip()  # only an empty cell may become null ("NA", "null", "None" are values)
+    if isinstance(read, bool):
+        return text.strip().lower() == str(read).lower()
+    if isinstance(read, int):
+        return text.strip() == str(read)  # "007" -> 7 or "+5" -> 5 lose what was written
+    if isinstance(read, float):
+        try:
+            return float(text) == read
+        except ValueError:
+            return False
+    if isinstance(read, str):
+        return read == text
+    return True  # dates and other inferred types: pandas' own reading
+
+
+def check_csv_values_kept(
+    ds: datasets.Dataset, records: Iterator[dict[str, str]], source: str, first_row: int = 0
+) -> None:
+    """Refuse a CSV whose type inference changed a cell ("007" read as 7, "NA" read as null): legend would write
+    the changed value. Raises DataError naming the row and field."""
+    names = ds.column_names
+    row = first_row
+    for batch in ds.with_format(None).iter(batch_size=_BATCH_ROWS):
+        for values in zip(*(batch[c] for c in names)):
+            row += 1
+            original = next(records, None)
+            if original is None:
+                return
+            for name, value in zip(names, values):
+                if name in original and not _csv_kept(original[name], value):
+                    raise DataError(
+                        f"the text {_shown(original[name])} would be read as {_shown(value)} "
+                        f"({type(value).__name__}) and written back changed; legend never changes a value: "
+                        "give this data as .jsonl or .parquet (typed formats) instead",
+                        source=source,
+                        row=row,
+                        field=name,
+                    )
 
 
 def _first_line_is_object(text: str) -> bool:
@@ -908,11 +966,14 @@ def iter_chunks(
     *,
     split: str = "train",
     limit: int | None = None,
+    check_values: bool = True,
 ) -> Iterator[datasets.Dataset]:
     """Yield the rows of `data` in order as Datasets of at most `chunk_rows` rows (at most `limit` rows in all).
 
     Streamed files never hold more than a chunk (plus the reader's block) in memory.
-    Raises DataError (from `load_table`'s checks) for unreadable, malformed or empty input.
+    Raises DataError (from `load_table`'s checks) for unreadable, malformed or empty input, and, with
+    `check_values`, for a value the reading changed (see `check_values_kept`; a later pass over an
+    input already checked by `scan_input` may skip it).
     """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
@@ -926,7 +987,8 @@ def iter_chunks(
             yield table.select(range(start, min(start + chunk_rows, stop)))
         return
     seen = 0
-    records = json_records(path, str(data)) if builder == "json" else None
+    records = json_records(path, str(data)) if builder == "json" and check_values else None
+    texts = csv_records(path) if builder == "csv" and check_values else None
     try:
         with quiet_datasets():
             stream = datasets.load_dataset(builder, data_files=glob.escape(str(path)), split="train", streaming=True)
@@ -936,6 +998,8 @@ def iter_chunks(
                     chunk = chunk.select(range(int(remaining - seen)))
                 if records is not None:
                     check_values_kept(chunk, records, str(data), first_row=seen)
+                if texts is not None:
+                    check_csv_values_kept(chunk, texts, str(data), first_row=seen)
                 seen += len(chunk)
                 if len(chunk):
                     yield chunk
@@ -1023,7 +1087,7 @@ def scan_input(
     if layout == "implicit":
         layout = detect_layout(first, columns, source=source, transcripts=(hh, other))
         done = 0
-        for chunk in iter_chunks(data, chunk_rows, split=split, limit=limit):
+        for chunk in iter_chunks(data, chunk_rows, split=split, limit=limit, check_values=False):
             chunk_views(chunk, layout, columns, source, done)
             done += len(chunk)
     return InputScan(layout=layout, rows=rows, chunks=chunks)

@@ -294,7 +294,8 @@ def margins_in_chunks(
     layout = scan.layout
     per_chunk: list[list[MarginResult]] = []
     rows = 0
-    for index, chunk in enumerate(iter_chunks(data, settings.chunk_rows, split=split, limit=limit)):
+    chunks = iter_chunks(data, settings.chunk_rows, split=split, limit=limit, check_values=False)  # scan checked
+    for index, chunk in enumerate(chunks):
         results = store.load(index, len(chunk), len(directions)) if store else None
         if results is None:
             views = chunk_views(chunk, layout, settings.columns, source, rows)
@@ -448,7 +449,7 @@ def _annotate_in_two_passes(
         {d.name: b for d, b in zip(directions[1:], binnings[1:])},
     )
     with sidecar_with(out, sidecar), ChunkWriter(out) as writer:
-        for chunk in iter_chunks(data, settings.chunk_rows, split=split, limit=limit):
+        for chunk in iter_chunks(data, settings.chunk_rows, split=split, limit=limit, check_values=False):
             rows = slice(writer.rows, writer.rows + len(chunk))
             writer.write(with_margins(chunk, [raw[rows] for raw in raws], binnings, directions))
         if writer.rows != len(raws[0]):
