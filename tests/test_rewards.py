@@ -122,13 +122,15 @@ def _reward_alone(model, ids: list[int]) -> float:
 
 
 @pytest.mark.parametrize("column,alpha", [("margin_raw", 2.0), ("margin", 0.5), (None, 1.0)])
-def test_trl_loss_equals_hand_computed_margin_loss(tiny_rm, column, alpha):
+def test_trl_loss_equals_hand_computed_margin_loss(tiny_rm, column, alpha, tmp_path):
     """RewardTrainer's loss on one batch = mean(-log σ(r_c − r_r − α·m)) with per-row margins."""
     prefs = read_preferences(toy_pairs(6, flipped=0.5))
     tokenizer = load_tokenizer(tiny_rm)
     margins = margin_values(prefs, column, alpha)
     pairs = tokenize_pairs(tokenizer, prefs.views, max_length=64, margins=margins)
-    trainer = build_trainer(fast(tiny_rm, margin_column=column, alpha=alpha), pairs, tokenizer, "unused-out-dir")
+    trainer = build_trainer(
+        fast(tiny_rm, margin_column=column, alpha=alpha), pairs, tokenizer, str(tmp_path / "unused-out-dir")
+    )
     model = trainer.model.eval()
     examples = [trainer.train_dataset[i] for i in range(len(prefs))]
     batch = trainer.data_collator(examples)
@@ -252,10 +254,35 @@ def test_kfold_partitions_every_pair_once():
     assert [len(f) for f in folds] in ([4, 4, 3], [4, 3, 4], [3, 4, 4])
 
 
-def test_ensemble_margins_out_of_fold(tiny_rm):
-    table = toy_pairs(12)
-    result = ensemble_margins(table, fast(tiny_rm, epochs=1.0), EnsembleSettings(k=3, levels=3, seed=0))
+def test_ensemble_margins_out_of_fold(tiny_rm, monkeypatch):
+    from legend.rewards import ensemble as ensemble_module
+
+    trained_models = []  # in fold order
+    real_train = ensemble_module.train_reward_model
+
+    def recording(prefs, settings):
+        trained = real_train(prefs, settings)
+        trained_models.append((len(prefs), trained))
+        return trained
+
+    monkeypatch.setattr(ensemble_module, "train_reward_model", recording)
+    table, reward = toy_pairs(12), fast(tiny_rm, epochs=1.0)
+    result = ensemble_margins(table, reward, EnsembleSettings(k=3, levels=3, seed=0))
     out = result.dataset
+    # Each pair's raw margin is the reward gap of the member whose fold held it out (scored here one pair at
+    # a time), and the levels are the hand-computed binning of those gaps.
+    views = read_preferences(table).views
+    raw_by_hand = np.full(len(views), np.nan)
+    for (n_trained, trained), held_out in zip(trained_models, kfold(12, 3, seed=0)):
+        assert n_trained == 12 - len(held_out)
+        scorer = as_scorer(trained.model, trained.tokenizer, max_length=reward.max_length, template=reward.template)
+        for i in held_out:
+            raw_by_hand[i] = score_pairs(scorer, [views[i]], batch_size=1).gap[0]
+    np.testing.assert_allclose(out["margin_ensemble_raw"], raw_by_hand, atol=1e-4)
+    positive = raw_by_hand[raw_by_hand > 0]
+    middle = np.quantile(positive, 0.5)
+    expected = np.where(raw_by_hand <= 0, 0.0, np.where(raw_by_hand <= middle, 1.0, 2.0))
+    np.testing.assert_array_equal(out["margin_ensemble"], expected)
     assert out.num_rows == 12 and {"margin_ensemble", "margin_ensemble_raw", "margin"} <= set(out.column_names)
     report = result.report
     assert [m["train_pairs"] for m in report["members"]] == [8, 8, 8]

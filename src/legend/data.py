@@ -128,6 +128,10 @@ def load_table(source: str | os.PathLike[str], split: str = "train") -> datasets
         raise DataError("no such file", source=name)
     if ds.num_rows == 0:
         raise DataError("no rows", source=name)
+    if path.is_file() and input_format(path) == "json":
+        check_values_kept(ds, json_records(path, name), name)
+    elif path.is_file() and input_format(path) == "csv":
+        check_csv_values_kept(ds, csv_records(path), name)
     return ds
 
 
@@ -162,6 +166,11 @@ def _load_file(path: Path, name: str) -> datasets.Dataset:
         raise DataError("file is not readable (permission denied)", source=name)
     if path.stat().st_size == 0:
         raise DataError("file is empty (no rows)", source=name)
+    if builder in ("json", "csv"):
+        # Arrow keeps invalid UTF-8 in its strings and fails only when a value is read: look first.
+        not_text = find_non_utf8(path, name)
+        if not_text is not None:
+            raise not_text
     try:
         with quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
             data_file = _records_as_json_lines(path, Path(cache)) or path
@@ -260,6 +269,10 @@ def _explain_read_failure(path: Path, name: str, builder: str, exc: Exception) -
         located = _locate_json_problem(path, name)
         if located is not None:
             return located
+    elif builder == "csv":
+        located = find_non_utf8(path, name)
+        if located is not None:
+            return located
     return DataError(f"could not read as {builder}: {_root_message(exc)}", source=name)
 
 
@@ -271,11 +284,12 @@ def _open_text(path: Path) -> Any:
 
 def _locate_json_problem(path: Path, name: str) -> DataError | None:
     """Find the line (JSON Lines) or position (JSON document) that is malformed."""
+    not_text = find_non_utf8(path, name)
+    if not_text is not None:
+        return not_text
     try:
         with _open_text(path) as handle:
             text = handle.read()
-    except UnicodeDecodeError as exc:
-        return DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=name)
     except OSError as exc:
         return DataError(f"could not read: {exc}", source=name)
     if path.name.lower().endswith((".json", ".json.gz")):
@@ -288,6 +302,173 @@ def _locate_json_problem(path: Path, name: str) -> DataError | None:
         else:
             return _check_json_document(document, name)
     return _scan_json_lines(text, name)
+
+
+def _open_binary(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+
+
+def find_non_utf8(path: Path, name: str) -> DataError | None:
+    """The first byte that is not UTF-8, as a DataError naming its line and byte offset; None when all is text.
+
+    For a .gz file the offset counts the uncompressed bytes.
+    """
+    offset = 0
+    try:
+        with _open_binary(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    where = offset + exc.start
+                    unit = " (uncompressed)" if path.suffix.lower() == ".gz" else ""
+                    return DataError(
+                        f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset {where}{unit} ({exc.reason})",
+                        source=name,
+                        line=number,
+                    )
+                offset += len(raw)
+    except (OSError, EOFError) as exc:
+        return DataError(f"could not read: {exc}", source=name)
+    return None
+
+
+def json_records(path: Path, name: str) -> Iterator[Any]:
+    """The records of a JSON Lines file (or a .json list of records) exactly as `json.loads` reads them."""
+    if path.name.lower().endswith((".json", ".json.gz")):
+        with _open_text(path) as handle:
+            head = handle.read(4096).lstrip("\ufeff \t\r\n")
+            if head.startswith("["):
+                yield from json.loads(head + handle.read())
+                return
+    with _open_binary(path) as handle:
+        for raw in handle:
+            text = raw.decode("utf-8").strip().lstrip("\ufeff")
+            if text:
+                yield json.loads(text)
+
+
+def _kept(original: Any, read: Any) -> bool:
+    """True when `read` is `original` with the same types (a dict may gain keys holding None)."""
+    if isinstance(original, dict):
+        return (
+            isinstance(read, dict)
+            and all(k in read and _kept(v, read[k]) for k, v in original.items())
+            and all(read[k] is None for k in read if k not in original)
+        )
+    if isinstance(original, list):
+        return isinstance(read, list) and len(read) == len(original) and all(map(_kept, original, read))
+    if type(original) is not type(read):
+        return False
+    return original == read or (original != original and read != read)  # NaN
+
+
+def _first_change(original: Any, read: Any, path: str = "") -> tuple[str, Any, Any]:
+    if isinstance(original, dict) and isinstance(read, dict):
+        for key, value in original.items():
+            if key in read and not _kept(value, read[key]):
+                return _first_change(value, read[key], f"{path}.{key}" if path else str(key))
+    if isinstance(original, list) and isinstance(read, list) and len(original) == len(read):
+        for index, (a, b) in enumerate(zip(original, read)):
+            if not _kept(a, b):
+                return _first_change(a, b, f"{path}[{index}]")
+    return path, original, read
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return (text[:40] + "...") if len(text) > 43 else text
+
+
+def check_values_kept(ds: datasets.Dataset, records: Iterator[Any], source: str, first_row: int = 0) -> None:
+    """Refuse a table whose reading changed a value of the JSON it came from (types included).
+
+    Arrow gives each column one type, so a column mixing types (the string "1" among integers, an
+    integer among floats, integers beyond 64 bits) comes back changed; legend would then write the
+    changed value. Raises DataError naming the row and field of the first such value.
+    """
+    names = ds.column_names
+    row = first_row
+    for batch in ds.with_format(None).iter(batch_size=_BATCH_ROWS):
+        for values in zip(*(batch[c] for c in names)):
+            row += 1
+            original = next(records, None)
+            if not isinstance(original, dict):
+                return  # not a list of records: load_table reports the file's shape itself
+            read = dict(zip(names, values))
+            if _kept(original, read):
+                continue
+            missing = next((k for k in original if k not in read), None)
+            if missing is not None:
+                raise DataError(
+                    "the field was not read (a column name repeated?)", source=source, row=row, field=missing
+                )
+            field = next(k for k in original if not _kept(original[k], read[k]))
+            where, before, after = _first_change(original[field], read[field])
+            if isinstance(before, str) and hasattr(after, "isoformat"):
+                hint = "the JSON reader turns date-like text into timestamps; give this data as .parquet instead"
+            else:
+                hint = "the column mixes types between rows; give this field one type in every row"
+            raise DataError(
+                f"{where + ': ' if where else ''}{_shown(before)} ({type(before).__name__}) would be read as "
+                f"{_shown(after)} ({type(after).__name__}) and legend never writes a changed value: {hint}",
+                source=source,
+                row=row,
+                field=field,
+            )
+
+
+def csv_records(path: Path) -> Iterator[dict[str, str]]:
+    """The rows of a CSV file as the texts written in it (header -> cell)."""
+    import csv
+
+    with _open_text(path) if path.suffix.lower() == ".gz" else open(path, encoding="utf-8", newline="") as handle:
+        yield from csv.DictReader(handle)
+
+
+def _csv_kept(text: str | None, read: Any) -> bool:
+    """True when a CSV cell read as `read` is written back as the same value `text` held."""
+    if text is None:
+        return read is None
+    if read is None or (isinstance(read, float) and read != read):
+        return not text.strip()  # only an empty cell may become null ("NA", "null", "None" are values)
+    if isinstance(read, bool):
+        return text.strip().lower() == str(read).lower()
+    if isinstance(read, int):
+        return text.strip() == str(read)  # "007" -> 7 or "+5" -> 5 lose what was written
+    if isinstance(read, float):
+        try:
+            return float(text) == read
+        except ValueError:
+            return False
+    if isinstance(read, str):
+        return read == text
+    return True  # dates and other inferred types: pandas' own reading
+
+
+def check_csv_values_kept(
+    ds: datasets.Dataset, records: Iterator[dict[str, str]], source: str, first_row: int = 0
+) -> None:
+    """Refuse a CSV whose type inference changed a cell ("007" read as 7, "NA" read as null): legend would write
+    the changed value. Raises DataError naming the row and field."""
+    names = ds.column_names
+    row = first_row
+    for batch in ds.with_format(None).iter(batch_size=_BATCH_ROWS):
+        for values in zip(*(batch[c] for c in names)):
+            row += 1
+            original = next(records, None)
+            if original is None:
+                return
+            for name, value in zip(names, values):
+                if name in original and not _csv_kept(original[name], value):
+                    raise DataError(
+                        f"the text {_shown(original[name])} would be read as {_shown(value)} "
+                        f"({type(value).__name__}) and written back changed; legend never changes a value: "
+                        "give this data as .jsonl or .parquet (typed formats) instead",
+                        source=source,
+                        row=row,
+                        field=name,
+                    )
 
 
 def _first_line_is_object(text: str) -> bool:
@@ -325,13 +506,25 @@ def _check_json_document(document: Any, name: str) -> DataError | None:
 # --------------------------------------------------------------------------- layouts
 
 
-def detect_layout(ds: datasets.Dataset, columns: ColumnNames = ColumnNames(), *, source: str = "<data>") -> Layout:
+def detect_layout(
+    ds: datasets.Dataset,
+    columns: ColumnNames = ColumnNames(),
+    *,
+    source: str = "<data>",
+    transcripts: tuple[int, int] | None = None,
+) -> Layout:
     """Recognise the preference layout of ``ds`` (see the module docstring).
 
     Column names given in ``columns`` take precedence over the usual names.
     When a table has both ``chosen``/``rejected`` and the PKU columns, the
     ``chosen``/``rejected`` columns win. Raises DataError naming ``source``,
     the columns found and the ones expected when nothing fits.
+
+    String ``chosen``/``rejected`` without a prompt are ``hh`` when most rows'
+    chosen texts are hh-rlhf transcripts (counted over every row of ``ds``, or
+    given as ``transcripts`` = (transcripts, other texts) counted over a whole
+    input read in chunks), else ``implicit``; ``pair_views`` then refuses, naming
+    it, each row that does not fit the layout chosen.
     """
     found = list(ds.column_names)
     _check_named_columns(columns, found, source)
@@ -341,9 +534,8 @@ def detect_layout(ds: datasets.Dataset, columns: ColumnNames = ColumnNames(), *,
             return "conversational"
         if prompt in found:
             return "explicit"
-        if _looks_like_hh(ds, chosen):
-            return "hh"
-        return "implicit"
+        hh, other = transcripts if transcripts is not None else count_transcripts(ds, chosen)
+        return "hh" if hh > 0 and hh >= other else "implicit"
     if (
         prompt in found
         and all(c in found for c in _PKU_COLUMNS)
@@ -396,10 +588,20 @@ def _column_kind(ds: datasets.Dataset, column: str) -> Literal["string", "messag
     return "string"
 
 
-def _looks_like_hh(ds: datasets.Dataset, column: str) -> bool:
-    """True when the first texts of ``column`` are hh-rlhf transcripts."""
-    sample = [v for v in ds.select(range(min(ds.num_rows, 20)))[column] if isinstance(v, str)]
-    return bool(sample) and all(_HH_ASSISTANT in v and "Human:" in v for v in sample)
+def _is_transcript(value: Any) -> bool:
+    return isinstance(value, str) and _HH_ASSISTANT in value and "Human:" in value
+
+
+def count_transcripts(ds: datasets.Dataset, column: str) -> tuple[int, int]:
+    """(rows of ``column`` holding an hh-rlhf transcript, other string rows), over every row."""
+    hh = other = 0
+    for batch in ds.select_columns([column]).with_format(None).iter(batch_size=_BATCH_ROWS):
+        for value in batch[column]:
+            if _is_transcript(value):
+                hh += 1
+            elif isinstance(value, str):
+                other += 1
+    return hh, other
 
 
 def split_hh_transcript(text: str) -> tuple[tuple[Message, ...], str]:
@@ -421,7 +623,10 @@ def split_hh_transcript(text: str) -> tuple[tuple[Message, ...], str]:
     """
     cut = text.rfind(_HH_ASSISTANT)
     if cut < 0:
-        raise DataError("not an hh-rlhf transcript: no '\\n\\nAssistant:' turn")
+        raise DataError(
+            "not an hh-rlhf transcript: no '\\n\\nAssistant:' turn (most rows are transcripts: make every row one "
+            "layout)"
+        )
     response = text[cut + len(_HH_ASSISTANT) :].strip()
     head = text[:cut]
     if not head.startswith("\n\n") and head.lstrip().startswith(("Human:", "Assistant:")):
@@ -630,6 +835,11 @@ def _common_prompt_length(chosen: str, rejected: str) -> int:
 
 def _implicit_view(record: dict[str, Any], names: _Names, where: _Where) -> PairView:
     chosen = _text(record, names.chosen, where)
+    if _is_transcript(chosen):
+        raise where.error(
+            names.chosen,
+            "an hh-rlhf transcript, but most rows are not (read as texts sharing a prompt): make every row one layout",
+        )
     rejected = _text(record, names.rejected, where)
     cut = _common_prompt_length(chosen, rejected)
     chosen_text, rejected_text = chosen[cut:].strip(), rejected[cut:].strip()
@@ -756,11 +966,14 @@ def iter_chunks(
     *,
     split: str = "train",
     limit: int | None = None,
+    check_values: bool = True,
 ) -> Iterator[datasets.Dataset]:
     """Yield the rows of `data` in order as Datasets of at most `chunk_rows` rows (at most `limit` rows in all).
 
     Streamed files never hold more than a chunk (plus the reader's block) in memory.
-    Raises DataError (from `load_table`'s checks) for unreadable, malformed or empty input.
+    Raises DataError (from `load_table`'s checks) for unreadable, malformed or empty input, and, with
+    `check_values`, for a value the reading changed (see `check_values_kept`; a later pass over an
+    input already checked by `scan_input` may skip it).
     """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
@@ -774,6 +987,8 @@ def iter_chunks(
             yield table.select(range(start, min(start + chunk_rows, stop)))
         return
     seen = 0
+    records = json_records(path, str(data)) if builder == "json" and check_values else None
+    texts = csv_records(path) if builder == "csv" and check_values else None
     try:
         with quiet_datasets():
             stream = datasets.load_dataset(builder, data_files=glob.escape(str(path)), split="train", streaming=True)
@@ -781,6 +996,10 @@ def iter_chunks(
                 chunk = datasets.Dataset.from_dict(batch, features=stream.features)
                 if len(chunk) > remaining - seen:
                     chunk = chunk.select(range(int(remaining - seen)))
+                if records is not None:
+                    check_values_kept(chunk, records, str(data), first_row=seen)
+                if texts is not None:
+                    check_csv_values_kept(chunk, texts, str(data), first_row=seen)
                 seen += len(chunk)
                 if len(chunk):
                     yield chunk
@@ -789,6 +1008,9 @@ def iter_chunks(
     except DataError:
         raise
     except Exception as exc:  # load_table names the file and line; re-raise its one line
+        not_text = find_non_utf8(path, str(data)) if builder in ("json", "csv") else None
+        if not_text is not None:
+            raise not_text from exc
         load_table(data, split=split)
         raise DataError(f"cannot read ({type(exc).__name__}: {exc})", source=str(data)) from exc
     if seen == 0:
@@ -807,3 +1029,65 @@ def chunk_views(
         raise DataError(
             err.reason, source=err.source, line=err.line, row=err.row + first_row, field=err.field
         ) from None
+
+
+@dataclass(frozen=True)
+class InputScan:
+    """What the cheap pass over a whole input found: its layout and row count (every row checked)."""
+
+    layout: Layout
+    rows: int
+    chunks: int
+
+
+def scan_input(
+    data: str | os.PathLike[str],
+    columns: ColumnNames = ColumnNames(),
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    one_schema: bool = False,
+) -> InputScan:
+    """Read every row of `data` (no model) and check it: the layout (decided over all rows, not a sample),
+    the pair texts of each row, values read back unchanged, and with `one_schema` (a Parquet output) column
+    types that stay castable to the first chunk's. Raises the DataError naming the first bad row.
+
+    The same chunks as `iter_chunks`, so the result does not depend on `chunk_rows`.
+    """
+    source = str(data)
+    first: datasets.Dataset | None = None
+    layout: Layout | None = None
+    schema: Any = None
+    hh = other = rows = chunks = 0
+    for chunk in iter_chunks(data, chunk_rows, split=split, limit=limit):
+        if first is None:
+            first = chunk
+            layout = detect_layout(chunk, columns, source=source, transcripts=(0, 0))
+            schema = chunk.data.table.schema
+        elif one_schema and chunk.data.table.schema != schema:
+            try:
+                chunk.data.table.cast(schema)
+            except Exception as exc:  # any arrow cast failure is the same user problem
+                raise DataError(
+                    f"the column types change from the first rows ({_root_message(exc)}); a Parquet output needs "
+                    "one type per column: write .jsonl instead",
+                    source=source,
+                    row=rows + 1,
+                ) from exc
+        if layout == "implicit":  # hh or implicit: decided once every row is counted
+            chosen = columns.chosen or "chosen"
+            counted = count_transcripts(chunk, chosen)
+            hh, other = hh + counted[0], other + counted[1]
+        else:
+            chunk_views(chunk, layout or "explicit", columns, source, rows)
+        rows += len(chunk)
+        chunks += 1
+    assert first is not None and layout is not None  # iter_chunks raises on an input without rows
+    if layout == "implicit":
+        layout = detect_layout(first, columns, source=source, transcripts=(hh, other))
+        done = 0
+        for chunk in iter_chunks(data, chunk_rows, split=split, limit=limit, check_values=False):
+            chunk_views(chunk, layout, columns, source, done)
+            done += len(chunk)
+    return InputScan(layout=layout, rows=rows, chunks=chunks)

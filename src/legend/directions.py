@@ -342,12 +342,28 @@ class Direction:
         config_path, vector_path = folder / CONFIG_FILE, folder / VECTOR_FILE
         if not config_path.is_file() or not vector_path.is_file():
             raise FileNotFoundError(f"{folder}: not a direction folder (needs {CONFIG_FILE} and {VECTOR_FILE})")
-        config = json.loads(config_path.read_text())
-        vector = load_file(str(vector_path))["direction"]
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{config_path}: cannot read ({exc})") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{config_path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+        _check_config(config, config_path)
+        try:
+            tensors = load_file(str(vector_path))
+        except Exception as exc:  # safetensors raises its own error type for a damaged file
+            raise ValueError(f"{vector_path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+        if "direction" not in tensors:
+            raise ValueError(f"{vector_path}: no tensor named 'direction' (found: {', '.join(tensors) or 'none'})")
+        vector = tensors["direction"]
         known = {f for f in cls.__dataclass_fields__ if f != "vector"}
         direction = cls(vector=vector, **{k: v for k, v in config.items() if k in known})
         if direction.vector.shape != (direction.hidden_size,):
             raise ValueError(f"{vector_path}: vector shape {tuple(vector.shape)} != ({direction.hidden_size},)")
+        if not direction.vector.is_floating_point() or not bool(torch.isfinite(direction.vector).all()):
+            raise ValueError(f"{vector_path}: the vector must hold finite floating-point numbers")
         return direction
 
 
@@ -367,6 +383,33 @@ def _looks_like_repo_id(name: str) -> bool:
 
 def _number(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.3f}"
+
+
+# Fields a direction's config.json must hold, with their types (others have defaults).
+_REQUIRED_CONFIG = {
+    "layer": int,
+    "pooling": str,
+    "model_id": str,
+    "fingerprint": str,
+    "hidden_size": int,
+    "num_layers": int,
+}
+_OPTIONAL_CONFIG = {"template": str, "max_length": int, "estimator": str, "name": str, "n_pairs": int}
+
+
+def _check_config(config: dict[str, Any], path: Path) -> None:
+    """A one-line ValueError naming the file and field for a config.json a direction cannot come from."""
+    missing = [k for k in _REQUIRED_CONFIG if k not in config]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {', '.join(missing)}: not a direction config")
+    for key, kind in {**_REQUIRED_CONFIG, **_OPTIONAL_CONFIG}.items():
+        if key in config and (not isinstance(config[key], kind) or isinstance(config[key], bool)):
+            raise ValueError(f"{path}: field '{key}': expected {kind.__name__}, got {type(config[key]).__name__}")
+    if config["pooling"] not in POOLINGS:
+        raise ValueError(f"{path}: field 'pooling': {config['pooling']!r} is not one of {', '.join(POOLINGS)}")
+    for key in ("heldout", "extra"):
+        if key in config and not isinstance(config[key], dict):
+            raise ValueError(f"{path}: field '{key}': expected an object, got {type(config[key]).__name__}")
 
 
 def _transformers_version() -> str:

@@ -98,6 +98,123 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def remove_leftovers(targets: list[Path] | list[str | os.PathLike[str]]) -> list[Path]:
+    """Delete the temporaries an interrupted write of each target left beside it; returns what was removed.
+
+    Call it only while holding the target's `output_lock`: another writer's live temporary has the same form.
+    """
+    removed = []
+    for target in targets:
+        for leftover in leftover_temporaries(target):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+LOCK_SUFFIX = ".lock"
+
+
+def lock_path(target: str | os.PathLike[str]) -> Path:
+    """The lock file of a target: `.<name>.lock` beside it.
+
+    >>> lock_path("runs/train.jsonl").name
+    '.train.jsonl.lock'
+    """
+    target = Path(target)
+    return target.with_name(f".{target.name}{LOCK_SUFFIX}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold `lock_path(target)` (created with O_CREAT|O_EXCL, holding our pid) while the body writes `target`.
+
+    A second writer of the same target gets a DataError ("another run is writing this output"); the lock of a
+    process that no longer exists (killed) is taken over. The lock file is removed when the body ends.
+    """
+    lock = lock_path(target)
+    created = [] if lock.parent.exists() else [lock.parent]  # removed again if the run leaves it empty
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(3):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or "0")
+            except (OSError, ValueError):
+                owner = -1  # being written this instant, or garbage
+            if owner == -1 or _pid_alive(owner):
+                if owner == -1 and _attempt < 2:
+                    continue
+                raise DataError(
+                    f"another run is writing this output (process {owner}, lock file {lock}); wait for it, or "
+                    "delete the lock file if no such run exists",
+                    source=str(target),
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise DataError(f"could not take the lock file {lock}", source=str(target))
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            if lock.read_text().strip() == str(os.getpid()):
+                lock.unlink()
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_outputs_spare_inputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """Refuse outputs that would overwrite or change an input: the same file (whatever the spelling), a file
+    inside an input folder, or an existing folder where a file is to be written. Raises DataError naming both."""
+    for output in outputs:
+        output = Path(output).expanduser()
+        if output.is_dir():
+            raise DataError("is a folder; name an output file", source=str(output))
+        for given in inputs:
+            given = Path(given).expanduser()
+            if not given.exists():
+                continue
+            if given.is_dir():
+                inside = output.resolve().is_relative_to(given.resolve())
+                if inside:
+                    raise DataError(
+                        f"is inside the input folder {given}: writing it would change that input; "
+                        "write it somewhere else",
+                        source=str(output),
+                    )
+            elif _same_path(output, given):
+                raise DataError(
+                    f"is the input {given}: writing it would destroy that input; name another output file",
+                    source=str(output),
+                )
+
+
 def write_bytes_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(handle)`` on a binary temporary file and rename it to ``path`` when it returns."""
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:

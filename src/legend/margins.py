@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,21 @@ class Binning:
 
     edges: list[float]
     values: list[float]
+    source: str | None = field(default=None, compare=False)
+    """The file the edges were loaded from (None when fitted or built in code)."""
+
+    def __post_init__(self) -> None:
+        where = f"{self.source}: " if self.source else ""
+        if not self.values:
+            raise ValueError(f"{where}a binning needs at least one level value")
+        if len(self.edges) != len(self.values) - 1:
+            raise ValueError(
+                f"{where}{len(self.edges)} bin edges for {len(self.values)} levels: expected {len(self.values) - 1}"
+            )
+        if not all(np.isfinite(self.edges)) or not all(np.isfinite(self.values)):
+            raise ValueError(f"{where}bin edges and level values must be finite numbers")
+        if any(b < a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError(f"{where}bin edges must not decrease: {self.edges}")
 
     @property
     def levels(self) -> int:
@@ -61,21 +76,55 @@ class Binning:
         return np.searchsorted(np.asarray(self.edges, dtype=np.float64), np.asarray(raw, dtype=np.float64), side="left")
 
     def apply(self, raw: Sequence[float] | np.ndarray) -> np.ndarray:
-        """The level value of each raw margin."""
+        """The level value of each raw margin; a NaN or infinite raw margin is a ValueError naming its position.
+
+        >>> Binning([0.0, 1.0], [0, 1, 2]).apply([-1.0, 0.5, 3.0]).tolist()
+        [0.0, 1.0, 2.0]
+        """
+        raw = np.asarray(raw, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(raw))
+        if bad.size:
+            raise ValueError(f"raw margin {int(bad[0]) + 1} of {raw.size} is {raw.flat[bad[0]]}: it has no level")
         return np.asarray(self.values, dtype=np.float64)[self.level(raw)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"levels": self.levels, **asdict(self)}
+        return {"levels": self.levels, "edges": list(self.edges), "values": list(self.values)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Binning:
-        return cls(edges=[float(e) for e in data["edges"]], values=[float(v) for v in data["values"]])
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Binning:
+        """A binning from its `to_dict` form; a missing or non-numeric field is a ValueError naming `source`."""
+        where = f"{source}: " if source else ""
+        if not isinstance(data, dict) or "edges" not in data or "values" not in data:
+            raise ValueError(
+                f"{where}not a legend sidecar or binning: expected a JSON object with 'binning' (or 'edges' and "
+                "'values')"
+            )
+        try:
+            edges, values = [float(e) for e in data["edges"]], [float(v) for v in data["values"]]
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}'edges' and 'values' must be lists of numbers") from None
+        return cls(edges=edges, values=values, source=source)
 
     @classmethod
     def load(cls, path: str | Path) -> Binning:
-        """Read the edges from a sidecar written by `legend annotate` (or a bare binning JSON)."""
-        data = json.loads(Path(path).read_text())
-        return cls.from_dict(data.get("binning", data))
+        """Read the edges from a sidecar written by `legend annotate` (or a bare binning JSON).
+
+        Every problem (missing, unreadable, not JSON, not a binning) is a one-line error naming the file.
+        """
+        name = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{name}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{name}: cannot read ({exc})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        if isinstance(data, dict) and "binning" in data:
+            data = data["binning"]
+        return cls.from_dict(data, source=name)
 
 
 @dataclass

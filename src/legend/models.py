@@ -398,8 +398,12 @@ def load_pretrained(
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         auto: Any = AutoModelForCausalLM if head == "causal" else AutoModelForSequenceClassification
         model = auto.from_pretrained(path, **options)
-    except OSError as err:
-        raise ModelError(f"{kind} {spec!r}: could not be loaded ({str(err).splitlines()[0]})") from err
+    except ModelError:
+        raise
+    except Exception as err:  # a user's folder: damaged weights, a pickle, a bad config.json ... one line each
+        if isinstance(err, (MemoryError, KeyboardInterrupt)) or type(err).__name__ == "OutOfMemoryError":
+            raise
+        raise ModelError(f"{kind} {spec!r}: could not be loaded ({_explain_load_error(err, path)})") from err
     ensure_pad_token(tokenizer, reward_head=head == "reward")
     if head == "reward":
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -454,6 +458,24 @@ def _placement_options(
         )
     options.setdefault("device_map", {"": device or 0})
     return options
+
+
+def _explain_load_error(err: BaseException, path: str) -> str:
+    """The useful first line of a loading failure, naming the folder's file where it is known."""
+    import pickle
+
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err).lower():
+        return (
+            f"{path}: its weights are a pickle (pytorch_model.bin) holding more than tensors; legend never "
+            "unpickles arbitrary objects: convert the checkpoint to safetensors"
+        )
+    if type(err).__name__ == "SafetensorError":
+        return f"{path}: a .safetensors weights file is damaged or truncated ({first})"
+    if Path(path).is_dir() and ("config" in first.lower() or type(err).__name__.startswith("StrictDataclass")):
+        detail = " ".join(line.strip() for line in str(err).strip().splitlines()[:3])
+        return f"{Path(path) / 'config.json'}: invalid model config ({detail})"
+    return f"{type(err).__name__}: {first}" if not isinstance(err, OSError) else first
 
 
 def load_model(

@@ -66,6 +66,8 @@ def print_margin_summary(summary: dict[str, Any], out: Path | None = None) -> No
     table.add_row(
         "margin levels (value: count)", ", ".join(f"{k}: {v}" for k, v in binned.get("level_counts", {}).items())
     )
+    if summary.get("bins"):
+        table.add_row("bin edges", str(summary["bins"]))
     table.add_row("time", f"{summary['seconds']:.1f} s ({summary['pairs_per_second'] or 0:.2f} pairs/s)")
     if out is not None:
         table.add_row("output", str(out))
@@ -318,15 +320,18 @@ def annotate(
         typer.Option("--model", "-m", help="Model to use; default: the one the direction was built with."),
     ] = None,
     split: Annotated[str, typer.Option(help="Split to read from a Hub dataset or DatasetDict folder.")] = "train",
-    levels: Annotated[int, typer.Option(min=1, help="Number of margin levels.")] = 4,
+    levels: Annotated[
+        Optional[int], typer.Option(min=1, help="Number of margin levels (default 4, or --bins-from's).")
+    ] = None,
     level_values: Annotated[
-        Optional[str], typer.Option(help="Comma-separated value of each level (default 0,1,2,...).")
+        Optional[str], typer.Option(help="Comma-separated value of each level (default 0,1,2,..., or --bins-from's).")
     ] = None,
     bins_from: Annotated[
         Optional[Path],
         typer.Option(
-            help="Re-use the bin edges of an earlier run: its annotated file, its folder, or its metadata "
-            "(.legend/<file>.json; older <file>.legend.json sidecars work too)."
+            help="Re-use the bin edges and level values of an earlier run: its annotated file, its folder, or its "
+            "metadata (.legend/<file>.json; older <file>.legend.json sidecars work too); --levels/--level-values "
+            "may repeat them but not differ."
         ),
     ] = None,
     prompt_column: PromptColumn = None,
@@ -407,10 +412,17 @@ def annotate(
         prefix_sharing=prefix_sharing,
         sharing_method=sharing_method,
     )
+    values = _parse_floats(level_values)
+    binning = load_binning(bins_from) if bins_from else None
+    if binning is not None:
+        _check_against_bins(binning, levels, values)
+        levels, values = binning.levels, tuple(binning.values)
+    if values is not None and levels is not None and len(values) != levels:
+        raise ValueError(f"--level-values: {len(values)} values given for --levels {levels}")
     settings = AnnotateSettings(
-        levels=levels,
-        level_values=_parse_floats(level_values),
-        binning=load_binning(bins_from) if bins_from else None,
+        levels=levels if levels is not None else (len(values) if values is not None else 4),
+        level_values=values,
+        binning=binning,
         columns=ColumnNames(prompt=prompt_column, chosen=chosen_column, rejected=rejected_column),
         chunk_rows=chunk_rows,
         encoding=encoding,
@@ -431,6 +443,20 @@ def annotate(
         typer.echo(json.dumps(result.summary, indent=2))
     else:
         print_margin_summary(result.summary, out)
+
+
+def _check_against_bins(binning: Any, levels: Optional[int], values: Optional[tuple[float, ...]]) -> None:
+    """--levels/--level-values given with --bins-from must say what the loaded bins say."""
+    if levels is not None and levels != binning.levels:
+        raise ValueError(
+            f"--levels {levels} conflicts with --bins-from {binning.source} ({binning.levels} levels); drop one of them"
+        )
+    if values is not None and list(values) != list(binning.values):
+        shown = ",".join(f"{v:g}" for v in binning.values)
+        raise ValueError(
+            f"--level-values {','.join(f'{v:g}' for v in values)} conflicts with --bins-from {binning.source} "
+            f"(level values {shown}); drop one of them"
+        )
 
 
 @app.command()

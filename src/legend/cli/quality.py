@@ -277,22 +277,33 @@ def report(
     limit: Limit = None,
 ) -> None:
     """One self-contained HTML page: margin histograms, agreement with labels, sweep curve, most negative pairs."""
+    from legend.data import DataError
     from legend.report import build_report
 
     given = json.loads(metrics.read_text(encoding="utf-8")) if metrics is not None else None
-    result = build_report(
-        data,
-        out,
-        direction=direction,
-        metrics=given,
-        labels=labels,
-        worst=worst,
-        margin_column=margin_column,
-        level_column=level_column,
-        n_bootstrap=bootstrap,
-        seed=seed,
-        limit=limit,
-    )
+    try:
+        result = build_report(
+            data,
+            out,
+            direction=direction,
+            metrics=given,
+            labels=labels,
+            worst=worst,
+            margin_column=margin_column,
+            level_column=level_column,
+            n_bootstrap=bootstrap,
+            seed=seed,
+            limit=limit,
+        )
+    except DataError as err:
+        if f"no column {margin_column!r}" not in str(err):
+            raise
+        # `report --direction` only picks the sweep to plot; it does not annotate, so point to what does.
+        raise DataError(
+            f"no column {margin_column!r}: `legend report` reads an annotated file; run `legend annotate --data "
+            f"{data} --direction <folder> --out <annotated file>` first, then report on that file",
+            source=data,
+        ) from None
     for note in result.notes:
         console.print(f"note: {note}")
     console.print(

@@ -36,6 +36,7 @@ from ..annotation import (
     annotation_summary,
     fit_binnings,
     load_directions,
+    metadata_paths,
     other_directions_summary,
     secondary_of,
     sidecar_document,
@@ -43,9 +44,17 @@ from ..annotation import (
     with_margins,
     write_card,
 )
-from ..data import DataError, PairView, chunk_views, detect_layout, iter_chunks
+from ..data import DataError, InputScan, PairView, chunk_views, iter_chunks, scan_input
 from ..directions import Direction
-from ..io import ChunkWriter, check_output_type, write_bytes_atomically, write_json
+from ..io import (
+    ChunkWriter,
+    check_output_type,
+    check_outputs_spare_inputs,
+    output_lock,
+    remove_leftovers,
+    write_bytes_atomically,
+    write_json,
+)
 from ..margins import MarginResult, compute_margins_multi
 from ..models import LoadedModel, ModelSpec, as_loaded
 
@@ -59,6 +68,62 @@ def chunk_margins(
 ) -> list[MarginResult]:
     """Raw margins of one chunk for every direction, from one encoding pass."""
     return compute_margins_multi(lm, views, directions, settings.encoding)
+
+
+def check_finite(results: Sequence[MarginResult], directions: Sequence[Direction], source: str, first_row: int) -> None:
+    """A NaN/inf raw margin is an error naming its row (binning would put it in a level silently)."""
+    for result, direction in zip(results, directions):
+        bad = np.flatnonzero(~np.isfinite(result.raw))
+        if bad.size:
+            which = f" for direction {direction.name!r}" if len(directions) > 1 else ""
+            raise DataError(
+                f"the raw margin{which} is {result.raw[bad[0]]} ({bad.size} such row(s) in this chunk): the model's "
+                "hidden states are not finite for this pair; try --dtype float32 or a shorter --max-length",
+                source=source,
+                row=first_row + int(bad[0]) + 1,
+            )
+
+
+# ---------------------------------------------------------------- the output and what stays beside it
+
+
+def metadata_files(out: str | os.PathLike) -> list[Path]:
+    """The files written beside `out` with it (its metadata); an interrupted run's leftovers of each are removed."""
+    final = sidecar_path(out)
+    return [final, final.with_name(f".{final.name}.pending"), metadata_paths(out).card]
+
+
+def output_files(out: str | os.PathLike) -> list[Path]:
+    """`out` and its metadata files."""
+    return [Path(out), *metadata_files(out)]
+
+
+def input_paths(data: str | os.PathLike, direction_path: Any, settings: AnnotateSettings) -> list[Path]:
+    """Every local file or folder an annotation reads: an output must not be (or be inside) one of them."""
+    folders = direction_path if isinstance(direction_path, list) else [direction_path]
+    paths = [Path(os.fspath(data)).expanduser(), *(Path(f) for f in folders if f is not None)]
+    source = getattr(settings.binning, "source", None)
+    if source:
+        paths.append(Path(source))
+    return paths
+
+
+@contextlib.contextmanager
+def guarded_output(out: str | os.PathLike, inputs: list[Path]) -> Iterator[None]:
+    """Refuse an `out` that would destroy an input, then hold its lock and clear what an interrupted run left.
+
+    Inside, this run is the only writer of `out` and its metadata files; afterwards only they remain.
+    """
+    check_outputs_spare_inputs(output_files(out)[:2], inputs)
+    with output_lock(out):
+        removed = remove_leftovers(output_files(out))
+        for pending in metadata_files(out)[1:2]:
+            if pending.exists():
+                pending.unlink()
+                removed.append(pending)
+        if removed:
+            log.warning("removed %d file(s) an interrupted run left: %s", len(removed), ", ".join(map(str, removed)))
+        yield
 
 
 # ---------------------------------------------------------------- resume: finished chunks on disk
@@ -216,24 +281,32 @@ def margins_in_chunks(
     split: str = "train",
     limit: int | None = None,
     store: ChunkStore | None = None,
+    scan: InputScan | None = None,
 ) -> tuple[list[MarginResult], str]:
     """Pass 1: raw margins of every row for each direction, chunk by chunk; returns them and the layout.
 
+    The layout is `scan`'s (the cheap pass over every row, `scan_input`, made here when not given).
     With a `store`, chunks it holds are read instead of computed and each computed chunk is saved.
+    A non-finite raw margin is a DataError naming its row.
     """
     source = str(data)
     start = time.perf_counter()
+    if scan is None:
+        scan = scan_input(data, settings.columns, settings.chunk_rows, split=split, limit=limit)
+    layout = scan.layout
     per_chunk: list[list[MarginResult]] = []
-    layout = None
     rows = 0
-    for index, chunk in enumerate(iter_chunks(data, settings.chunk_rows, split=split, limit=limit)):
-        layout = layout or detect_layout(chunk, settings.columns, source=source)
+    chunks = iter_chunks(data, settings.chunk_rows, split=split, limit=limit, check_values=False)  # scan checked
+    for index, chunk in enumerate(chunks):
         results = store.load(index, len(chunk), len(directions)) if store else None
         if results is None:
             views = chunk_views(chunk, layout, settings.columns, source, rows)
             results = chunk_margins(lm, views, directions, settings)
+            check_finite(results, directions, source, rows)
             if store:
                 store.save(index, results)
+        else:
+            check_finite(results, directions, source, rows)
         per_chunk.append(results)
         rows += len(chunk)
     first = [results[0] for results in per_chunk]
@@ -253,8 +326,15 @@ def margins_in_chunks(
         MarginResult(raw=np.concatenate([results[i].raw for results in per_chunk]), extra=dict(extra), **totals)
         for i in range(len(directions))
     ]
-    assert layout is not None  # iter_chunks raises on an input without rows
     return margins, layout
+
+
+def bins_origin(settings: AnnotateSettings) -> str:
+    """Where the first direction's bin edges came from, as the summary says it."""
+    if settings.binning is None:
+        return f"fitted on this input ({settings.levels} levels)"
+    source = getattr(settings.binning, "source", None)
+    return f"loaded from {source or 'the given binning'} ({settings.binning.levels} levels)"
 
 
 @contextlib.contextmanager
@@ -297,21 +377,30 @@ def annotate_file_streamed(
     """
     settings = settings or AnnotateSettings()
     directions, direction_path = load_directions(direction)
-    check_output_type(out)  # refuse an unknown output type before any work
-    lm = as_loaded(model, fallback=directions[0].model_id)
-    for each in directions:
-        each.check_compatible(lm)  # before any work folder appears
-    store = None
-    if resume:
-        store = ChunkStore(work_folder(out), resume_key(data, directions, lm, settings, split=split, limit=limit))
-    try:
-        result = _annotate_in_two_passes(data, directions, direction_path, out, lm, settings, split, limit, store)
-    except (DataError, ValueError, FileNotFoundError):
+    suffix = check_output_type(out)  # refuse an unknown output type before any work
+    inputs = input_paths(data, direction_path, settings)
+    check_outputs_spare_inputs(output_files(out)[:2], inputs)
+    # The cheap pass over every row (no model): bad data fails here, before the model loads.
+    scan = scan_input(
+        data, settings.columns, settings.chunk_rows, split=split, limit=limit, one_schema=suffix == ".parquet"
+    )
+    with guarded_output(out, inputs):
+        lm = as_loaded(model, fallback=directions[0].model_id)
+        for each in directions:
+            each.check_compatible(lm)  # before any work folder appears
+        store = None
+        if resume:
+            store = ChunkStore(work_folder(out), resume_key(data, directions, lm, settings, split=split, limit=limit))
+        try:
+            result = _annotate_in_two_passes(
+                data, directions, direction_path, out, lm, settings, split, limit, store, scan
+            )
+        except (DataError, ValueError, FileNotFoundError):
+            if store:
+                store.remove()
+            raise
         if store:
             store.remove()
-        raise
-    if store:
-        store.remove()
     return result
 
 
@@ -325,12 +414,15 @@ def _annotate_in_two_passes(
     split: str,
     limit: int | None,
     store: ChunkStore | None,
+    scan: InputScan | None = None,
 ) -> Annotation:
     start = time.perf_counter()
-    margins, layout = margins_in_chunks(data, directions, lm, settings, split=split, limit=limit, store=store)
+    margins, layout = margins_in_chunks(
+        data, directions, lm, settings, split=split, limit=limit, store=store, scan=scan
+    )
     raws = [m.raw for m in margins]
     binnings = fit_binnings(raws, settings)
-    extra = dict(engine="local", chunk_rows=settings.chunk_rows)
+    extra: dict[str, Any] = dict(engine="local", chunk_rows=settings.chunk_rows, bins=bins_origin(settings))
     if store and store.reused:
         log.warning(
             "resumed: %d finished chunk(s) of %d read from %s", store.reused, margins[0].extra["chunks"], store.folder
@@ -364,7 +456,7 @@ def _annotate_in_two_passes(
         {d.name: b for d, b in zip(directions[1:], binnings[1:])},
     )
     with sidecar_with(out, sidecar), ChunkWriter(out) as writer:
-        for chunk in iter_chunks(data, settings.chunk_rows, split=split, limit=limit):
+        for chunk in iter_chunks(data, settings.chunk_rows, split=split, limit=limit, check_values=False):
             rows = slice(writer.rows, writer.rows + len(chunk))
             writer.write(with_margins(chunk, [raw[rows] for raw in raws], binnings, directions))
         if writer.rows != len(raws[0]):

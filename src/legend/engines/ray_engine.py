@@ -35,12 +35,12 @@ from ..annotation import (
     secondary_of,
     sidecar_document,
 )
-from ..data import DataError, chunk_views, detect_layout, load_table
+from ..data import DataError, chunk_views, detect_layout, load_table, scan_input
 from ..directions import Direction
-from ..io import ChunkWriter, check_output_type
+from ..io import ChunkWriter, check_output_type, check_outputs_spare_inputs
 from ..margins import Binning, MarginResult
 from ..models import LoadedModel, ModelSpec, as_loaded
-from .local import chunk_margins, sidecar_with
+from .local import chunk_margins, input_paths, output_files, sidecar_with
 
 # Per-batch counts travel from the actors to the driver as columns: the batch's total sits on its
 # first row and the other rows hold 0, so the driver's column sums equal the local engine's totals
@@ -157,6 +157,11 @@ def annotate_file_ray(
     to_folder = _is_uri(out_name) or not Path(out_name).suffix
     if not to_folder:
         check_output_type(out)  # refuse an unknown output type before any work
+        check_outputs_spare_inputs(output_files(out)[:2], input_paths(data, direction_path, settings))
+    layout = None
+    if not _is_uri(str(data)) and Path(os.fspath(data)).expanduser().exists():
+        # Local input: the cheap pass over every row (as the local engine), before Ray starts.
+        layout = scan_input(data, settings.columns, settings.chunk_rows, split=split, limit=limit).layout
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     context = ray.data.DataContext.get_current()
@@ -170,7 +175,8 @@ def annotate_file_ray(
     first = ds.take_batch(64, batch_format="pyarrow")
     import datasets
 
-    layout = detect_layout(datasets.Dataset(first), settings.columns, source=str(data))
+    if layout is None:  # remote input: decided on a sample
+        layout = detect_layout(datasets.Dataset(first), settings.columns, source=str(data))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = None if gpus else max(1, cpus // num_workers)
