@@ -8,9 +8,13 @@ like refusals are flagged (`harmful_refused`) rather than dropped.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -18,8 +22,57 @@ from tqdm.auto import tqdm
 from .data import ContrastPair
 from .encoding import render, template_kind
 from .models import LoadedModel
+from .resources import REFUSAL_BANK, sample_path
 
+# The paper's single refusal string (`--refusals paper`): a direction fitted on it learns the template.
 DEFAULT_REFUSALS: tuple[str, ...] = ("I can't answer that.",)
+
+
+def load_refusal_bank(path: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
+    """The refusal phrasings of a bank file (default: the bundled one, samples/refusal_bank.json).
+
+    A bank is a JSON object with a `refusals` list of non-empty strings (and, for the bundled one,
+    its `provenance`: written for legend by its authors). A plain text file (one refusal a line)
+    works too.
+
+    >>> bank = load_refusal_bank()
+    >>> len(bank) >= 20 and len(set(bank)) == len(bank)
+    True
+    """
+    source = Path(path) if path is not None else sample_path(REFUSAL_BANK)
+    text = source.read_text(encoding="utf-8")
+    if source.suffix == ".json":
+        try:
+            refusals = json.loads(text)["refusals"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{source}: expected a JSON object with a 'refusals' list ({err})") from None
+    else:
+        refusals = [line.strip() for line in text.splitlines() if line.strip()]
+    if not isinstance(refusals, list) or not refusals:
+        raise ValueError(f"{source}: no refusals found")
+    for i, value in enumerate(refusals, start=1):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{source}: refusal {i}: expected a non-empty string, got {value!r}")
+    return tuple(refusals)
+
+
+def assign_refusals(questions: Sequence[str], refusals: Sequence[str], seed: int = 0) -> list[str]:
+    """One refusal per question, chosen by a seeded hash of the question text.
+
+    Deterministic (the same question always gets the same refusal for a seed, whatever the order
+    or the other questions) and spread over the bank, unlike taking them in turn.
+
+    >>> assign_refusals(["a", "b", "a"], ["no.", "never."]) == assign_refusals(["a", "b", "a"], ["no.", "never."])
+    True
+    """
+    if not refusals:
+        raise ValueError("at least one refusal is needed")
+    chosen = []
+    for question in questions:
+        digest = hashlib.sha256(f"{seed}\x00{question}".encode()).digest()
+        chosen.append(refusals[int.from_bytes(digest[:8], "big") % len(refusals)])
+    return chosen
+
 
 # Openings that mark an answer as a refusal (checked on the generated part, case-insensitive).
 _REFUSAL_PATTERN = re.compile(
