@@ -182,44 +182,116 @@ def sweep_embeddings(
     *,
     test_fraction: float = 0.2,
     seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> SweepResult:
-    """Fit every candidate on the train split and score it on the validation split (no encoding)."""
+    """Fit every candidate on the train split and score it on the validation split (no encoding).
+
+    `groups` (one label per pair, e.g. the file each pair came from) with two or more distinct values
+    switch to cross-source validation: for each source, fit on the OTHER sources and score on it;
+    a row's metrics are the means over the held-out sources. A direction that only learned one
+    source's style (e.g. a refusal template) then scores low.
+    """
     n = len(next(iter(embeddings.harmless.values())))
     if n < 2:
         raise ValueError(f"need at least 2 contrast pairs to sweep, got {n}")
-    train, validation = split_indices(n, test_fraction, seed)
-    if not len(validation):
-        raise ValueError("the sweep needs held-out pairs: use a test fraction above 0")
+    labels = None if groups is None else np.asarray(groups)
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} group labels for {n} pairs")
+    if labels is not None and len(set(labels.tolist())) >= 2:
+        folds = [(np.flatnonzero(labels != g), np.flatnonzero(labels == g)) for g in dict.fromkeys(labels.tolist())]
+        n_train, n_validation = n, n
+        extra: dict[str, Any] = {
+            "validation": "cross-source",
+            "sources": [str(g) for g in dict.fromkeys(labels.tolist())],
+        }
+    else:
+        train, validation = split_indices(n, test_fraction, seed)
+        if not len(validation):
+            raise ValueError("the sweep needs held-out pairs: use a test fraction above 0")
+        folds = [(train, validation)]
+        n_train, n_validation = len(train), len(validation)
+        extra = {"validation": "random split"}
     rows = []
     for cand in candidates:
         harmless, harmful = (
             embeddings.harmless[(cand.layer, cand.pooling)],
             embeddings.harmful[(cand.layer, cand.pooling)],
         )
+        scores = []
         try:
-            vector = ESTIMATORS[cand.estimator](harmless[train], harmful[train])
+            for train, validation in folds:
+                vector = ESTIMATORS[cand.estimator](harmless[train], harmful[train])
+                hv, hf = harmless[validation], harmful[validation]
+                scores.append((pair_accuracy(hv, hf, vector), auc(hv, hf, vector), effect_size(hv, hf, vector)))
         except ValueError as err:  # e.g. a zero difference: this candidate cannot separate anything
             rows.append(SweepRow(cand.layer, cand.pooling, cand.estimator, math.nan, math.nan, math.nan, str(err)))
             continue
-        hv, hf = harmless[validation], harmful[validation]
-        rows.append(
-            SweepRow(
-                cand.layer,
-                cand.pooling,
-                cand.estimator,
-                pair_accuracy(hv, hf, vector),
-                auc(hv, hf, vector),
-                effect_size(hv, hf, vector),
-            )
-        )
+        mean = np.mean(np.array(scores, dtype=np.float64), axis=0)
+        rows.append(SweepRow(cand.layer, cand.pooling, cand.estimator, float(mean[0]), float(mean[1]), float(mean[2])))
     return SweepResult(
         rows=rows,
         best=best_row(rows),
-        n_train=len(train),
-        n_validation=len(validation),
+        n_train=n_train,
+        n_validation=n_validation,
         test_fraction=test_fraction,
         seed=seed,
+        extra=extra,
     )
+
+
+# ---------------------------------------------------------------- the band rule
+
+BAND_WIDTH = 2  # layers on each side: the band L-2..L+2
+BAND_RULE = (
+    "mean held-out effect size over the band of layers L-2..L+2 (same pooling and estimator), then the layer's "
+    "own effect size, then the deeper layer; mean_difference unless another estimator's band score is higher by "
+    "more than 2 standard errors"
+)
+
+
+def band_scores(rows: Sequence[SweepRow], width: int = BAND_WIDTH) -> dict[Candidate, float]:
+    """For each candidate, the mean held-out effect size of the same pooling/estimator over layers L-w..L+w.
+
+    Only swept layers count; candidates that could not be fitted count as effect size 0 in their
+    neighbours' bands (they separate nothing). A layer whose neighbours also separate well beats an
+    isolated spike, which is more often noise of a small validation split.
+    """
+    table = {
+        (r.layer, r.pooling, r.estimator): (0.0 if r.error or not math.isfinite(r.effect_size) else r.effect_size)
+        for r in rows
+    }
+    out = {}
+    for r in rows:
+        if r.error is not None:
+            continue
+        band = [
+            v
+            for (layer, p, e), v in table.items()
+            if p == r.pooling and e == r.estimator and abs(layer - r.layer) <= width
+        ]
+        out[r.candidate] = float(np.mean(band))
+    return out
+
+
+def band_choice(rows: Sequence[SweepRow], n_validation: int, width: int = BAND_WIDTH) -> SweepRow:
+    """The row chosen by BAND_RULE (see docs/selection.md)."""
+    scores = band_scores(rows, width)
+    if not scores:
+        raise ValueError(f"no candidate could be fitted ({rows[0].error if rows else 'no candidates'})")
+    fitted = [r for r in rows if r.candidate in scores]
+
+    def key(r: SweepRow) -> tuple:
+        return (scores[r.candidate], _finite(r.effect_size), -POOLINGS.index(r.pooling), r.layer)
+
+    best = max(fitted, key=key)
+    default = [r for r in fitted if r.estimator == "mean_difference"]
+    if best.estimator == "mean_difference" or not default:
+        return best
+    best_md = max(default, key=key)
+    d = scores[best_md.candidate]
+    # standard error of an effect size (mean/std of n paired differences): sqrt((1 + d^2/2) / n)
+    se = math.sqrt((1 + d * d / 2) / max(n_validation, 1))
+    return best if scores[best.candidate] > d + 2 * se else best_md
 
 
 def all_candidates(layers: Sequence[int], poolings: Sequence[str], estimators: Sequence[str]) -> list[Candidate]:
@@ -458,6 +530,40 @@ def select_direction(
             "settings": settings.to_dict(),
         },
     )
+
+
+# ---------------------------------------------------------------- saturation
+
+# Held-out separation at or above these is saturated: telling the contrast pairs apart is easy (e.g.
+# one refusal string vs anything), which says nothing about margins on real preference data.
+SATURATED_ACCURACY = 0.99
+SATURATED_AUC = 0.999
+
+
+def saturation_warning(heldout: dict[str, Any]) -> str | None:
+    """A warning when held-out separation saturates (accuracy >= 0.99 or AUC >= 0.999), else None.
+
+    >>> saturation_warning({"accuracy": 1.0, "auc": 1.0, "n_test": 13}) is not None
+    True
+    >>> saturation_warning({"accuracy": 0.9, "auc": 0.95}) is None
+    True
+    """
+    accuracy, auc_value = heldout.get("accuracy"), heldout.get("auc")
+    saturated = (accuracy is not None and accuracy >= SATURATED_ACCURACY) or (
+        auc_value is not None and auc_value >= SATURATED_AUC
+    )
+    if not saturated:
+        return None
+    return (
+        f"held-out separation saturates (accuracy {_show(accuracy)}, AUC {_show(auc_value)} on "
+        f"{heldout.get('n_test', '?')} pairs): telling these contrast pairs apart is easy, and it is NOT evidence "
+        "that the margins mean anything on preference data; check agreement with labels against the random "
+        "floor (legend evaluate --direction)"
+    )
+
+
+def _show(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 # ---------------------------------------------------------------- the recommended recipe (issue 9)
