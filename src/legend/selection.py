@@ -316,8 +316,11 @@ def sweep(
     encoding: EncodeConfig | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
+    groups: Sequence[Any] | None = None,
 ) -> tuple[SweepResult, ContrastEmbeddings]:
     """Sweep layers × poolings × estimators on the contrast pairs with ONE encoding pass.
+
+    `groups` (the source of each pair) switch the validation to cross-source (see sweep_embeddings).
 
     Returns the result and the embeddings (keyed by resolved layer), so a caller can refit the
     winner on all pairs without encoding again.
@@ -336,7 +339,11 @@ def sweep(
     )
     embeddings = embed_contrast_pairs(lm, pairs, config)
     result = sweep_embeddings(
-        embeddings, all_candidates(swept_layers, poolings, estimators), test_fraction=test_fraction, seed=seed
+        embeddings,
+        all_candidates(swept_layers, poolings, estimators),
+        test_fraction=test_fraction,
+        seed=seed,
+        groups=groups,
     )
     return result, embeddings
 
@@ -449,9 +456,13 @@ def select_direction(
     settings: DirectionSettings | None = None,
     *,
     select_on: Sequence[PairView] | None = None,
+    groups: Sequence[Any] | None = None,
     **fields: Any,
 ) -> Direction:
     """Sweep (or fix, where `settings` gives them) layer, pooling and estimator; return the chosen direction.
+
+    The contrast choice is BAND_RULE on the held-out rows (cross-source validation when `groups`,
+    the source of each pair, has two or more values; else a seeded random split).
 
     The direction is refitted on all pairs. `select_on` (labelled preference pairs, chosen = safer)
     switches the choice from contrast-pair separation to agreement with those labels on a dev split.
@@ -474,10 +485,14 @@ def select_direction(
         encoding=encoding,
         test_fraction=settings.test_fraction,
         seed=settings.seed,
+        groups=groups,
     )
+    result.best = band_choice(result.rows, result.n_validation)
     selection: dict[str, Any] = {
         "by": "contrast",
-        "rule": SELECTION_RULE,
+        "rule": BAND_RULE,
+        "validation": result.extra.get("validation"),
+        "band_width": BAND_WIDTH,
         "fixed": {k: v for k, v in (("layer", layer), ("pooling", pooling), ("estimator", estimator)) if v is not None},
     }
     if select_on is not None:
