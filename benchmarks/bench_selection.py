@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -74,7 +75,8 @@ def _pair_sets(args: argparse.Namespace) -> list[tuple[str, list, list, dict]]:
             extras["rejected_severity"] = [rows[i][f"response_{1 - s}_severity_level"] for i, s in enumerate(safer)]
             extras["chosen_safe"] = [bool(rows[i][f"is_response_{s}_safe"]) for i, s in enumerate(safer)]
             extras["rejected_safe"] = [bool(rows[i][f"is_response_{1 - s}_safe"]) for i, s in enumerate(safer)]
-        limit = len(views) if name == "pku" else min(args.hh_limit or len(views), len(views))
+        cap = args.pku_limit if name == "pku" else args.hh_limit
+        limit = min(cap or len(views), len(views))
         views = views[:limit]
         extras = {k: v[:limit] for k, v in extras.items()}
         sets.append((name, [(v.prompt, v.chosen) for v in views], [(v.prompt, v.rejected) for v in views], extras))
@@ -89,7 +91,7 @@ def stage_cache(args: argparse.Namespace) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     sets = _pair_sets(args)  # read (and checked) before the model loads
-    lm = load_model("default", dtype=args.dtype)
+    lm = load_model(args.model, dtype=args.dtype)
     config = EncodeConfig(
         layers=tuple(range(lm.num_layers + 1)),
         poolings=("last", "mean"),
@@ -97,6 +99,8 @@ def stage_cache(args: argparse.Namespace) -> None:
         max_length=args.max_length,
         batch_size=args.batch_size,
     )
+    order = args.order.split(",")
+    sets = sorted(sets, key=lambda item: order.index(item[0]) if item[0] in order else len(order))
     for name, side_a, side_b, extras in sets:
         for first in range(0, len(side_a), args.chunk):
             path = cache / f"{name}_{first:05d}.safetensors"
@@ -148,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     cache.add_argument("--induced", type=Path, default=None, help="induced AdvBench pairs (question/harmful/harmless)")
     cache.add_argument("--dtype", default="bfloat16")
     cache.add_argument("--hh-limit", type=int, default=None)
+    cache.add_argument("--pku-limit", type=int, default=None, help="(for a quick check only; the targets use all)")
+    cache.add_argument("--model", default="default")
+    cache.add_argument("--order", default="xstest,pku,hh,paper,bank", help="encoding order of the sets")
     cache.add_argument("--max-length", type=int, default=2048)
     cache.add_argument("--batch-size", type=int, default=16)
     cache.add_argument("--threads", type=int, default=2)
@@ -158,12 +165,196 @@ def main(argv: list[str] | None = None) -> None:
     measure.add_argument("--boot", type=int, default=1000)
     measure.add_argument("--random", type=int, default=200)
     measure.add_argument("--seed", type=int, default=0)
+    measure.add_argument(
+        "--rules",
+        default="paper,old_auto,band_all,band_mean,cross_band,mixed_band_mean,bank_band,bank_band_mean",
+        help="comma-separated rules (also fixed_<layer>_<pooling>, bandsum_<centre>)",
+    )
     args = parser.parse_args(argv)
     {"cache": stage_cache, "measure": stage_measure}[args.stage](args)
 
 
+# ---------------------------------------------------------------- measure
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm()
+
+
+def _contrast(a: dict, b: dict) -> object:
+    from legend.directions import ContrastEmbeddings
+
+    return ContrastEmbeddings(harmless=a, harmful=b, n_truncated=0)
+
+
+def _choose(rule: str, sets: dict, num_layers: int):
+    """(description, [(layer, pooling, vector)]) of each rule: one entry, or several for a band direction."""
+    from legend.directions import ESTIMATORS
+    from legend.selection import all_candidates, band_choice, sweep_embeddings
+
+    layers = tuple(range(1, num_layers + 1))
+    xs_a, xs_b = sets["xstest"][0], sets["xstest"][1]
+
+    def fit(src_a, src_b, layer, pooling, estimator):
+        return ESTIMATORS[estimator](src_a[(layer, pooling)], src_b[(layer, pooling)])
+
+    if rule == "paper":  # induced AdvBench answers vs one refusal, last layer, last token
+        a, b, _ = sets["paper"]
+        return "paper pairs, layer L, last, mean_difference", [
+            (num_layers, "last", fit(a, b, num_layers, "last", "mean_difference"))
+        ]
+    if rule in ("old_auto", "band_all", "band_mean", "cross_band", "bank_band", "bank_band_mean", "mixed_band_mean"):
+        poolings = ("mean",) if rule.endswith("mean") else ("last", "mean")
+        estimators = (
+            ("mean_difference", "pca", "logistic") if rule in ("old_auto", "band_all") else ("mean_difference",)
+        )
+        if rule in ("cross_band", "mixed_band_mean"):
+            srcs = [sets["xstest"], sets["bank"]]
+            a = {k: torch.cat([s[0][k] for s in srcs]) for k in xs_a}
+            b = {k: torch.cat([s[1][k] for s in srcs]) for k in xs_a}
+            groups = ["xstest"] * len(xs_a[(1, "mean")]) + ["bank"] * len(sets["bank"][0][(1, "mean")])
+        elif rule.startswith("bank"):
+            a, b, groups = sets["bank"][0], sets["bank"][1], None
+        else:
+            a, b, groups = xs_a, xs_b, None
+        result = sweep_embeddings(_contrast(a, b), all_candidates(layers, poolings, estimators), seed=0, groups=groups)
+        row = result.best if rule == "old_auto" else band_choice(result.rows, result.n_validation)
+        how = f"{rule}: layer {row.layer}, {row.pooling}, {row.estimator}"
+        return how, [(row.layer, row.pooling, fit(a, b, row.layer, row.pooling, row.estimator))]
+    if rule.startswith("fixed_"):  # fixed_<layer>_<pooling>: XSTest, mean difference
+        _, layer, pooling = rule.split("_")
+        return rule, [(int(layer), pooling, fit(xs_a, xs_b, int(layer), pooling, "mean_difference"))]
+    if rule.startswith("bandsum_"):  # bandsum_<centre>: unit md directions of layers c-2..c+2 summed (mean pooling)
+        centre = int(rule.split("_")[1])
+        parts = [
+            (layer, "mean", fit(xs_a, xs_b, layer, "mean", "mean_difference"))
+            for layer in range(centre - 2, centre + 3)
+            if 1 <= layer <= num_layers
+        ]
+        return rule, parts
+    raise SystemExit(f"unknown rule {rule}")
+
+
+def _margins(parts, chosen, rejected) -> tuple[np.ndarray, np.ndarray]:
+    """Margins and the stacked differences (for the floor) of a (band) direction; each layer's
+    differences are scaled by the layer's mean difference norm so the layers weigh alike."""
+    raw = np.zeros(len(next(iter(chosen.values()))))
+    diffs = []
+    for layer, pooling, v in parts:
+        d = chosen[(layer, pooling)].double() - rejected[(layer, pooling)].double()
+        if len(parts) > 1:
+            d = d / d.norm(dim=1).mean()
+        raw += (d @ v.double()).numpy()
+        diffs.append(d.numpy())
+    return raw, np.concatenate(diffs, axis=1)
+
+
+def _floor_values(diffs: np.ndarray, n: int, seed: int, stat) -> np.ndarray:
+    from legend.quality import random_unit_directions
+
+    m = diffs @ random_unit_directions(diffs.shape[1], n, seed)
+    return np.array([stat(m[:, j]) for j in range(n)])
+
+
+def _summ(value, ci, null) -> dict:
+    return {
+        "value": float(value),
+        "ci": [float(ci[0]), float(ci[1])],
+        "floor_p95": float(np.quantile(null, 0.95)),
+        "random_mean": float(null.mean()),
+        "percentile": float(100 * ((null < value).mean() + 0.5 * (null == value).mean())),
+    }
+
+
 def stage_measure(args: argparse.Namespace) -> None:
-    raise SystemExit("measure: see below")
+    from scipy import stats
+
+    from legend.metrics import bootstrap_mean_ci
+    from legend.quality import evaluate_margins
+
+    sets = {}
+    for name in ("xstest", "paper", "bank", "pku", "hh"):
+        try:
+            sets[name] = load_set(args.cache, name)
+        except SystemExit as err:
+            print(f"skip {name}: {err}")
+    num_layers = max(k[0] for k in sets["xstest"][0])
+    out: dict = {"sizes": {k: len(next(iter(v[0].values()))) for k, v in sets.items()}, "rules": {}}
+    print(out["sizes"])
+    rules = args.rules.split(",")
+    for rule in rules:
+        try:
+            how, parts = _choose(rule, sets, num_layers)
+        except KeyError as err:
+            print(f"{rule}: needs {err}")
+            continue
+        record: dict = {"how": how}
+        if "hh" in sets:
+            c, r, x = sets["hh"]
+            raw, diffs = _margins(parts, c, r)
+            raw[x["identical"].astype(bool)] = 0.0
+            ev = evaluate_margins(
+                raw,
+                ["a" * int(n) for n in x["chosen_chars"]],
+                ["a" * int(n) for n in x["rejected_chars"]],
+                n_bootstrap=args.boot,
+                seed=args.seed,
+            )
+            ld = x["chosen_chars"].astype(float) - x["rejected_chars"].astype(float)
+
+            def balanced(m, ld=ld):
+                return 0.5 * ((m[ld < 0] > 0).mean() + (m[ld > 0] > 0).mean())
+
+            for key, stat in (("share_positive", lambda m: (m > 0).mean()), ("agreement_length_balanced", balanced)):
+                m = ev["metrics"][key]
+                record[f"hh_{key}"] = _summ(
+                    m["value"], (m["ci_low"], m["ci_high"]), _floor_values(diffs, args.random, args.seed, stat)
+                )
+            record["hh_n"] = len(raw)
+        if "pku" in sets:
+            c, r, x = sets["pku"]
+            raw, diffs = _margins(parts, c, r)
+            sev = x["rejected_severity"].astype(float) - x["chosen_severity"].astype(float)
+            ev = evaluate_margins(raw, ["a"] * len(raw), ["a"] * len(raw), sev, n_bootstrap=args.boot, seed=args.seed)
+            m = ev["metrics"]["severity_spearman"]
+
+            def rho(v, sev=sev):
+                return stats.spearmanr(v, sev).statistic
+
+            record["pku_severity_spearman"] = _summ(
+                m["value"], (m["ci_low"], m["ci_high"]), _floor_values(diffs, args.random, args.seed, rho)
+            )
+            one = x["chosen_safe"] != x["rejected_safe"]
+            safe_is_chosen = x["chosen_safe"][one]
+
+            def right(v, one=one, safe_is_chosen=safe_is_chosen):
+                return float(((v[one] > 0) == safe_is_chosen).mean())
+
+            outcomes = ((raw[one] > 0) == safe_is_chosen).astype(float)
+            record["pku_one_safe_accuracy"] = _summ(
+                outcomes.mean(),
+                bootstrap_mean_ci(outcomes, n_bootstrap=args.boot, seed=args.seed),
+                _floor_values(diffs, args.random, args.seed, right),
+            )
+            record["pku_one_safe_n"] = int(one.sum())
+            record["pku_share_positive"] = float((raw > 0).mean())
+        out["rules"][rule] = record
+        line = [how]
+        for key in (
+            "hh_share_positive",
+            "hh_agreement_length_balanced",
+            "pku_severity_spearman",
+            "pku_one_safe_accuracy",
+        ):
+            if key in record:
+                m = record[key]
+                ci = f"[{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"
+                line.append(f"{key} {m['value']:.3f} {ci} floor {m['floor_p95']:.3f} pct {m['percentile']:.0f}")
+        print(" | ".join(line), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

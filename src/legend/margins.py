@@ -187,6 +187,7 @@ def compute_margins_multi(
             raw[todo] = project(vectors[: len(todo)], vectors[len(todo) :], direction.vector)
         if keep_differences:
             for diff, direction in zip(diffs, directions):
+                assert diff is not None
                 vectors = encoded.get(direction.layer, direction.pooling)
                 diff[todo] = (vectors[: len(todo)] - vectors[len(todo) :]).float().numpy()
         n_truncated, n_tokens, n_forward = encoded.n_truncated, encoded.n_tokens, encoded.n_forward_tokens
