@@ -145,3 +145,42 @@ def test_the_system_prompt_reaches_the_model(tiny_lm, monkeypatch):
     monkeypatch.setattr(induce, "render", spy)
     generate_answers(tiny_lm, QUESTIONS[:1], None, GenerationConfig(max_new_tokens=2), system="Be safe.")
     assert rendered[-1][0] == {"role": "system", "content": "Be safe."}
+
+
+def test_direction_mixes_pair_files_records_sources_and_warns_on_saturation(tiny_lm, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from legend.cli import app
+    from legend.directions import Direction
+
+    tiny_lm.model.save_pretrained(tmp_path / "model")
+    tiny_lm.tokenizer.save_pretrained(tmp_path / "model")
+    induced = [
+        {
+            "question": f"q{i}",
+            "harmful": f"Sure, here is how {i}",
+            "harmless": "No.",
+            "harmful_refused": i == 0,
+            "harmless_not_refusal": i == 1,
+        }
+        for i in range(8)
+    ]
+    own = [{"question": f"own {i}", "harmful": f"Step one of {i}", "harmless": "I won't help."} for i in range(6)]
+    (tmp_path / "induced.jsonl").write_text("".join(json.dumps(r) + "\n" for r in induced))
+    (tmp_path / "own.jsonl").write_text("".join(json.dumps(r) + "\n" for r in own))
+    out = tmp_path / "dir"
+    args = ["direction", "--pairs", str(tmp_path / "induced.jsonl"), "--pairs", str(tmp_path / "own.jsonl")]
+    args += ["--out", str(out), "-m", str(tmp_path / "model"), "--layer", "2", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    extra = Direction.load(out).extra
+    sources = extra["pair_sources"]
+    assert [(s["first"], s["count"]) for s in sources] == [(0, 6), (6, 6)]  # 2 flagged induced rows left out
+    assert sources[0]["left_out_refused"] == 1 and sources[0]["left_out_not_refusal"] == 1
+    assert Direction.load(out).n_pairs == 12
+    heldout = Direction.load(out).heldout
+    saturated = heldout["accuracy"] >= 0.99 or heldout["auc"] >= 0.999
+    assert bool(extra["warnings"]) == saturated
+    assert ("warning: held-out separation saturates" in " ".join(result.output.split())) == saturated

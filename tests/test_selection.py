@@ -197,7 +197,7 @@ def test_cli_select_auto_and_override(tiny_lm, tmp_path):
     assert {(r["layer"], r["pooling"]) for r in config["extra"]["sweep"]} == {(2, "mean"), (4, "mean")}
     assert len(config["extra"]["sweep"]) == 2 * 3
     assert config["pooling"] == "mean" and "selected layer" in result.output
-    assert Direction.load(out).extra["selection"]["rule"].startswith("held-out pair accuracy")
+    assert Direction.load(out).extra["selection"]["rule"].startswith("mean held-out effect size over the band")
     bad = CliRunner().invoke(
         app,
         ["direction", "--pairs", str(pairs_file), "--out", str(out), "-m", str(model_dir), "--select", "best", "-q"],

@@ -86,13 +86,14 @@ def induce(
         typer.Option(help="Harmless answer template; repeat to give several. Default: the bundled refusal bank."),
     ] = None,
     harmless: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             help="bank: one refusal per question from the bank (or --refusal), by a seeded hash | paper: the "
             "paper's single refusal string (or --refusal in turn) | model: the model's own answer under a safety "
-            "system prompt (non-refusals flagged `harmless_not_refusal`, left out by `legend direction`)."
+            "system prompt (non-refusals flagged `harmless_not_refusal`, left out by `legend direction`). "
+            "Default: bank, or paper (in turn) when --refusal is given."
         ),
-    ] = "bank",
+    ] = None,
     refusal_bank: Annotated[
         Optional[Path], typer.Option(help="A refusal bank file (JSON with `refusals`, or one refusal a line).")
     ] = None,
@@ -109,6 +110,7 @@ def induce(
     from legend.induce import HARMLESS_SOURCES, GenerationConfig, load_refusal_bank
     from legend.pipeline import induce_file
 
+    harmless = harmless or ("paper" if refusal else "bank")
     if harmless not in HARMLESS_SOURCES:
         raise ValueError(f"--harmless: expected one of {', '.join(HARMLESS_SOURCES)}, got {harmless!r}")
     if refusal and refusal_bank is not None:
