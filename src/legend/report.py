@@ -35,6 +35,7 @@ from .quality import (
     floor_line,
     read_labelled_margins,
 )
+from .selection import saturation_warning
 
 SWEEP_KEYS = ("layer", "pooling", "estimator", "accuracy", "auc")
 SNIPPET_CHARS = 400
@@ -398,6 +399,9 @@ def build_report(
     labelled = read_labelled_margins(data, margin_column=margin_column, limit=limit, keep_differences=want_floor)
     sidecar = read_sidecar(data)
     config = read_direction_config(direction, sidecar, notes)
+    warning = saturation_warning((config or {}).get("heldout") or {})
+    if warning:
+        notes.append(f"Warning: {warning}.")
     if want_floor and labelled.differences is None and recompute:
         folder = direction or (sidecar or {}).get("direction_path")
         if folder is not None and Path(folder).is_dir() and margin_column == "margin_raw":
