@@ -197,7 +197,7 @@ def test_cli_select_auto_and_override(tiny_lm, tmp_path):
     assert {(r["layer"], r["pooling"]) for r in config["extra"]["sweep"]} == {(2, "mean"), (4, "mean")}
     assert len(config["extra"]["sweep"]) == 2 * 3
     assert config["pooling"] == "mean" and "selected layer" in result.output
-    assert Direction.load(out).extra["selection"]["rule"].startswith("mean held-out effect size over the band")
+    assert "mean held-out effect size over the band" in Direction.load(out).extra["selection"]["rule"]
     bad = CliRunner().invoke(
         app,
         ["direction", "--pairs", str(pairs_file), "--out", str(out), "-m", str(model_dir), "--select", "best", "-q"],
@@ -279,18 +279,31 @@ def test_select_on_encodes_the_preferences_once(tiny_lm, monkeypatch):
 # ---------------------------------------------------------------- the band rule and cross-source validation
 
 
-def _band_embeddings(rng, n=60, hidden=6, layers=tuple(range(1, 9))):
-    """Signal in layers 2-3 only (a broad band), plus an isolated noisy spike planted at layer 7."""
+def _band_embeddings(rng, n=60, hidden=6, layers=tuple(range(1, 9)), signal=(2, 3)):
+    """Signal in the `signal` layers only (mean pooling), noise elsewhere."""
     harmless, harmful = {}, {}
     for layer in layers:
         for pooling in POOLINGS:
             base = rng.normal(size=(n, hidden))
             shift = np.zeros(hidden)
-            if pooling == "mean" and layer in (2, 3):
+            if pooling == "mean" and layer in signal:
                 shift[0] = 1.5
             harmful[(layer, pooling)] = torch.from_numpy(base).float()
             harmless[(layer, pooling)] = torch.from_numpy(base + shift + rng.normal(0, 1.0, (n, hidden))).float()
     return ContrastEmbeddings(harmless=harmless, harmful=harmful, n_truncated=0), layers
+
+
+def test_band_rule_finds_a_deep_informative_band():
+    from legend.selection import band_choice
+
+    rng = np.random.default_rng(4)
+    emb, layers = _band_embeddings(rng, signal=(5, 6))
+    result = sweep_embeddings(emb, all_candidates(layers, POOLINGS, ("mean_difference", "pca")), seed=0)
+    chosen = band_choice(result.rows, result.n_validation, width=1)
+    assert (chosen.layer, chosen.pooling, chosen.estimator) in (
+        (5, "mean", "mean_difference"),
+        (6, "mean", "mean_difference"),
+    )
 
 
 def test_band_rule_finds_the_informative_band_and_ignores_an_isolated_spike():
@@ -303,8 +316,12 @@ def test_band_rule_finds_the_informative_band_and_ignores_an_isolated_spike():
     spike = result.row(7, "last", "mean_difference")
     spike.effect_size = max(r.effect_size for r in result.rows) + 0.5
     assert best_single(result.rows) is spike
-    chosen = band_choice(result.rows, result.n_validation, width=1)
+    chosen = band_choice(result.rows, result.n_validation, width=1, min_depth=0.0)
     assert (chosen.layer, chosen.pooling) in ((2, "mean"), (3, "mean"))
+    # by default band centres are in the upper half (layers 4..7 of 8 with a full band): the shallow
+    # band is not eligible, and the spike at 7 alone does not carry its band
+    deep = band_choice(result.rows, result.n_validation, width=1)
+    assert 4 <= deep.layer <= 7 and deep is not spike
     # the band score is the mean over the neighbours, by hand
     scores = band_scores(result.rows, width=1)
     expected = np.mean([result.row(layer, "mean", "mean_difference").effect_size for layer in (1, 2, 3)])

@@ -242,10 +242,14 @@ def sweep_embeddings(
 # ---------------------------------------------------------------- the band rule
 
 BAND_WIDTH = 2  # layers on each side: the band L-2..L+2
+# Band centres come from the upper part of the network: early layers mostly encode the tokens
+# themselves (a refusal's wording is trivially separable there) rather than what the answer does;
+# representation-engineering work finds concept directions in the middle-to-late layers.
+BAND_MIN_DEPTH = 0.5
 BAND_RULE = (
-    "mean held-out effect size over the band of layers L-2..L+2 (same pooling and estimator), then the layer's "
-    "own effect size, then the deeper layer; mean_difference unless another estimator's band score is higher by "
-    "more than 2 standard errors"
+    "among layers L >= 0.5 x depth with the full band L-2..L+2 swept: mean held-out effect size over the band "
+    "(same pooling and estimator), then the layer's own effect size, then last before mean, then the deeper layer; "
+    "mean_difference unless another estimator's band score is higher by more than 2 standard errors"
 )
 
 
@@ -273,18 +277,37 @@ def band_scores(rows: Sequence[SweepRow], width: int = BAND_WIDTH) -> dict[Candi
     return out
 
 
-def band_choice(rows: Sequence[SweepRow], n_validation: int, width: int = BAND_WIDTH) -> SweepRow:
-    """The row chosen by BAND_RULE (see docs/selection.md)."""
+def band_choice(
+    rows: Sequence[SweepRow],
+    n_validation: int,
+    width: int = BAND_WIDTH,
+    *,
+    num_layers: int | None = None,
+    min_depth: float = BAND_MIN_DEPTH,
+) -> SweepRow:
+    """The row chosen by BAND_RULE (see docs/selection.md).
+
+    Centres are layers >= `min_depth` x `num_layers` (default: the deepest swept layer) whose whole
+    band was swept; where no layer qualifies (few layers swept), every fitted layer may be a centre.
+    """
     scores = band_scores(rows, width)
     if not scores:
         raise ValueError(f"no candidate could be fitted ({rows[0].error if rows else 'no candidates'})")
     fitted = [r for r in rows if r.candidate in scores]
+    depth = num_layers if num_layers is not None else max(r.layer for r in rows)
+    swept = {r.layer for r in rows}
+
+    def eligible(r: SweepRow) -> bool:
+        full = all(layer in swept for layer in range(r.layer - width, r.layer + width + 1))
+        return full and r.layer >= min_depth * depth
+
+    pool = [r for r in fitted if eligible(r)] or fitted
 
     def key(r: SweepRow) -> tuple:
         return (scores[r.candidate], _finite(r.effect_size), -POOLINGS.index(r.pooling), r.layer)
 
-    best = max(fitted, key=key)
-    default = [r for r in fitted if r.estimator == "mean_difference"]
+    best = max(pool, key=key)
+    default = [r for r in pool if r.estimator == "mean_difference"]
     if best.estimator == "mean_difference" or not default:
         return best
     best_md = max(default, key=key)
@@ -487,7 +510,7 @@ def select_direction(
         seed=settings.seed,
         groups=groups,
     )
-    result.best = band_choice(result.rows, result.n_validation)
+    result.best = band_choice(result.rows, result.n_validation, num_layers=lm.num_layers)
     selection: dict[str, Any] = {
         "by": "contrast",
         "rule": BAND_RULE,
