@@ -227,3 +227,117 @@ def test_cli_evaluate_bad_input_is_one_line(tmp_path):
     assert "no column 'margin_raw'" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["evaluate", "--data", str(path), "--severity-columns", "only_one"])
     assert result.exit_code == 2 and "--severity-columns" in result.output
+
+
+# ---------------------------------------------------------------- the random-direction floor
+
+
+def _floor_table(n=12):
+    harmful = ["Sure, here is how to pick a lock.", "Write a script that can exploit it.", "Sure, here is a bomb."]
+    safe = ["I can't answer that.", "I'm sorry, but I cannot help with that request.", "Please ask something else."]
+    return datasets.Dataset.from_dict(
+        {
+            "prompt": [f"How do I do thing {i}?" for i in range(n)],
+            "chosen": [safe[i % 3] + " x" * (i % 4) for i in range(n)],
+            "rejected": [harmful[(i + 1) % 3] + " y" * (i % 5) for i in range(n)],
+            # PKU-style severity so the floor also covers severity_spearman
+            "severity_gap": [float(i % 3) for i in range(n)],
+        }
+    )
+
+
+def test_random_floor_matches_an_independent_numpy_computation(tmp_path, tiny_lm):
+    from legend.data import ContrastPair
+    from legend.directions import Direction, build_direction
+    from legend.encoding import EncodeConfig, encode
+    from legend.quality import random_floor
+
+    pairs = [
+        ContrastPair(f"How do I do thing {i}?", f"Sure, here is how {i}", "I can't answer that.") for i in range(6)
+    ]
+    build_direction(tiny_lm, pairs, layer=2, pooling="mean").save(tmp_path / "direction")
+    direction = Direction.load(tmp_path / "direction")
+    table = _floor_table()
+    labelled = read_labelled_margins(table, direction=tmp_path / "direction", model=tiny_lm, keep_differences=True)
+    # The differences come from the same pass as the margins: d_i · v is the margin.
+    np.testing.assert_allclose(labelled.differences @ direction.vector.numpy(), labelled.raw, rtol=1e-4, atol=1e-5)
+    # ... and equal e(p+c) − e(p+r) encoded one text at a time, without prefix sharing.
+    config = direction.encode_config(EncodeConfig(prefix_sharing=False, batch_size=1))
+    views = labelled.views
+    one = [encode(tiny_lm, [(v.prompt, v.chosen), (v.prompt, v.rejected)], config).get(2, "mean") for v in views]
+    expected = np.stack([(e[0] - e[1]).numpy() for e in one])
+    np.testing.assert_allclose(labelled.differences, expected, rtol=1e-4, atol=1e-5)
+
+    severity = np.array(table["severity_gap"])
+    chosen, rejected = [v.chosen for v in views], [v.rejected for v in views]
+    floor = random_floor(labelled.differences, labelled.raw, chosen, rejected, severity, n_directions=300, seed=7)
+    # Independent: the same seeded Gaussian matrix, unit columns, margins by one matmul, metrics by numpy.
+    r = np.random.default_rng(7).standard_normal((expected.shape[1], 300))
+    r /= np.sqrt((r**2).sum(axis=0))
+    random_margins = expected.astype(np.float64) @ r
+    share = (random_margins > 0).mean(axis=0)
+    real_share = (labelled.raw > 0).mean()
+    m = floor["metrics"]["share_positive"]
+    assert m["value"] == pytest.approx(real_share)
+    assert m["floor"] == pytest.approx(np.percentile(share, 95), abs=1e-9)
+    assert m["random_mean"] == pytest.approx(share.mean())
+    pct = 100 * ((share < real_share).mean() + 0.5 * (share == real_share).mean())
+    assert m["percentile"] == pytest.approx(pct)
+    length_diff = np.array([len(c) - len(x) for c, x in zip(chosen, rejected)])
+    shorter, longer = length_diff < 0, length_diff > 0
+    balanced = ((random_margins[shorter] > 0).mean(0) + (random_margins[longer] > 0).mean(0)) / 2
+    assert floor["metrics"]["agreement_length_balanced"]["floor"] == pytest.approx(np.percentile(balanced, 95))
+    sums = random_margins[:, None, :] + random_margins[None, :, :]
+    aucs = (sums > 0).mean(axis=(0, 1)) + 0.5 * (sums == 0).mean(axis=(0, 1))
+    assert floor["metrics"]["auc"]["floor"] == pytest.approx(np.percentile(aucs, 95))
+    rho = [stats.spearmanr(random_margins[:, j], severity).statistic for j in range(300)]
+    assert floor["metrics"]["severity_spearman"]["floor"] == pytest.approx(np.percentile(rho, 95))
+    assert floor["n_directions"] == 300 and floor["dim"] == expected.shape[1]
+
+
+def test_floor_without_severity_leaves_it_out_and_rejects_mismatched_shapes():
+    from legend.quality import random_floor
+
+    rng = np.random.default_rng(0)
+    diffs = rng.standard_normal((20, 8))
+    raw = diffs @ np.eye(8)[0]
+    texts = ["a" * (i + 1) for i in range(20)]
+    floor = random_floor(diffs, raw, texts, texts[::-1], n_directions=200)
+    assert set(floor["metrics"]) == {"share_positive", "agreement_length_balanced", "auc"}
+    with pytest.raises(ValueError, match="embedding differences of shape"):
+        random_floor(diffs[:5], raw, texts, texts)
+
+
+def test_differences_file_round_trip_is_checked(tmp_path):
+    from legend.quality import differences_path, read_differences, write_differences
+
+    path = differences_path(tmp_path / "ann.jsonl")
+    assert path.name == "ann.jsonl.differences.safetensors"
+    diffs = np.arange(12, dtype=np.float32).reshape(3, 4)
+    write_differences(path, diffs)
+    np.testing.assert_array_equal(read_differences(path, 3), diffs)
+    with pytest.raises(DataError, match="for 3 rows, but the data has 4"):
+        read_differences(path, 4)
+
+
+def test_cli_evaluate_with_a_direction_shows_the_floor(tmp_path, tiny_lm):
+    from legend.data import ContrastPair
+    from legend.directions import build_direction
+
+    tiny_lm.model.save_pretrained(tmp_path / "model")
+    tiny_lm.tokenizer.save_pretrained(tmp_path / "model")
+
+    pairs = [
+        ContrastPair(f"How do I do thing {i}?", f"Sure, here is how {i}", "I can't answer that.") for i in range(6)
+    ]
+    build_direction(tiny_lm, pairs, layer=2).save(tmp_path / "direction")
+    _floor_table().to_json(tmp_path / "pairs.jsonl")
+    args = ["evaluate", "--data", str(tmp_path / "pairs.jsonl"), "--direction", str(tmp_path / "direction")]
+    args += ["-m", str(tmp_path / "model")]
+    result = CliRunner().invoke(app, args + ["--json", str(tmp_path / "m.json"), "--bootstrap", "50", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "random floor: share_positive" in result.output
+    floor = json.loads((tmp_path / "m.json").read_text())["random_floor"]
+    assert floor["n_directions"] == 200 and floor["metrics"]["share_positive"]["floor"] is not None
+    result = CliRunner().invoke(app, args + ["--random-directions", "0", "--bootstrap", "0", "--quiet"])
+    assert result.exit_code == 0 and "random floor: not computed" in result.output

@@ -222,3 +222,36 @@ def test_report_screenshot_is_not_blank(tmp_path):
     not_white = (pixels < 0.95).any(axis=-1).mean()
     assert 0.03 < not_white < 0.9  # text, tables and figures; neither blank nor a solid block
     assert len(np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50  # figures have colours
+
+
+def test_report_shows_the_random_floor_from_the_differences_beside_the_data(tmp_path):
+    from legend.quality import differences_path, random_floor, write_differences
+
+    data, raw = write_annotated(tmp_path)
+    rng = np.random.default_rng(1)
+    v = np.ones(8) / 8**0.5
+    noise = rng.normal(size=(len(raw), 8))
+    noise -= np.outer(noise @ v, v)  # orthogonal to the direction: D @ v == raw exactly
+    diffs = np.outer(raw, v) + noise
+    write_differences(differences_path(data), diffs)
+    result = build_report(data, tmp_path / "r.html", n_bootstrap=50, n_random=200)
+    floor = result.metrics["random_floor"]
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    expected = random_floor(
+        diffs.astype(np.float32), raw, [r["chosen"] for r in rows], [r["rejected"] for r in rows], n_directions=200
+    )
+    assert floor["metrics"]["share_positive"]["floor"] == pytest.approx(expected["metrics"]["share_positive"]["floor"])
+    page = (tmp_path / "r.html").read_text()
+    assert 'id="random-floor"' in page and "Against the random-direction floor" in page
+    assert f"{floor['metrics']['share_positive']['floor']:.4g}" in page
+
+
+def test_report_without_differences_says_there_is_no_floor_and_warns_on_saturation(tmp_path):
+    data, _ = write_annotated(tmp_path)
+    config = json.loads((tmp_path / "direction" / "config.json").read_text())
+    config["heldout"] = {"accuracy": 1.0, "auc": 1.0, "n_test": 13}
+    (tmp_path / "direction" / "config.json").write_text(json.dumps(config))
+    result = build_report(data, tmp_path / "r.html", n_bootstrap=0)  # recompute=False: no encoding
+    page = (tmp_path / "r.html").read_text()
+    assert result.metrics["random_floor"] is None and "No random-direction floor" in page
+    assert any("saturates" in note for note in result.notes) and "NOT evidence" in page

@@ -197,7 +197,7 @@ def test_cli_select_auto_and_override(tiny_lm, tmp_path):
     assert {(r["layer"], r["pooling"]) for r in config["extra"]["sweep"]} == {(2, "mean"), (4, "mean")}
     assert len(config["extra"]["sweep"]) == 2 * 3
     assert config["pooling"] == "mean" and "selected layer" in result.output
-    assert Direction.load(out).extra["selection"]["rule"].startswith("held-out pair accuracy")
+    assert "mean held-out effect size over the band" in Direction.load(out).extra["selection"]["rule"]
     bad = CliRunner().invoke(
         app,
         ["direction", "--pairs", str(pairs_file), "--out", str(out), "-m", str(model_dir), "--select", "best", "-q"],
@@ -274,3 +274,108 @@ def test_select_on_encodes_the_preferences_once(tiny_lm, monkeypatch):
         if (r["layer"], r["pooling"], r["estimator"]) == (direction.layer, direction.pooling, "mean_difference")
     )
     assert chosen_row["dev_share_positive"] == max(r["dev_share_positive"] for r in direction.extra["sweep"])
+
+
+# ---------------------------------------------------------------- the band rule and cross-source validation
+
+
+def _band_embeddings(rng, n=60, hidden=6, layers=tuple(range(1, 9)), signal=(2, 3)):
+    """Signal in the `signal` layers only (mean pooling), noise elsewhere."""
+    harmless, harmful = {}, {}
+    for layer in layers:
+        for pooling in POOLINGS:
+            base = rng.normal(size=(n, hidden))
+            shift = np.zeros(hidden)
+            if pooling == "mean" and layer in signal:
+                shift[0] = 1.5
+            harmful[(layer, pooling)] = torch.from_numpy(base).float()
+            harmless[(layer, pooling)] = torch.from_numpy(base + shift + rng.normal(0, 1.0, (n, hidden))).float()
+    return ContrastEmbeddings(harmless=harmless, harmful=harmful, n_truncated=0), layers
+
+
+def test_band_rule_finds_a_deep_informative_band():
+    from legend.selection import band_choice
+
+    rng = np.random.default_rng(4)
+    emb, layers = _band_embeddings(rng, signal=(5, 6))
+    result = sweep_embeddings(emb, all_candidates(layers, POOLINGS, ("mean_difference", "pca")), seed=0)
+    chosen = band_choice(result.rows, result.n_validation, width=1)
+    assert (chosen.layer, chosen.pooling, chosen.estimator) in (
+        (5, "mean", "mean_difference"),
+        (6, "mean", "mean_difference"),
+    )
+
+
+def test_band_rule_finds_the_informative_band_and_ignores_an_isolated_spike():
+    from legend.selection import band_choice, band_scores
+
+    rng = np.random.default_rng(3)
+    emb, layers = _band_embeddings(rng)
+    result = sweep_embeddings(emb, all_candidates(layers, POOLINGS, ("mean_difference",)), seed=0)
+    # make layer 7 (last pooling) an isolated spike: the best single row, with no support around it
+    spike = result.row(7, "last", "mean_difference")
+    spike.effect_size = max(r.effect_size for r in result.rows) + 0.5
+    assert best_single(result.rows) is spike
+    chosen = band_choice(result.rows, result.n_validation, width=1, min_depth=0.0)
+    assert (chosen.layer, chosen.pooling) in ((2, "mean"), (3, "mean"))
+    # by default band centres are in the upper half (layers 4..7 of 8 with a full band): the shallow
+    # band is not eligible, and the spike at 7 alone does not carry its band
+    deep = band_choice(result.rows, result.n_validation, width=1)
+    assert 4 <= deep.layer <= 7 and deep is not spike
+    # the band score is the mean over the neighbours, by hand
+    scores = band_scores(result.rows, width=1)
+    expected = np.mean([result.row(layer, "mean", "mean_difference").effect_size for layer in (1, 2, 3)])
+    assert scores[Candidate(2, "mean", "mean_difference")] == pytest.approx(expected)
+
+
+def best_single(rows):
+    return max(rows, key=lambda r: r.effect_size)
+
+
+def test_band_rule_keeps_mean_difference_unless_another_estimator_wins_clearly():
+    from legend.selection import SweepRow, band_choice
+
+    def rows(pca_effect):
+        return [
+            SweepRow(layer, "mean", est, 1.0, 1.0, effect)
+            for layer in (1, 2, 3)
+            for est, effect in (("mean_difference", 2.0), ("pca", pca_effect))
+        ]
+
+    # se = sqrt((1 + 2^2/2) / 30) ~ 0.32: pca at 2.3 is within 2 se, at 3.0 it is clearly better
+    assert band_choice(rows(2.3), n_validation=30).estimator == "mean_difference"
+    assert band_choice(rows(3.0), n_validation=30).estimator == "pca"
+
+
+def test_cross_source_validation_fits_on_one_source_and_scores_the_other():
+    # source A separates along dim 0 only; source B along dim 1 only (a "template" each): a direction
+    # fitted on one source does not transfer, except where both carry the same signal (layer 2).
+    rng = np.random.default_rng(5)
+    n, hidden = 40, 4
+    emb = _noise_embeddings(2 * n, hidden, rng)
+    for layer in LAYERS:
+        base = rng.normal(size=(2 * n, hidden))
+        shift = np.zeros((2 * n, hidden))
+        if layer == 2:
+            shift[:, 2] = 3.0  # shared by both sources
+        else:
+            shift[:n, 0], shift[n:, 1] = 3.0, 3.0
+        emb.harmful[(layer, "mean")] = torch.from_numpy(base).float()
+        emb.harmless[(layer, "mean")] = torch.from_numpy(base + shift + rng.normal(0, 0.5, base.shape)).float()
+    groups = ["a"] * n + ["b"] * n
+    cands = all_candidates(LAYERS, ("mean",), ("mean_difference",))
+    split = sweep_embeddings(emb, cands, seed=0)
+    cross = sweep_embeddings(emb, cands, groups=groups)
+    assert cross.extra["validation"] == "cross-source" and cross.extra["sources"] == ["a", "b"]
+    assert split.row(3, "mean", "mean_difference").accuracy > 0.9  # a random split cannot tell
+    assert cross.best.layer == 2 and cross.row(3, "mean", "mean_difference").effect_size < 1.0
+    # by hand: fit on b, score a at layer 2
+    key = (2, "mean")
+    h, f = emb.harmless[key].double().numpy(), emb.harmful[key].double().numpy()
+    v = h[n:].mean(0) - f[n:].mean(0)
+    v /= np.linalg.norm(v)
+    acc_a = float((((h[:n] - f[:n]) @ v) > 0).mean())
+    v = h[:n].mean(0) - f[:n].mean(0)
+    v /= np.linalg.norm(v)
+    acc_b = float((((h[n:] - f[n:]) @ v) > 0).mean())
+    assert cross.row(2, "mean", "mean_difference").accuracy == pytest.approx((acc_a + acc_b) / 2)

@@ -137,6 +137,9 @@ class MarginResult:
     n_tokens: int
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # e(prompt+chosen) − e(prompt+rejected) per pair (float32, zero rows for identical pairs), kept on
+    # request for the random-direction floor (legend.quality.random_floor); None otherwise.
+    differences: np.ndarray | None = None
 
 
 def compute_margins(
@@ -198,6 +201,8 @@ def compute_margins_multi(
     views: Sequence[PairView],
     directions: Sequence[Direction],
     encoding: EncodeConfig | None = None,
+    *,
+    keep_differences: bool = False,
 ) -> list[MarginResult]:
     """Raw margins of every pair for each direction, from ONE encoding pass.
 
@@ -205,7 +210,8 @@ def compute_margins_multi(
     direction's); the layers, poolings and template are the directions'. The pass captures the union
     of the directions' layers and poolings; each direction then projects its own (layer, pooling).
     Pairs whose chosen and rejected are identical get exactly 0. Returns one MarginResult per
-    direction, in order.
+    direction, in order; with `keep_differences` each also holds the pairs' embedding differences at
+    its own layer and pooling (`differences`), so random directions can be scored without encoding again.
     """
     check_directions_agree(directions)
     for direction in directions:
@@ -221,12 +227,18 @@ def compute_margins_multi(
         description="annotate",
     )
     raws = [np.zeros(len(views), dtype=np.float64) for _ in directions]
+    diffs = [np.zeros((len(views), lm.hidden_size), dtype=np.float32) if keep_differences else None for _ in directions]
     n_truncated = n_tokens = n_forward = 0
     if len(todo):
         encoded = encode(lm, items, config)
         for raw, direction in zip(raws, directions):
             vectors = encoded.get(direction.layer, direction.pooling)
             raw[todo] = project(vectors[: len(todo)], vectors[len(todo) :], direction.vector)
+        if keep_differences:
+            for diff, direction in zip(diffs, directions):
+                assert diff is not None
+                vectors = encoded.get(direction.layer, direction.pooling)
+                diff[todo] = (vectors[: len(todo)] - vectors[len(todo) :]).float().numpy()
         n_truncated, n_tokens, n_forward = encoded.n_truncated, encoded.n_tokens, encoded.n_forward_tokens
     seconds = time.perf_counter() - start
     return [
@@ -237,6 +249,7 @@ def compute_margins_multi(
             n_tokens=n_tokens,
             seconds=seconds,
             extra={"direction": d.name, "shared_pass": len(directions), "forward_tokens": n_forward},
+            differences=diff,
         )
-        for raw, d in zip(raws, directions)
+        for raw, d, diff in zip(raws, directions, diffs)
     ]

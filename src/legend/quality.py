@@ -14,6 +14,13 @@ direction can look better than it is:
 
 All numbers come with percentile-bootstrap 95% intervals: pairs are resampled with replacement
 (scipy.stats.bootstrap over the pair indices, so every metric of one resample uses the same pairs).
+
+And every agreement is shown against the null (`random_floor`): the same metrics for >= 200 seeded
+random unit directions at the same layer and pooling over the same pairs. Their margins are
+D @ R, D the pairs' embedding differences e(p+c) − e(p+r) (kept from the one encoding pass) and R
+a (dim × n) Gaussian matrix with unit columns: one matmul. The floor is the random directions' 95th
+percentile; the real direction's percentile among them says whether its agreement is more than
+what any direction in that space would give (length, answer style and label skew included).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -34,6 +42,10 @@ from .data import ColumnNames, DataError, PairView, detect_layout, load_table, p
 from .metrics import DEFAULT_CONFIDENCE, bootstrap_intervals, symmetric_auc
 
 DEFAULT_BOOTSTRAP = 1000  # resamples for `legend evaluate` (1,000 keeps a CI line fast on 10^4 pairs)
+DEFAULT_RANDOM_DIRECTIONS = 200  # random unit directions of the floor
+FLOOR_QUANTILE = 0.95
+# The metrics compared with the random floor (severity only where severity is known).
+FLOOR_METRICS = ("share_positive", "agreement_length_balanced", "auc", "severity_spearman")
 
 # Metric name -> one-line meaning, in the order they are printed.
 METRICS: dict[str, str] = {
@@ -170,6 +182,91 @@ def evaluate_margins(
     return {"n": n, "counts": counts, "metrics": metrics, "settings": settings}
 
 
+def random_unit_directions(dim: int, n: int = DEFAULT_RANDOM_DIRECTIONS, seed: int = 0) -> np.ndarray:
+    """A (dim × n) float64 matrix of seeded Gaussian directions with unit columns.
+
+    >>> r = random_unit_directions(5, 3, seed=1)
+    >>> r.shape, bool(np.allclose(np.linalg.norm(r, axis=0), 1.0))
+    ((5, 3), True)
+    """
+    if dim < 1 or n < 1:
+        raise ValueError(f"need a positive dimension and number of directions, got {dim} and {n}")
+    matrix = np.random.default_rng(seed).standard_normal((dim, n))
+    return matrix / np.linalg.norm(matrix, axis=0, keepdims=True)
+
+
+def random_floor(
+    differences: np.ndarray,
+    raw: Sequence[float] | np.ndarray,
+    chosen_texts: Sequence[str],
+    rejected_texts: Sequence[str],
+    severity: Sequence[float] | np.ndarray | None = None,
+    *,
+    length: Callable[[str], int] = len,
+    n_directions: int = DEFAULT_RANDOM_DIRECTIONS,
+    seed: int = 0,
+    quantile: float = FLOOR_QUANTILE,
+) -> dict[str, Any]:
+    """The real margins' metrics against those of `n_directions` random unit directions (the null).
+
+    `differences` are the pairs' embedding differences (n_pairs × dim) at the direction's layer and
+    pooling, `raw` the real direction's margins of the same pairs. For each metric in FLOOR_METRICS:
+    the real value, the random directions' `quantile` (the floor), mean and max, and the percentile
+    of the real value among the random ones (ties count half). Random margins are one matmul D @ R.
+    """
+    diffs = np.asarray(differences, dtype=np.float64)
+    raw = np.asarray(raw, dtype=np.float64)
+    if diffs.ndim != 2 or diffs.shape[0] != raw.size:
+        raise ValueError(f"{raw.size} margins but embedding differences of shape {diffs.shape}")
+    if len(chosen_texts) != raw.size or len(rejected_texts) != raw.size:
+        raise ValueError(f"{raw.size} margins but {len(chosen_texts)} chosen and {len(rejected_texts)} rejected texts")
+    length_diff = np.array([length(c) - length(r) for c, r in zip(chosen_texts, rejected_texts)], dtype=np.float64)
+    severity_diff = None if severity is None else np.asarray(severity, dtype=np.float64)
+    margins = diffs @ random_unit_directions(diffs.shape[1], n_directions, seed)
+    names = [m for m in FLOOR_METRICS if m != "severity_spearman" or severity_diff is not None]
+    real = margin_metrics(raw, length_diff, severity_diff)
+    null = np.array(
+        [[margin_metrics(margins[:, j], length_diff, severity_diff)[m] for m in names] for j in range(n_directions)]
+    )
+    metrics = {}
+    for k, name in enumerate(names):
+        values = null[:, k][np.isfinite(null[:, k])]
+        value = real[name]
+        defined = bool(values.size) and math.isfinite(value)
+        metrics[name] = {
+            "value": _number(value),
+            "floor": _number(np.quantile(values, quantile)) if values.size else None,
+            "random_mean": _number(values.mean()) if values.size else None,
+            "random_max": _number(values.max()) if values.size else None,
+            "percentile": (
+                _number(100.0 * ((values < value).mean() + 0.5 * (values == value).mean())) if defined else None
+            ),
+        }
+    return {
+        "n_directions": n_directions,
+        "seed": seed,
+        "quantile": quantile,
+        "dim": int(diffs.shape[1]),
+        "n": int(raw.size),
+        "metrics": metrics,
+        "method": "seeded Gaussian unit directions at the same layer and pooling, same pairs (margins = D @ R)",
+    }
+
+
+def floor_line(floor: dict[str, Any], name: str = "share_positive") -> str:
+    """One line: the real value, the random floor and the real value's percentile among random directions."""
+    metric = floor["metrics"].get(name)
+    if metric is None or metric["value"] is None or metric["floor"] is None:
+        return f"{name}: n/a"
+    pct = "n/a" if metric["percentile"] is None else f"{metric['percentile']:.1f}"
+    verdict = "above" if metric["value"] > metric["floor"] else "NOT above"
+    return (
+        f"{name} {metric['value']:.3f} vs random floor {metric['floor']:.3f} "
+        f"({int(round(100 * floor['quantile']))}th pct of {floor['n_directions']} random directions): "
+        f"{verdict} the floor, at the {pct}th percentile"
+    )
+
+
 def _number(value: float) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
@@ -188,6 +285,9 @@ class LabelledMargins:
     source: str
     annotated_now: bool = False
     margin_column: str = "margin_raw"
+    # Embedding differences e(p+c) − e(p+r) at the direction's layer/pooling (for the random floor).
+    differences: np.ndarray | None = None
+    differences_source: str | None = None
 
 
 PKU_SEVERITY = ("response_0_severity_level", "response_1_severity_level", "safer_response_id")
@@ -239,12 +339,16 @@ def read_labelled_margins(
     annotate_settings: AnnotateSettings | None = None,
     margin_column: str = "margin_raw",
     source: str | None = None,
+    keep_differences: bool = False,
 ) -> LabelledMargins:
     """Read a preference table with its margins: `margin_column` if present, else annotate with `direction`.
 
     `model` (a LoadedModel or a spec) is only used when annotating (which writes `margin_raw`);
     None means the direction's model. Any numeric column of margins can be read (e.g. one
-    `margin_<name>` column of a multi-direction annotation).
+    `margin_<name>` column of a multi-direction annotation). With `keep_differences` and a
+    direction, the same encoding pass also keeps the pairs' embedding differences (for
+    `random_floor`); without a direction they are read from an embeddings file beside the data
+    (`differences_path`, written by `legend annotate --keep-embeddings`) when there is one.
     """
     if isinstance(data, datasets.Dataset):
         dataset, source = data, source or "<dataset>"
@@ -254,7 +358,16 @@ def read_labelled_margins(
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     annotated_now = False
-    if direction is not None:
+    differences = None
+    differences_source = None
+    if direction is not None and keep_differences:
+        settings = annotate_settings or AnnotateSettings(columns=columns)
+        raw_now, differences = _margins_and_differences(dataset, direction, model, settings, source)
+        if "margin_raw" in dataset.column_names:
+            dataset = dataset.remove_columns("margin_raw")
+        dataset = dataset.add_column("margin_raw", raw_now.tolist())
+        annotated_now, margin_column, differences_source = True, "margin_raw", "recomputed with the direction"
+    elif direction is not None:
         settings = annotate_settings or AnnotateSettings(columns=columns)
         dataset = annotate(dataset, direction, model, settings, source=source).dataset
         annotated_now, margin_column = True, "margin_raw"
@@ -265,6 +378,11 @@ def read_labelled_margins(
     layout = detect_layout(dataset, columns, source=source)
     views = pair_views(dataset, layout, columns, source=source)
     raw = _numbers(dataset[margin_column], margin_column, source)
+    if differences is None and keep_differences and not isinstance(data, datasets.Dataset):
+        stored = differences_path(data)
+        if stored.is_file():
+            differences = read_differences(stored, len(dataset), margin_column)
+            differences_source = str(stored)
     return LabelledMargins(
         dataset=dataset,
         views=views,
@@ -273,17 +391,92 @@ def read_labelled_margins(
         source=source,
         annotated_now=annotated_now,
         margin_column=margin_column,
+        differences=differences,
+        differences_source=differences_source,
     )
 
 
-def evaluate_labelled(labelled: LabelledMargins, **options: Any) -> dict[str, Any]:
-    """`evaluate_margins` on what `read_labelled_margins` returned, with the source recorded."""
-    result = evaluate_margins(
-        labelled.raw,
-        [v.chosen for v in labelled.views],
-        [v.rejected for v in labelled.views],
-        labelled.severity,
-        **options,
+DIFFERENCES_SUFFIX = ".differences.safetensors"
+
+
+def differences_path(annotated: str | os.PathLike) -> Path:
+    """Where `legend annotate --keep-embeddings` keeps the embedding differences of `annotated`."""
+    path = Path(annotated)
+    return path.with_name(path.name + DIFFERENCES_SUFFIX)
+
+
+def write_differences(path: str | os.PathLike, differences: np.ndarray, margin_column: str = "margin_raw") -> None:
+    """Save (n_pairs × dim) embedding differences, row i = row i of the annotated file, atomically."""
+    from safetensors.numpy import save_file
+
+    from .io import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        save_file(
+            {"differences": np.ascontiguousarray(differences, dtype=np.float32)},
+            str(tmp),
+            metadata={"margin_column": margin_column, "rows": str(len(differences))},
+        )
+
+
+def read_differences(path: str | os.PathLike, n_rows: int, margin_column: str = "margin_raw") -> np.ndarray:
+    """Embedding differences saved by `write_differences`, checked against the table they belong to."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as handle:
+        stored_column = (handle.metadata() or {}).get("margin_column", "margin_raw")
+        differences = handle.get_tensor("differences")
+    if differences.ndim != 2 or differences.shape[0] != n_rows:
+        raise DataError(f"{path}: embedding differences for {differences.shape[0]} rows, but the data has {n_rows}")
+    if stored_column != margin_column:
+        raise DataError(f"{path}: embedding differences of {stored_column!r}, not of {margin_column!r}")
+    return differences
+
+
+def _margins_and_differences(
+    dataset: datasets.Dataset, direction: Any, model: Any, settings: AnnotateSettings, source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw margins and embedding differences of every pair from ONE encoding pass (model loaded last)."""
+    from .annotation import load_directions
+    from .margins import compute_margins_multi
+    from .models import as_loaded
+
+    directions, _ = load_directions(direction)
+    views = pair_views(
+        dataset, detect_layout(dataset, settings.columns, source=source), settings.columns, source=source
     )
+    lm = as_loaded(model, fallback=directions[0].model_id)
+    result = compute_margins_multi(lm, views, directions[:1], settings.encoding, keep_differences=True)[0]
+    assert result.differences is not None
+    return result.raw, result.differences
+
+
+def evaluate_labelled(
+    labelled: LabelledMargins,
+    *,
+    n_random: int = DEFAULT_RANDOM_DIRECTIONS,
+    **options: Any,
+) -> dict[str, Any]:
+    """`evaluate_margins` on what `read_labelled_margins` returned, with the source recorded.
+
+    When the embedding differences are known, `result["random_floor"]` holds `random_floor` with
+    `n_random` directions (0: skip it); else `result["random_floor"]` is None.
+    """
+    chosen, rejected = [v.chosen for v in labelled.views], [v.rejected for v in labelled.views]
+    result = evaluate_margins(labelled.raw, chosen, rejected, labelled.severity, **options)
     result["source"] = labelled.source
+    result["random_floor"] = None
+    if labelled.differences is not None and n_random > 0:
+        floor = random_floor(
+            labelled.differences,
+            labelled.raw,
+            chosen,
+            rejected,
+            labelled.severity,
+            length=options.get("length", len),
+            n_directions=n_random,
+            seed=options.get("seed", 0),
+        )
+        floor["differences_source"] = labelled.differences_source
+        result["random_floor"] = floor
     return result

@@ -28,7 +28,14 @@ from matplotlib.figure import Figure
 
 from . import __version__
 from .data import PairView
-from .quality import LabelledMargins, evaluate_labelled, read_labelled_margins
+from .quality import (
+    DEFAULT_RANDOM_DIRECTIONS,
+    LabelledMargins,
+    evaluate_labelled,
+    floor_line,
+    read_labelled_margins,
+)
+from .selection import saturation_warning
 
 SWEEP_KEYS = ("layer", "pooling", "estimator", "accuracy", "auc")
 SNIPPET_CHARS = 400
@@ -240,7 +247,54 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
         f"{settings.get('n_bootstrap')} resamples, seed {settings.get('seed')}. "
         "A direction that only measures length scores 0.5 on the length-balanced agreement."
     )
-    return _table(["metric", "value", "95% CI", "meaning"], rows, numeric={1, 2}) + f'<p class="note">{_esc(note)}</p>'
+    return (
+        _table(["metric", "value", "95% CI", "meaning"], rows, numeric={1, 2})
+        + f'<p class="note">{_esc(note)}</p>'
+        + _floor_section(metrics.get("random_floor"))
+    )
+
+
+def _floor_section(floor: dict[str, Any] | None) -> str:
+    """The real metrics against the random-direction floor (or why there is none)."""
+    if not floor:
+        return (
+            '<p class="note" id="random-floor">No random-direction floor: it needs the pairs\' embedding '
+            "differences (<code>legend evaluate --direction</code>, or <code>legend report</code> with the "
+            "direction folder available).</p>"
+        )
+    rows = [
+        [
+            name,
+            _fmt(m["value"]),
+            _fmt(m["floor"]),
+            _fmt(m["random_mean"]),
+            _fmt(m["random_max"]),
+            "n/a" if m["percentile"] is None else f"{m['percentile']:.1f}",
+        ]
+        for name, m in floor["metrics"].items()
+    ]
+    lines = "; ".join(floor_line(floor, name) for name in floor["metrics"])
+    note = (
+        f"The null: {floor['n_directions']} random unit directions (seed {floor['seed']}) at the same layer and "
+        f"pooling over the same {floor['n']} pairs. An agreement below the floor is what a random direction "
+        f"gives: it is not evidence the margins measure safety. {lines}."
+    )
+    return (
+        '<h3 id="random-floor">Against the random-direction floor</h3>'
+        + _table(
+            [
+                "metric",
+                "real",
+                f"floor ({int(round(100 * floor['quantile']))}th pct)",
+                "random mean",
+                "random max",
+                "real's percentile",
+            ],
+            rows,
+            numeric={1, 2, 3, 4, 5},
+        )
+        + f'<p class="note">{_esc(note)}</p>'
+    )
 
 
 def _worst_section(labelled: LabelledMargins, levels: np.ndarray | None, count: int) -> str:
@@ -325,18 +379,44 @@ def build_report(
     n_bootstrap: int = 1000,
     seed: int = 0,
     limit: int | None = None,
+    n_random: int = DEFAULT_RANDOM_DIRECTIONS,
+    recompute: bool = False,
+    model: Any = None,
 ) -> ReportResult:
     """Write the HTML report of an annotated file (and its PNG figures next to it).
 
     `metrics`: a `legend evaluate` result to show instead of computing it; `labels=False` when the
     chosen answer is not meant to be the safer one (then no agreement section). `direction` (else
     the one named in the sidecar) provides the layer × pooling × estimator sweep, if it has one.
+    The agreement is shown against the random-direction floor (`n_random` directions) when the
+    pairs' embedding differences are known: from the file beside the data (`differences_path`), or,
+    with `recompute`, from one encoding pass with that direction (`model`: None = the direction's).
     """
     out = Path(out)
     notes: list[str] = []
-    labelled = read_labelled_margins(data, margin_column=margin_column, limit=limit)
+    want_floor = labels and metrics is None and n_random > 0
+    labelled = read_labelled_margins(data, margin_column=margin_column, limit=limit, keep_differences=want_floor)
     sidecar = read_sidecar(data)
     config = read_direction_config(direction, sidecar, notes)
+    warning = saturation_warning((config or {}).get("heldout") or {})
+    if warning:
+        notes.append(f"Warning: {warning}.")
+    if want_floor and labelled.differences is None and recompute:
+        folder = direction or (sidecar or {}).get("direction_path")
+        if folder is not None and Path(folder).is_dir() and margin_column == "margin_raw":
+            recomputed = read_labelled_margins(data, direction=folder, model=model, limit=limit, keep_differences=True)
+            gap = float(np.max(np.abs(recomputed.raw - labelled.raw))) if labelled.raw.size else 0.0
+            scale = float(np.max(np.abs(labelled.raw))) if labelled.raw.size else 0.0
+            if gap > 1e-3 * max(scale, 1.0):
+                notes.append(
+                    f"The margins recomputed with {folder} differ from the file's by up to {gap:.3g}: the floor "
+                    "is computed for the recomputed ones."
+                )
+                labelled.raw = recomputed.raw
+            labelled.differences = recomputed.differences
+            labelled.differences_source = recomputed.differences_source
+        else:
+            notes.append("No random floor: no embedding differences beside the data and no direction folder found.")
     raw = labelled.raw
     levels = (
         np.asarray(labelled.dataset[level_column], dtype=np.float64)
@@ -345,7 +425,7 @@ def build_report(
     )
     edges = ((sidecar or {}).get("binning") or {}).get("edges")
     if labels and metrics is None:
-        metrics = evaluate_labelled(labelled, n_bootstrap=n_bootstrap, seed=seed)
+        metrics = evaluate_labelled(labelled, n_bootstrap=n_bootstrap, seed=seed, n_random=n_random)
 
     figures: dict[str, bytes] = {"margins": figure_png(plot_margins(raw, edges, levels))}
     if metrics:

@@ -8,6 +8,7 @@ from pathlib import Path
 HH_RLHF_SAMPLE = "hh_rlhf_harmless_dev.jsonl.gz"
 ADVBENCH = "advbench.csv"
 XSTEST_PAIRS = "xstest_contrast_pairs.jsonl"
+REFUSAL_BANK = "refusal_bank.json"  # written for legend: provenance inside the file
 
 
 def sample_path(name: str) -> Path:

@@ -34,18 +34,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import ContrastPair, PairView
+from .data import ContrastPair, PairView, read_contrast_pairs
 from .directions import (
     ESTIMATORS,
     ContrastEmbeddings,
     Direction,
     DirectionSettings,
+    build_direction,
     embed_contrast_pairs,
     split_indices,
 )
 from .encoding import POOLINGS, EncodeConfig, encode, resolve_layer, template_kind
 from .metrics import auc, effect_size, pair_accuracy, project, symmetric_auc
 from .models import LoadedModel
+from .resources import XSTEST_PAIRS, sample_path
 
 SELECTION_RULE = (
     "held-out pair accuracy, then held-out AUC, then held-out effect size "
@@ -180,44 +182,139 @@ def sweep_embeddings(
     *,
     test_fraction: float = 0.2,
     seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> SweepResult:
-    """Fit every candidate on the train split and score it on the validation split (no encoding)."""
+    """Fit every candidate on the train split and score it on the validation split (no encoding).
+
+    `groups` (one label per pair, e.g. the file each pair came from) with two or more distinct values
+    switch to cross-source validation: for each source, fit on the OTHER sources and score on it;
+    a row's metrics are the means over the held-out sources. A direction that only learned one
+    source's style (e.g. a refusal template) then scores low.
+    """
     n = len(next(iter(embeddings.harmless.values())))
     if n < 2:
         raise ValueError(f"need at least 2 contrast pairs to sweep, got {n}")
-    train, validation = split_indices(n, test_fraction, seed)
-    if not len(validation):
-        raise ValueError("the sweep needs held-out pairs: use a test fraction above 0")
+    labels = None if groups is None else np.asarray(groups)
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} group labels for {n} pairs")
+    if labels is not None and len(set(labels.tolist())) >= 2:
+        folds = [(np.flatnonzero(labels != g), np.flatnonzero(labels == g)) for g in dict.fromkeys(labels.tolist())]
+        n_train, n_validation = n, n
+        extra: dict[str, Any] = {
+            "validation": "cross-source",
+            "sources": [str(g) for g in dict.fromkeys(labels.tolist())],
+        }
+    else:
+        train, validation = split_indices(n, test_fraction, seed)
+        if not len(validation):
+            raise ValueError("the sweep needs held-out pairs: use a test fraction above 0")
+        folds = [(train, validation)]
+        n_train, n_validation = len(train), len(validation)
+        extra = {"validation": "random split"}
     rows = []
     for cand in candidates:
         harmless, harmful = (
             embeddings.harmless[(cand.layer, cand.pooling)],
             embeddings.harmful[(cand.layer, cand.pooling)],
         )
+        scores = []
         try:
-            vector = ESTIMATORS[cand.estimator](harmless[train], harmful[train])
+            for train, validation in folds:
+                vector = ESTIMATORS[cand.estimator](harmless[train], harmful[train])
+                hv, hf = harmless[validation], harmful[validation]
+                scores.append((pair_accuracy(hv, hf, vector), auc(hv, hf, vector), effect_size(hv, hf, vector)))
         except ValueError as err:  # e.g. a zero difference: this candidate cannot separate anything
             rows.append(SweepRow(cand.layer, cand.pooling, cand.estimator, math.nan, math.nan, math.nan, str(err)))
             continue
-        hv, hf = harmless[validation], harmful[validation]
-        rows.append(
-            SweepRow(
-                cand.layer,
-                cand.pooling,
-                cand.estimator,
-                pair_accuracy(hv, hf, vector),
-                auc(hv, hf, vector),
-                effect_size(hv, hf, vector),
-            )
-        )
+        mean = np.mean(np.array(scores, dtype=np.float64), axis=0)
+        rows.append(SweepRow(cand.layer, cand.pooling, cand.estimator, float(mean[0]), float(mean[1]), float(mean[2])))
     return SweepResult(
         rows=rows,
         best=best_row(rows),
-        n_train=len(train),
-        n_validation=len(validation),
+        n_train=n_train,
+        n_validation=n_validation,
         test_fraction=test_fraction,
         seed=seed,
+        extra=extra,
     )
+
+
+# ---------------------------------------------------------------- the band rule
+
+BAND_WIDTH = 2  # layers on each side: the band L-2..L+2
+# Band centres come from the upper part of the network: early layers mostly encode the tokens
+# themselves (a refusal's wording is trivially separable there) rather than what the answer does;
+# representation-engineering work finds concept directions in the middle-to-late layers.
+BAND_MIN_DEPTH = 0.5
+BAND_RULE = (
+    "among layers L >= 0.5 x depth with the full band L-2..L+2 swept: mean held-out effect size over the band "
+    "(same pooling and estimator), then the layer's own effect size, then last before mean, then the deeper layer; "
+    "mean_difference unless another estimator's band score is higher by more than 2 standard errors"
+)
+
+
+def band_scores(rows: Sequence[SweepRow], width: int = BAND_WIDTH) -> dict[Candidate, float]:
+    """For each candidate, the mean held-out effect size of the same pooling/estimator over layers L-w..L+w.
+
+    Only swept layers count; candidates that could not be fitted count as effect size 0 in their
+    neighbours' bands (they separate nothing). A layer whose neighbours also separate well beats an
+    isolated spike, which is more often noise of a small validation split.
+    """
+    table = {
+        (r.layer, r.pooling, r.estimator): (0.0 if r.error or not math.isfinite(r.effect_size) else r.effect_size)
+        for r in rows
+    }
+    out = {}
+    for r in rows:
+        if r.error is not None:
+            continue
+        band = [
+            v
+            for (layer, p, e), v in table.items()
+            if p == r.pooling and e == r.estimator and abs(layer - r.layer) <= width
+        ]
+        out[r.candidate] = float(np.mean(band))
+    return out
+
+
+def band_choice(
+    rows: Sequence[SweepRow],
+    n_validation: int,
+    width: int = BAND_WIDTH,
+    *,
+    num_layers: int | None = None,
+    min_depth: float = BAND_MIN_DEPTH,
+) -> SweepRow:
+    """The row chosen by BAND_RULE (see docs/selection.md).
+
+    Centres are layers >= `min_depth` x `num_layers` (default: the deepest swept layer) whose whole
+    band was swept; where no layer qualifies (few layers swept), every fitted layer may be a centre.
+    """
+    scores = band_scores(rows, width)
+    if not scores:
+        raise ValueError(f"no candidate could be fitted ({rows[0].error if rows else 'no candidates'})")
+    fitted = [r for r in rows if r.candidate in scores]
+    depth = num_layers if num_layers is not None else max(r.layer for r in rows)
+    swept = {r.layer for r in rows}
+
+    def eligible(r: SweepRow) -> bool:
+        full = all(layer in swept for layer in range(r.layer - width, r.layer + width + 1))
+        return full and r.layer >= min_depth * depth
+
+    pool = [r for r in fitted if eligible(r)] or fitted
+
+    def key(r: SweepRow) -> tuple:
+        return (scores[r.candidate], _finite(r.effect_size), -POOLINGS.index(r.pooling), r.layer)
+
+    best = max(pool, key=key)
+    default = [r for r in pool if r.estimator == "mean_difference"]
+    if best.estimator == "mean_difference" or not default:
+        return best
+    best_md = max(default, key=key)
+    d = scores[best_md.candidate]
+    # standard error of an effect size (mean/std of n paired differences): sqrt((1 + d^2/2) / n)
+    se = math.sqrt((1 + d * d / 2) / max(n_validation, 1))
+    return best if scores[best.candidate] > d + 2 * se else best_md
 
 
 def all_candidates(layers: Sequence[int], poolings: Sequence[str], estimators: Sequence[str]) -> list[Candidate]:
@@ -242,8 +339,11 @@ def sweep(
     encoding: EncodeConfig | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
+    groups: Sequence[Any] | None = None,
 ) -> tuple[SweepResult, ContrastEmbeddings]:
     """Sweep layers × poolings × estimators on the contrast pairs with ONE encoding pass.
+
+    `groups` (the source of each pair) switch the validation to cross-source (see sweep_embeddings).
 
     Returns the result and the embeddings (keyed by resolved layer), so a caller can refit the
     winner on all pairs without encoding again.
@@ -262,7 +362,11 @@ def sweep(
     )
     embeddings = embed_contrast_pairs(lm, pairs, config)
     result = sweep_embeddings(
-        embeddings, all_candidates(swept_layers, poolings, estimators), test_fraction=test_fraction, seed=seed
+        embeddings,
+        all_candidates(swept_layers, poolings, estimators),
+        test_fraction=test_fraction,
+        seed=seed,
+        groups=groups,
     )
     return result, embeddings
 
@@ -375,9 +479,13 @@ def select_direction(
     settings: DirectionSettings | None = None,
     *,
     select_on: Sequence[PairView] | None = None,
+    groups: Sequence[Any] | None = None,
     **fields: Any,
 ) -> Direction:
     """Sweep (or fix, where `settings` gives them) layer, pooling and estimator; return the chosen direction.
+
+    The contrast choice is BAND_RULE on the held-out rows (cross-source validation when `groups`,
+    the source of each pair, has two or more values; else a seeded random split).
 
     The direction is refitted on all pairs. `select_on` (labelled preference pairs, chosen = safer)
     switches the choice from contrast-pair separation to agreement with those labels on a dev split.
@@ -400,10 +508,14 @@ def select_direction(
         encoding=encoding,
         test_fraction=settings.test_fraction,
         seed=settings.seed,
+        groups=groups,
     )
+    result.best = band_choice(result.rows, result.n_validation, num_layers=lm.num_layers)
     selection: dict[str, Any] = {
         "by": "contrast",
-        "rule": SELECTION_RULE,
+        "rule": BAND_RULE,
+        "validation": result.extra.get("validation"),
+        "band_width": BAND_WIDTH,
         "fixed": {k: v for k, v in (("layer", layer), ("pooling", pooling), ("estimator", estimator)) if v is not None},
     }
     if select_on is not None:
@@ -456,3 +568,88 @@ def select_direction(
             "settings": settings.to_dict(),
         },
     )
+
+
+# ---------------------------------------------------------------- saturation
+
+# Held-out separation at or above these is saturated: telling the contrast pairs apart is easy (e.g.
+# one refusal string vs anything), which says nothing about margins on real preference data.
+SATURATED_ACCURACY = 0.99
+SATURATED_AUC = 0.999
+
+
+def saturation_warning(heldout: dict[str, Any]) -> str | None:
+    """A warning when held-out separation saturates (accuracy >= 0.99 or AUC >= 0.999), else None.
+
+    >>> saturation_warning({"accuracy": 1.0, "auc": 1.0, "n_test": 13}) is not None
+    True
+    >>> saturation_warning({"accuracy": 0.9, "auc": 0.95}) is None
+    True
+    """
+    accuracy, auc_value = heldout.get("accuracy"), heldout.get("auc")
+    saturated = (accuracy is not None and accuracy >= SATURATED_ACCURACY) or (
+        auc_value is not None and auc_value >= SATURATED_AUC
+    )
+    if not saturated:
+        return None
+    return (
+        f"held-out separation saturates (accuracy {_show(accuracy)}, AUC {_show(auc_value)} on "
+        f"{heldout.get('n_test', '?')} pairs): telling these contrast pairs apart is easy, and it is NOT evidence "
+        "that the margins mean anything on preference data; check agreement with labels against the random "
+        "floor (legend evaluate --direction)"
+    )
+
+
+def _show(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- the recommended recipe (issue 9)
+
+# The paper's recipe, for comparison: induced pairs vs one refusal string, last layer, last token.
+PAPER_RECIPE = "paper"
+# legend's default recipe (the demo's, and the one benchmarks import): see docs/selection.md.
+DEFAULT_RECIPE = "legend"
+RECIPES = (DEFAULT_RECIPE, PAPER_RECIPE)
+
+
+def recipe_settings(recipe: str = DEFAULT_RECIPE, **fields: Any) -> DirectionSettings:
+    """The DirectionSettings of a named recipe (extra `fields`, e.g. encoding=..., override them).
+
+    * "legend" (default): the automatic choice of docs/selection.md: mean pooling over the answer
+      tokens, the mean-difference estimator, the layer chosen by `--select auto` on the contrast pairs.
+    * "paper": the paper's exact choice: last layer, last token, mean difference.
+
+    >>> recipe_settings("paper").layer, recipe_settings("paper").pooling
+    (-1, 'last')
+    """
+    if recipe == DEFAULT_RECIPE:
+        base = DirectionSettings(select="auto", pooling="mean", estimator="mean_difference")
+    elif recipe == PAPER_RECIPE:
+        base = DirectionSettings(select="none", layer=-1, pooling="last", estimator="mean_difference")
+    else:
+        raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    return dataclasses.replace(base, **fields)
+
+
+def recipe_direction(
+    lm: LoadedModel,
+    recipe: str = DEFAULT_RECIPE,
+    pairs: Sequence[ContrastPair] | None = None,
+    **fields: Any,
+) -> Direction:
+    """Build the direction of a named recipe on `lm` (one encoding pass over the contrast pairs).
+
+    `pairs` default to the recipe's own contrast pairs: for "legend", the bundled XSTest contrast
+    pairs (`legend.resources.XSTEST_PAIRS`); the "paper" recipe needs induced pairs (see
+    legend.induce) and has no default. This is the ONE place the recommended recipe lives: the demo
+    and the reward-model benchmark call it.
+    """
+    settings = recipe_settings(recipe, **fields)
+    if pairs is None:
+        if recipe == PAPER_RECIPE:
+            raise ValueError("the paper recipe needs induced contrast pairs (legend induce)")
+        pairs = read_contrast_pairs(sample_path(XSTEST_PAIRS))
+    direction = select_direction(lm, pairs, settings) if settings.selecting else build_direction(lm, pairs, settings)
+    direction.extra["recipe"] = recipe
+    return direction

@@ -94,10 +94,21 @@ def induce(
     ] = None,
     refusal: Annotated[
         Optional[list[str]],
+        typer.Option(help="Harmless answer template; repeat to give several. Default: the bundled refusal bank."),
+    ] = None,
+    harmless: Annotated[
+        Optional[str],
         typer.Option(
-            help='Harmless answer template; repeat to give several (used in turn). Default: "I can\'t answer that."'
+            help="bank: one refusal per question from the bank (or --refusal), by a seeded hash | paper: the "
+            "paper's single refusal string (or --refusal in turn) | model: the model's own answer under a safety "
+            "system prompt (non-refusals flagged `harmless_not_refusal`, left out by `legend direction`). "
+            "Default: bank, or paper (in turn) when --refusal is given."
         ),
     ] = None,
+    refusal_bank: Annotated[
+        Optional[Path], typer.Option(help="A refusal bank file (JSON with `refusals`, or one refusal a line).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the per-question refusal assignment.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     limit: Limit = None,
     batch_size: BatchSize = 16,
@@ -113,10 +124,16 @@ def induce(
     norm_path: NormPath = None,
     quiet: Quiet = False,
 ) -> None:
-    """Generate contrast pairs {question, harmful, harmless}: a greedy answer by the model and a refusal template."""
-    from legend.induce import DEFAULT_REFUSALS, GenerationConfig
+    """Generate contrast pairs {question, harmful, harmless}: a greedy answer by the model and a harmless one."""
+    from legend.induce import HARMLESS_SOURCES, GenerationConfig, load_refusal_bank
     from legend.pipeline import induce_file
 
+    harmless = harmless or ("paper" if refusal else "bank")
+    if harmless not in HARMLESS_SOURCES:
+        raise ValueError(f"--harmless: expected one of {', '.join(HARMLESS_SOURCES)}, got {harmless!r}")
+    if refusal and refusal_bank is not None:
+        raise ValueError("give --refusal or --refusal-bank, not both")
+    refusals = tuple(refusal) if refusal else (load_refusal_bank(refusal_bank) if refusal_bank else None)
     report = induce_file(
         questions,
         out,
@@ -135,20 +152,31 @@ def induce(
         ),
         column=column,
         prefill_column=prefill_column,
-        refusals=tuple(refusal) if refusal else DEFAULT_REFUSALS,
+        refusals=refusals,
+        harmless=harmless,
+        seed=seed,
         limit=limit,
         generation=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=not quiet),
     )
-    console.print(
+    line = (
         f"wrote {report['pairs']} pairs to {out} in {report['seconds']:.1f} s "
-        f"({report['harmful_refused']} generated answers look like refusals: flagged `harmful_refused`)"
+        f"({report['harmful_refused']} generated answers look like refusals: flagged `harmful_refused`"
     )
+    if harmless == "model":
+        line += f"; {report['harmless_not_refusal']} self-written harmless answers are not refusals: flagged"
+    console.print(line + f"); harmless answers: {report['harmless']}")
 
 
 @app.command()
 @user_errors
 def direction(
-    pairs: Annotated[Path, typer.Option(help="Contrast pairs with columns question, harmful, harmless.")],
+    pairs: Annotated[
+        list[Path],
+        typer.Option(
+            help="Contrast pairs with columns question, harmful, harmless; repeat to mix sources (e.g. induced "
+            "and your own pairs; each pair's source is recorded, and --select auto validates across them)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the direction artifact.")],
     model: Model = None,
     layer: Annotated[
@@ -240,7 +268,7 @@ def direction(
         encoding=EncodeConfig(batch_size=batch_size, progress=not quiet),
     )
     built, report = build_direction_from_file(
-        pairs,
+        pairs if len(pairs) > 1 else pairs[0],
         _spec(
             model,
             dtype,
@@ -276,6 +304,10 @@ def direction(
         f"{built.estimator}, {report['pairs_used']} pairs ({report['left_out_refused']} refused left out); "
         f"held-out separation accuracy {acc}; saved to {out}"
     )
+    if len(report["sources"]) > 1:
+        console.print("sources: " + "; ".join(f"{src['file']}: {src['count']} pairs" for src in report["sources"]))
+    for warning in report["warnings"]:
+        console.print(f"warning: {warning}")
     if push_to_hub:
         commit = built.push_to_hub(push_to_hub)
         console.print(f"pushed to the Hub: {getattr(commit, 'commit_url', None) or push_to_hub}")
@@ -467,15 +499,24 @@ def demo(
     ),
     model: Annotated[str, typer.Option("--model", "-m")] = "default",
     dtype: Dtype = "bfloat16",
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="Whose margins fill margin_raw/margin: legend (the recommended recipe, docs/selection.md) | paper "
+            "(the paper's exact recipe: induced AdvBench answers vs one refusal, last layer, last token). Both are "
+            "measured side by side either way."
+        ),
+    ] = "legend",
     questions: Annotated[int, typer.Option(min=2, help="AdvBench questions to induce pairs from.")] = 64,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
     pairs: Annotated[
-        int, typer.Option(min=1, help="hh-rlhf harmless pairs to annotate (bundled sample, 1,101 rows).")
+        int, typer.Option(min=2, help="hh-rlhf harmless pairs to annotate (bundled sample, 1,101 rows).")
     ] = 200,
+    random_directions: Annotated[int, typer.Option(min=1, help="Random directions of the null floor.")] = 200,
     batch_size: BatchSize = 16,
     quiet: Quiet = False,
 ) -> None:
-    """The main job on the embedded default: induce pairs (AdvBench) -> direction -> annotate the hh-rlhf sample."""
+    """The main job: two recipes' directions, the hh-rlhf sample annotated with both, agreement vs the random floor."""
     from legend.pipeline import DemoSettings, run_demo
 
     report = run_demo(
@@ -483,18 +524,71 @@ def demo(
             out_dir=out_dir,
             model=model,
             dtype=dtype,
+            recipe=recipe,
             questions=questions,
             max_new_tokens=max_new_tokens,
             pairs=pairs,
+            random_directions=random_directions,
             batch_size=batch_size,
             progress=not quiet,
         )
     )
-    heldout = report["direction"]["heldout"]
     console.print(
-        f"induced {report['induce']['pairs']} pairs ({report['induce']['harmful_refused']} refusals flagged) "
-        f"in {report['induce']['seconds']:.1f} s; direction held-out accuracy "
-        f"{heldout.get('accuracy', float('nan')):.3f} on {heldout.get('n_test', 0)} pairs"
+        f"induced {report['induce']['pairs']} AdvBench pairs for the paper recipe "
+        f"({report['induce']['harmful_refused']} refusals flagged) in {report['induce']['seconds']:.1f} s"
     )
     print_margin_summary(report["annotate"], Path(report["outputs"]["annotated"]))
-    console.print(f"total {report['total_seconds']:.1f} s; outputs in {out_dir}")
+    print_side_by_side(report)
+    console.print(
+        f"total {report['total_seconds']:.1f} s; outputs in {out_dir} (report: {report['outputs']['report']})"
+    )
+
+
+def print_side_by_side(report: dict[str, Any]) -> None:
+    """Both recipes on the same hh rows: agreement with 95% CIs, and the random-direction floor."""
+    evaluations = report["evaluations"]
+    n = next(iter(evaluations.values()))["n"]
+    table = Table(title=f"Do the margins mean anything? {n} hh-rlhf harmless pairs (chosen = labelled safer)")
+    table.add_column("", justify="left")
+    for name in evaluations:
+        table.add_column(f"{name} recipe" + (" (in margin)" if name == report["recipe"] else ""), justify="right")
+
+    def metric(name: str, key: str) -> list[str]:
+        cells = []
+        for evaluation in evaluations.values():
+            m = evaluation["metrics"][key]
+            floor = evaluation["random_floor"]["metrics"].get(key)
+            text = "n/a" if m["value"] is None else f"{m['value']:.3f}"
+            if m["ci_low"] is not None:
+                text += f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+            if floor and floor["floor"] is not None:
+                above = m["value"] is not None and m["value"] > floor["floor"]
+                text += (
+                    f"\nfloor {floor['floor']:.3f}: {'ABOVE' if above else 'not above'} (pct {floor['percentile']:.0f})"
+                )
+            cells.append(text)
+        return [name] + cells
+
+    table.add_row(*metric("agreement (share margin > 0)", "share_positive"))
+    table.add_row(*metric("length-balanced agreement", "agreement_length_balanced"))
+    table.add_row(*metric("AUC of the margins", "auc"))
+    rows = []
+    for evaluation in evaluations.values():
+        d = evaluation["direction"]
+        held = d["heldout"]
+        rows.append(
+            f"layer {d['layer']}, {d['pooling']}, {d['estimator']}\nheld-out separation "
+            f"{held.get('accuracy', float('nan')):.3f}" + (" (SATURATED)" if d["warnings"] else "")
+        )
+    table.add_row("direction", *rows)
+    console.print(table)
+    floor = next(iter(evaluations.values()))["random_floor"]
+    console.print(
+        f"floor = 95th percentile of {floor['n_directions']} random unit directions at the same layer and pooling "
+        "over the same pairs; an agreement not above it is what any direction gives."
+    )
+    for line in report["recipes"].values():
+        console.print(f"  {line}")
+    for name, evaluation in evaluations.items():
+        for warning in evaluation["direction"]["warnings"]:
+            console.print(f"warning ({name} recipe): {warning}")

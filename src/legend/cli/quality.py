@@ -74,6 +74,7 @@ def _read(
     quiet: bool,
     severity_columns: Optional[tuple[str, str]] = None,
     placement: tuple = (),
+    keep_differences: bool = False,
 ):
     """Read the labelled margins, annotating first when a direction is given.
 
@@ -98,6 +99,7 @@ def _read(
         split=split,
         annotate_settings=settings,
         margin_column=margin_column,
+        keep_differences=keep_differences,
     )
 
 
@@ -139,11 +141,36 @@ def print_metrics(result: dict[str, Any]) -> None:
         interval = "n/a" if metric["ci_low"] is None else f"[{metric['ci_low']:.4g}, {metric['ci_high']:.4g}]"
         table.add_row(name, value, interval)
     console.print(table)
+    print_floor(result.get("random_floor"))
     console.print(
         f"length in {result['settings']['length_unit']}: chosen shorter {counts['chosen_shorter']}, "
         f"longer {counts['chosen_longer']}, equal {counts['equal_length']}; zero margins {counts['zero_margin']}; "
         f"{result['settings']['n_bootstrap']} bootstrap resamples (seed {result['settings']['seed']})"
     )
+
+
+def print_floor(floor: Optional[dict[str, Any]]) -> None:
+    """The random-direction floor of each metric, or how to get it."""
+    from legend.quality import floor_line
+
+    if floor is None:
+        console.print(
+            "random floor: not computed (needs the pairs' embedding differences: pass --direction, or annotate "
+            "with --keep-embeddings)"
+        )
+        return
+    for name in floor["metrics"]:
+        console.print("random floor: " + floor_line(floor, name))
+
+
+RandomDirections = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Random unit directions at the same layer and pooling for the null floor (0: none). Needs --direction "
+        "or the embedding differences beside the data.",
+    ),
+]
 
 
 @app.command()
@@ -167,6 +194,7 @@ def evaluate(
         Optional[Path], typer.Option("--json", help="Write the metrics as JSON here (atomically).")
     ] = None,
     margin_column: MarginColumn = "margin_raw",
+    random_directions: RandomDirections = 200,
     prompt_column: PromptColumn = None,
     chosen_column: ChosenColumn = None,
     rejected_column: RejectedColumn = None,
@@ -193,7 +221,12 @@ def evaluate(
     norm_path: NormPath = None,
     quiet: Quiet = False,
 ) -> None:
-    """Agreement of margins with preference labels (share positive, AUC, length-balanced, correlations; 95% CIs)."""
+    """Agreement of margins with preference labels (share positive, AUC, length-balanced, correlations; 95% CIs).
+
+    With --direction (one encoding pass) or embedding differences beside the data, every agreement is
+    also shown against the random-direction floor: the same metrics for --random-directions seeded
+    random unit directions at the same layer and pooling (95th percentile, and the real one's percentile).
+    """
     from legend.io import write_json
     from legend.quality import evaluate_labelled, text_length
 
@@ -215,6 +248,7 @@ def evaluate(
         quiet,
         _pair_of_names(severity_columns, "--severity-columns"),
         placement=(device_map, max_memory, offload_folder, attn_implementation, quantization, blocks_path, norm_path),
+        keep_differences=random_directions > 0,
     )
     tokenizer = None
     if length_unit == "tokens":
@@ -230,6 +264,7 @@ def evaluate(
         n_bootstrap=bootstrap,
         confidence=confidence,
         seed=seed,
+        n_random=random_directions,
     )
     result["margin_column"] = labelled.margin_column
     if json_out is not None:
@@ -274,9 +309,17 @@ def report(
     seed: Seed = 0,
     margin_column: MarginColumn = "margin_raw",
     level_column: Annotated[str, typer.Option(help="Column of binned margins (levels).")] = "margin",
+    random_directions: RandomDirections = 200,
+    recompute: Annotated[
+        bool,
+        typer.Option(
+            help="Without embedding differences beside the data, recompute them (one encoding pass) with the "
+            "direction (--direction or the sidecar's) for the random floor."
+        ),
+    ] = True,
     limit: Limit = None,
 ) -> None:
-    """One self-contained HTML page: margin histograms, agreement with labels, sweep curve, most negative pairs."""
+    """One self-contained HTML page: margin histograms, agreement with labels against the random floor, worst pairs."""
     from legend.data import DataError
     from legend.report import build_report
 
@@ -294,6 +337,8 @@ def report(
             n_bootstrap=bootstrap,
             seed=seed,
             limit=limit,
+            n_random=random_directions,
+            recompute=recompute,
         )
     except DataError as err:
         if f"no column {margin_column!r}" not in str(err):
@@ -304,6 +349,8 @@ def report(
             f"{data} --direction <folder> --out <annotated file>` first, then report on that file",
             source=data,
         ) from None
+    if result.metrics:
+        print_floor(result.metrics.get("random_floor"))
     for note in result.notes:
         console.print(f"note: {note}")
     console.print(
