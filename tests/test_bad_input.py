@@ -65,9 +65,14 @@ def annotate(workspace: Path, data: Path, out: Path, *extra: object):
     return run("annotate", "--direction", workspace / "dir", "--data", data, "--out", out, "--quiet", *extra)
 
 
+OUT_FILES = ("out.jsonl", "README.md", ".legend/out.jsonl.json")  # the output, its dataset card and its metadata
+
+
 def only(folder: Path, *names: str) -> None:
-    """Nothing but `names` is in `folder` (no output, temporary, lock or work folder left behind)."""
-    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+    """Nothing but `names` is in `folder`, sub-folders included (no output, temporary, lock or work folder left)."""
+    found = [p.name for p in folder.iterdir() if p.name != ".legend"]
+    found += [f".legend/{p.name}" for p in (folder / ".legend").glob("*")]  # the metadata folder, file by file
+    assert sorted(found) == sorted(names)
 
 
 def fields_unchanged(data: Path, out: Path) -> list[dict]:
@@ -197,7 +202,7 @@ def test_a_good_file_comes_back_row_for_row_with_its_types(workspace, tmp_path):
     result = annotate(workspace, data, tmp_path / "out.jsonl", "--chunk-rows", 4)
     assert result.exit_code == 0, result.output
     fields_unchanged(data, tmp_path / "out.jsonl")
-    only(tmp_path, "in.jsonl", "out.jsonl", "out.jsonl.legend.json")
+    only(tmp_path, "in.jsonl", *OUT_FILES)
 
 
 # ---------------------------------------------------------------- --bins-from and the level options
@@ -209,7 +214,7 @@ def sidecar(workspace, tmp_path_factory):
     data = write_jsonl(folder / "in.jsonl", hh_rows(12))
     result = annotate(workspace, data, folder / "first.jsonl")
     assert result.exit_code == 0, result.output
-    return folder / "first.jsonl.legend.json"
+    return folder / ".legend" / "first.jsonl.json"
 
 
 @pytest.mark.parametrize(
@@ -236,7 +241,7 @@ def test_bins_from_with_agreeing_options_is_used_and_the_summary_says_so(workspa
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["bins"] == f"loaded from {sidecar} (4 levels)"
-    meta = json.loads(Path(str(out) + ".legend.json").read_text())
+    meta = json.loads((out.parent / ".legend" / f"{out.name}.json").read_text())
     assert meta["binning"]["edges"] == json.loads(sidecar.read_text())["binning"]["edges"]
     edges = np.array(meta["binning"]["edges"])
     raw = np.array([r["margin_raw"] for r in read_jsonl(out)])
@@ -468,15 +473,16 @@ def test_a_run_cleans_what_an_interrupted_run_left_and_only_its_files_remain(wor
     out = tmp_path / "out.jsonl"
     for name in (
         ".out.jsonl.0123456789ab.tmp",
-        ".out.jsonl.legend.json.ba9876543210.tmp",
-        ".out.jsonl.legend.json.pending",
+        ".legend/.out.jsonl.json.ba9876543210.tmp",
+        ".legend/.out.jsonl.json.pending",
     ):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("partial")
     (tmp_path / ".other.jsonl.0123456789ab.tmp").write_text("someone else's")  # not ours: kept
     assert len(leftover_temporaries(out)) == 1
     result = annotate(workspace, data, out)
     assert result.exit_code == 0, result.output
-    only(tmp_path, "in.jsonl", "out.jsonl", "out.jsonl.legend.json", ".other.jsonl.0123456789ab.tmp")
+    only(tmp_path, "in.jsonl", *OUT_FILES, ".other.jsonl.0123456789ab.tmp")
 
 
 def test_a_live_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(workspace, tmp_path):
@@ -494,7 +500,7 @@ def test_a_live_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(works
     lock_path(out).write_text(finished.stdout)  # the pid of a process that has exited
     result = annotate(workspace, data, out)
     assert result.exit_code == 0, result.output
-    only(tmp_path, "in.jsonl", "out.jsonl", "out.jsonl.legend.json")
+    only(tmp_path, "in.jsonl", *OUT_FILES)
 
 
 KILLER = """
@@ -548,7 +554,7 @@ def test_kill_9_then_a_rerun_gives_the_uninterrupted_output_and_leaves_nothing_e
     assert out.read_bytes() == whole.read_bytes()
     reused = json.loads(result.output)["resume"]["chunks_reused"]
     assert reused == (2 if point.startswith("compute") else 4)
-    only(tmp_path, "in.jsonl", "whole", "out.jsonl", "out.jsonl.legend.json")
+    only(tmp_path, "in.jsonl", "whole", *OUT_FILES)
     fields_unchanged(data, out)
 
 
