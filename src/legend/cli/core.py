@@ -498,7 +498,7 @@ def demo(
         "runs/demo"
     ),
     model: Annotated[str, typer.Option("--model", "-m")] = "default",
-    dtype: Dtype = "bfloat16",
+    dtype: Dtype = "float32",
     recipe: Annotated[
         str,
         typer.Option(

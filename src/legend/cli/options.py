@@ -13,7 +13,9 @@ Model = Annotated[
         "--model", "-m", help="Hugging Face id, local path, or 'default' (the embedded SmolLM2-135M-Instruct)."
     ),
 ]
-Dtype = Annotated[str, typer.Option(help="float32 | bfloat16 | float16 (bf16 is ~1.5x faster on CPU).")]
+Dtype = Annotated[
+    str, typer.Option(help="float32 | bfloat16 | float16 (bf16 pays off on GPUs and CPUs with AVX512-BF16/AMX only).")
+]
 Device = Annotated[Optional[str], typer.Option(help="torch device; default: cuda when available, else cpu.")]
 TrustRemoteCode = Annotated[bool, typer.Option(help="Allow model code from the Hub (off unless asked).")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Most texts in one forward pass.")]
