@@ -245,6 +245,7 @@ def stage_grid(args: argparse.Namespace) -> None:
     from legend.rewards.ensemble import kfold
 
     work = Path(args.work)
+    torch.set_num_threads(args.threads)  # tiny matrices: one thread beats two on a busy machine
     cache = load_cache(work, args.allow_partial)
     n = cache["hh"]["chosen_head"].shape[0]
     views = hh_views()[:n]  # all 1,101 unless --allow-partial on an unfinished cache

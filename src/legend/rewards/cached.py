@@ -97,13 +97,14 @@ class CachedRewardHead(torch.nn.Module):
 
 @dataclass
 class CachedTraining:
-    head: CachedRewardHead
+    gain: np.ndarray  # trained g
+    weight: np.ndarray  # trained w
     losses: list[float]  # mean loss per step
     steps: int
 
-    def score(self, normalized: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return self.head(normalized.float()).double().numpy()
+    def score(self, normalized: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Rewards w · (g ⊙ x̂) of cached texts, float64."""
+        return (np.asarray(normalized, dtype=np.float64) * self.gain) @ self.weight
 
 
 def pair_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None) -> torch.Tensor:
@@ -119,7 +120,14 @@ def train_cached_head(
     margins: Sequence[float] | np.ndarray | None = None,
     settings: CachedHeadSettings = CachedHeadSettings(),
 ) -> CachedTraining:
-    """Train g and w on cached x̂ of chosen/rejected texts ([n, hidden] each); margins already scaled by α."""
+    """Train g and w on cached x̂ of chosen/rejected texts ([n, hidden] each); margins already scaled by α.
+
+    r_c − r_r = (g ⊙ (x̂_c − x̂_r)) · w is linear in the difference d = x̂_c − x̂_r, so each step needs d
+    only. The gradients of mean(-log σ(gap − m)) and torch's AdamW update (decoupled weight decay,
+    bias correction, linear decay to 0 without warm-up, as the HF Trainer's default schedule) are
+    written out in float64 numpy: ~100x faster than autograd on such small tensors, and checked
+    against `torch.optim.AdamW` + autograd in the tests.
+    """
     n = chosen.shape[0]
     if rejected.shape != chosen.shape or gain.shape != chosen.shape[1:]:
         raise ValueError(
@@ -127,28 +135,43 @@ def train_cached_head(
         )
     if n == 0:
         raise ValueError("no pairs to train on")
-    offset = None
+    offset = np.zeros(n)
     if margins is not None:
-        offset = torch.as_tensor(np.asarray(margins, dtype=np.float64), dtype=torch.float32)
-        if offset.shape != (n,) or not bool(torch.isfinite(offset).all()):
+        offset = np.asarray(margins, dtype=np.float64)
+        if offset.shape != (n,) or not np.isfinite(offset).all():
             raise ValueError(f"margins: expected {n} finite numbers")
     generator = torch.Generator().manual_seed(settings.seed)
-    head = CachedRewardHead(gain, settings.init_std, generator, settings.train_gain)
-    params = [p for p in head.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    start = CachedRewardHead(gain, settings.init_std, generator, settings.train_gain)
+    w = start.weight.detach().double().numpy().copy()
+    g = start.gain.detach().double().numpy().copy()
+    diff = chosen.double().numpy() - rejected.double().numpy()
+    params = [w, g] if settings.train_gain else [w]
+    first = [np.zeros_like(p) for p in params]
+    second = [np.zeros_like(p) for p in params]
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
     per_epoch = (n + settings.batch_size - 1) // settings.batch_size
     total = per_epoch * settings.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
-    chosen, rejected = chosen.float(), rejected.float()
     losses: list[float] = []
+    step = 0
     for _ in range(settings.epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, settings.batch_size):
-            rows = order[start : start + settings.batch_size]
-            loss = pair_loss(head(chosen[rows]), head(rejected[rows]), None if offset is None else offset[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-    return CachedTraining(head=head, losses=losses, steps=total)
+        order = torch.randperm(n, generator=generator).numpy()
+        for begin in range(0, n, settings.batch_size):
+            rows = order[begin : begin + settings.batch_size]
+            d = diff[rows]
+            z = (d * g) @ w - offset[rows]
+            losses.append(float(np.mean(np.logaddexp(0.0, -z))))  # -log σ(z), stable
+            coef = -1.0 / (1.0 + np.exp(z)) / len(rows)  # d loss / d z_i = -σ(-z_i) / B
+            grads = [(d * g).T @ coef]
+            if settings.train_gain:
+                grads.append((d * w).T @ coef)
+            lr = settings.learning_rate * max(0.0, 1.0 - step / total)
+            step += 1
+            for p, grad, m1, m2 in zip(params, grads, first, second):
+                p *= 1.0 - lr * settings.weight_decay
+                m1 *= beta1
+                m1 += (1 - beta1) * grad
+                m2 *= beta2
+                m2 += (1 - beta2) * grad * grad
+                denom = np.sqrt(m2) / np.sqrt(1 - beta2**step) + eps
+                p -= (lr / (1 - beta1**step)) * m1 / denom
+    return CachedTraining(gain=g, weight=w, losses=losses, steps=total)
