@@ -166,13 +166,14 @@ def load_cache(work: Path, allow_partial: bool = False) -> dict[str, Any]:
 def recipe_margins(args: argparse.Namespace, cache: dict[str, Any], views: list[Any]) -> tuple[np.ndarray, dict]:
     """Raw Legend margins of every pair (inference only: no preference label is read)."""
     from legend.directions import Direction, fit_direction_vector
+    from legend.encoding import resolve_layer
     from legend.metrics import project
 
     meta, hh = cache["meta"], cache["hh"]
     identical = np.array([v.chosen == v.rejected for v in views])
     if args.direction:
         direction = Direction.load(args.direction)
-        key = _key(direction.layer, direction.pooling)
+        key = _key(resolve_layer(direction.layer, meta["num_layers"]), direction.pooling)
         recipe = {
             "direction": str(args.direction),
             "layer": direction.layer,
@@ -241,6 +242,7 @@ def runs_to_do(args: argparse.Namespace) -> list[tuple[str, float, int]]:
 
 def stage_grid(args: argparse.Namespace) -> None:
     from legend.margins import Binning
+    from legend.metrics import bootstrap_mean_ci
     from legend.rewards.cached import CachedHeadSettings, train_cached_head
     from legend.rewards.ensemble import kfold
 
@@ -250,6 +252,9 @@ def stage_grid(args: argparse.Namespace) -> None:
     n = cache["hh"]["chosen_head"].shape[0]
     views = hh_views()[:n]  # all 1,101 unless --allow-partial on an unfinished cache
     raw_legend, recipe = recipe_margins(args, cache, views)
+    # Context only (never used in training): how often the margins agree with the hh labels.
+    agree = (raw_legend > 0).astype(float)
+    recipe["hh_share_positive"] = [round(float(agree.mean()), 4), [round(x, 4) for x in bootstrap_mean_ci(agree)]]
     chosen, rejected = cache["hh"]["chosen_head"], cache["hh"]["rejected_head"]
     gain = torch.tensor(cache["meta"]["norm_weight"], dtype=torch.float32)
     folds = kfold(n, args.k, args.fold_seed)
