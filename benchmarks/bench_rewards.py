@@ -326,6 +326,10 @@ def stage_grid(args: argparse.Namespace) -> None:
                     "seed": seed,
                     "fold": fold,
                     "rows": test_rows.tolist(),
+                    # the test pairs' Legend levels under this fold's bins (for the by-level table)
+                    "test_levels": Binning.fit(raw_legend[train_rows], args.levels)
+                    .level(raw_legend[test_rows])
+                    .tolist(),
                     "gap": gap.tolist(),
                     "train_seconds": round(time.perf_counter() - start, 3),
                     "margin_seconds": round(margin_seconds, 3),
@@ -401,6 +405,15 @@ def stage_table(args: argparse.Namespace) -> None:
                 entry["delta_vs_bt"] = float(values.mean() - base.mean())
                 entry["delta_ci95"] = paired_difference_ci(values, base)
             pooled.append(entry)
+    levels = np.full(n, -1)
+    for r in rows:
+        levels[r["rows"]] = r["test_levels"]
+    by_level: dict[str, list[float]] = {}
+    for condition in NAMES:
+        keys = [(condition, 0.0 if condition == "bt" else 1.0, s) for s in seeds]
+        if all(k in complete for k in keys):
+            values = np.mean([complete[k] for k in keys], axis=0)
+            by_level[condition] = [float(values[levels == lv].mean()) for lv in range(int(levels.max()) + 1)]
     config = rows[0]["config"]
     print(
         f"recipe: {config['recipe']}\nhead: {config['head']}; k={config['k']} folds; "
@@ -431,8 +444,15 @@ def stage_table(args: argparse.Namespace) -> None:
             )
             low, high = e["ci95"]
             print(f"| {NAMES[e['condition']]} | {e['accuracy']:.3f} | [{low:.3f}, {high:.3f}] | {delta} |")
+    counts = [int((levels == lv).sum()) for lv in range(int(levels.max()) + 1)]
+    print(f"\naccuracy by the test pairs' Legend level (n = {' / '.join(map(str, counts))}), mean over seeds, α = 1:\n")
+    for condition, shares in by_level.items():
+        print(f"- {NAMES[condition]}: {' / '.join(f'{v:.3f}' for v in shares)}")
     if args.json:
-        write_json({"config": config, "runs": table, "mean_over_seeds": pooled}, args.json)
+        write_json(
+            {"config": config, "runs": table, "mean_over_seeds": pooled, "by_level": by_level, "level_counts": counts},
+            args.json,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
