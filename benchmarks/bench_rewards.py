@@ -20,8 +20,8 @@ Stages (each resumable, under --work, git-ignored runs/ by default):
   grid     the runs: conditions × seeds × α × folds; one JSON line per finished (run, fold).
   table    accuracies, CIs, paired differences; prints a markdown table (and --json).
 
-    nice -n 10 python benchmarks/bench_rewards.py encode                      # ~minutes, resumable
-    nice -n 10 python benchmarks/bench_rewards.py grid                        # seconds per run
+    nice -n 10 python benchmarks/bench_rewards.py encode                      # the whole cost; resumable
+    nice -n 10 python benchmarks/bench_rewards.py grid                        # ~12 s CPU for the grid
     python benchmarks/bench_rewards.py table --json runs/bench_rewards/table.json
 
 The Legend recipe is a parameter: `--recipe-layer/--recipe-pooling/--recipe-estimator` on the
