@@ -408,3 +408,124 @@ def test_train_layers_freezes_everything_below_the_top_blocks(tiny_rm):
         assert not torch.equal(after[name], before[name])
     with pytest.raises(ValueError, match="either LoRA or --train-layers"):
         train_reward_model(toy_pairs(4), fast(tiny_rm, lora=True, train_layers=1))
+
+
+# ---------------------------------------------------------------- the cached-trunk head (benchmarks/bench_rewards.py)
+
+
+def test_cached_head_reads_the_reward_where_the_sequence_classification_model_does(tmp_path, tiny_tokenizer):
+    """x̂ from one `encode` pass + (final-norm gain, score weight) = the TRL path's reward model, pair by pair."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from legend.encoding import EncodeConfig
+    from legend.models import load_model
+    from legend.rewards.cached import CachedRewardHead, final_norm_weight, head_features
+
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
+    rm = LlamaForSequenceClassification(config)
+    with torch.no_grad():  # a non-trivial final-norm gain, so dividing it out is checked
+        rm.model.norm.weight.copy_(torch.rand(32) + 0.5)
+    rm.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    prefs = read_preferences(toy_pairs(6, flipped=0.5))
+    expected = score_pairs(load_reward_model(str(tmp_path)), prefs.views, batch_size=4)  # eval-rm's path, padded
+
+    lm = load_model(str(tmp_path))  # the same checkpoint as a causal LM (what `legend annotate` loads)
+    torch.testing.assert_close(final_norm_weight(lm), rm.model.norm.weight.detach())
+    items = [(v.prompt, v.chosen) for v in prefs.views] + [(v.prompt, v.rejected) for v in prefs.views]
+    feats = head_features(lm, items, EncodeConfig(max_length=64, layers=(1,), poolings=("mean",)))
+    assert (1, "mean") in feats.encoded.vectors  # the margin layers ride along in the same pass
+    head = CachedRewardHead(final_norm_weight(lm), 0.02, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        head.weight.copy_(rm.score.weight[0])
+        rewards = head(feats.normalized).double().numpy()
+    np.testing.assert_allclose(rewards[:6], expected.chosen, atol=1e-4)
+    np.testing.assert_allclose(rewards[6:], expected.rejected, atol=1e-4)
+
+
+def _separable(n: int, seed: int, hidden: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    axis = np.eye(hidden)[0]
+    chosen = rng.normal(size=(n, hidden)) + axis  # overlapping: plain BT converges to a finite gap
+    rejected = rng.normal(size=(n, hidden)) - axis
+    return torch.tensor(chosen, dtype=torch.float32), torch.tensor(rejected, dtype=torch.float32)
+
+
+def test_cached_head_first_loss_is_the_hand_computed_margin_loss():
+    from legend.rewards.cached import CachedHeadSettings, CachedRewardHead, train_cached_head
+
+    chosen, rejected = _separable(12, seed=0)
+    gain = torch.rand(16) + 0.5
+    margins = np.linspace(0.0, 3.0, 12)
+    settings = CachedHeadSettings(batch_size=12, epochs=1, init_std=0.5, seed=3)
+    trained = train_cached_head(chosen, rejected, gain, margins, settings)
+    start = CachedRewardHead(gain, 0.5, torch.Generator().manual_seed(3))  # the head before its one step
+    w, g = start.weight.detach().double().numpy(), gain.double().numpy()
+    gap = (chosen.double().numpy() * g) @ w - (rejected.double().numpy() * g) @ w
+    assert trained.steps == 1 and len(trained.losses) == 1
+    assert trained.losses[0] == pytest.approx(float(np.mean(-_logsigmoid(gap - margins))), rel=1e-5)
+    assert not np.allclose(trained.gain, gain.double().numpy())  # the gain is trained, as --train-layers 0 does
+
+
+def test_cached_head_training_equals_torch_adamw_with_autograd():
+    """The hand-written gradients and AdamW update = autograd on TRL's loss + torch.optim.AdamW + linear decay."""
+    from legend.rewards.cached import CachedHeadSettings, CachedRewardHead, pair_loss, train_cached_head
+
+    chosen, rejected = _separable(20, seed=4)
+    gain = torch.rand(16) + 0.5
+    margins = np.random.default_rng(0).uniform(0, 2, size=20)
+    settings = CachedHeadSettings(learning_rate=0.05, epochs=2, batch_size=6, weight_decay=0.1, seed=5)
+    trained = train_cached_head(chosen, rejected, gain, margins, settings)
+
+    generator = torch.Generator().manual_seed(5)
+    head = CachedRewardHead(gain, settings.init_std, generator).double()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=0.05, weight_decay=0.1)
+    total = 2 * 4  # 2 epochs of ceil(20 / 6) steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total)
+    offset = torch.tensor(margins)
+    losses = []
+    for _ in range(2):
+        order = torch.randperm(20, generator=generator)
+        for begin in range(0, 20, 6):
+            rows = order[begin : begin + 6]
+            loss = pair_loss(head(chosen[rows].double()), head(rejected[rows].double()), offset[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+    assert trained.steps == total
+    np.testing.assert_allclose(trained.losses, losses, rtol=1e-9)
+    np.testing.assert_allclose(trained.weight, head.weight.detach().numpy(), rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(trained.gain, head.gain.detach().numpy(), rtol=1e-7, atol=1e-10)
+
+
+def test_cached_head_learns_and_margins_widen_the_gap():
+    from legend.rewards.cached import CachedHeadSettings, train_cached_head
+
+    chosen, rejected = _separable(200, seed=1)
+    test_c, test_r = _separable(200, seed=2)
+    gain = torch.ones(16)
+    settings = CachedHeadSettings(learning_rate=5e-2, epochs=5)
+    plain = train_cached_head(chosen, rejected, gain, None, settings)
+    wide = train_cached_head(chosen, rejected, gain, np.full(200, 4.0), settings)
+    gap_plain = plain.score(test_c) - plain.score(test_r)
+    gap_wide = wide.score(test_c) - wide.score(test_r)
+    assert (gap_plain > 0).mean() > 0.85  # held-out pairs; the Bayes rate is Φ(√2) ≈ 0.92
+    assert gap_wide.mean() > gap_plain.mean() + 2.0  # -log σ(gap − m) asks for gap > m
+    with pytest.raises(ValueError, match="12 finite"):
+        train_cached_head(chosen[:12], rejected[:12], gain, [np.nan] * 12, settings)
+    with pytest.raises(ValueError, match="shapes differ"):
+        train_cached_head(chosen, rejected[:5], gain)
+    with pytest.raises(ValueError, match="at least 1"):
+        CachedHeadSettings(epochs=0)
