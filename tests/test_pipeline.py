@@ -32,7 +32,7 @@ def demo_run(tmp_path_factory, tiny_lm):
 def test_demo_measures_both_recipes_on_the_same_rows_against_the_floor(demo_run):
     from legend.data import load_table
     from legend.directions import Direction
-    from legend.pipeline import annotate
+    from legend.pipeline import annotate, sidecar_path
 
     report, root = demo_run
     out = root / "out"
@@ -56,7 +56,7 @@ def test_demo_measures_both_recipes_on_the_same_rows_against_the_floor(demo_run)
         assert evaluation["metrics"]["share_positive"]["value"] == pytest.approx(share)
         floor = evaluation["random_floor"]
         assert floor["n_directions"] == 50 and floor["metrics"]["share_positive"]["floor"] is not None
-    sidecar = json.loads((out / "hh_rlhf_annotated.jsonl.legend.json").read_text())
+    sidecar = json.loads(sidecar_path(out / "hh_rlhf_annotated.jsonl").read_text())
     assert sidecar["direction_path"] == str(out / "direction")
 
 

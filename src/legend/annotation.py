@@ -482,6 +482,7 @@ def record_evaluation(data: str | os.PathLike[str], result: dict[str, Any]) -> P
     document = read_sidecar(data) if Path(data).is_file() else None
     if document is None:
         return None
+    document["output"] = str(data)  # the file it describes (an older or hand-written sidecar may not say)
     metrics = result.get("metrics", {})
     document["evaluation"] = {
         "n": result.get("n"),

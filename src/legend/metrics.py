@@ -62,8 +62,8 @@ def symmetric_auc(raw: np.ndarray | Sequence[float]) -> float:
     the Walsh-average form of the Wilcoxon signed-rank statistic. Unlike the share of positive
     margins it rewards large margins on agreeing pairs and small ones on disagreeing pairs.
 
-    >>> symmetric_auc([1.0, 2.0, -0.5])
-    0.8333333333333334
+    >>> symmetric_auc([1.0, 2.0, -0.5])  # 8 of the 9 sums m_i + m_j are positive
+    0.888888888888889
     """
     raw = np.asarray(raw, dtype=np.float64)
     if raw.size == 0 or not np.any(raw):
