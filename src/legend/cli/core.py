@@ -511,7 +511,7 @@ def demo(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
     pairs: Annotated[
         int, typer.Option(min=2, help="hh-rlhf harmless pairs to annotate (bundled sample, 1,101 rows).")
-    ] = 200,
+    ] = 1101,
     random_directions: Annotated[int, typer.Option(min=1, help="Random directions of the null floor.")] = 200,
     batch_size: BatchSize = 16,
     quiet: Quiet = False,
