@@ -131,6 +131,18 @@ class Direction:
     heldout: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def for_model(cls, lm: LoadedModel, vector: torch.Tensor, **fields: Any) -> Direction:
+        """A direction built on `lm`: the model's id, fingerprint and sizes filled in, the rest from `fields`."""
+        return cls(
+            vector=vector,
+            model_id=lm.model_id,
+            fingerprint=lm.fingerprint,
+            hidden_size=lm.hidden_size,
+            num_layers=lm.num_layers,
+            **fields,
+        )
+
     def encode_config(self, base: EncodeConfig | None = None, **overrides: Any) -> EncodeConfig:
         """The encoding settings that reproduce this direction's inputs.
 
@@ -564,14 +576,11 @@ def build_direction(
     vector, heldout = fit_direction_vector(
         embedded.harmless[key], embedded.harmful[key], settings.estimator, settings.test_fraction, settings.seed
     )
-    return Direction(
-        vector=vector,
+    return Direction.for_model(
+        lm,
+        vector,
         layer=resolve_layer(settings.layer, lm.num_layers),
         pooling=settings.pooling,
-        model_id=lm.model_id,
-        fingerprint=lm.fingerprint,
-        hidden_size=lm.hidden_size,
-        num_layers=lm.num_layers,
         template=kind,
         max_length=settings.max_length,
         estimator=settings.estimator,

@@ -547,14 +547,11 @@ def select_direction(
         **{k: v for k, v in best.to_dict().items() if k in ("accuracy", "auc", "effect_size")},
     }
     selection["chosen"] = {"layer": best.layer, "pooling": best.pooling, "estimator": best.estimator}
-    return Direction(
-        vector=vector,
+    return Direction.for_model(
+        lm,
+        vector,
         layer=best.layer,
         pooling=best.pooling,
-        model_id=lm.model_id,
-        fingerprint=lm.fingerprint,
-        hidden_size=lm.hidden_size,
-        num_layers=lm.num_layers,
         template=kind,
         max_length=settings.max_length,
         estimator=best.estimator,
