@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from . import __version__
-from .data import ColumnNames, PairView, detect_layout, load_table, pair_views
+from .data import DEFAULT_CHUNK_ROWS, ColumnNames, PairView, detect_layout, load_table, pair_views
 from .directions import Direction
 from .encoding import EncodeConfig
 from .errors import DataError
@@ -36,7 +36,6 @@ METADATA_FOLDER = ".legend"  # `datasets` skips hidden folders when it resolves 
 CARD_FILE = "README.md"  # the dataset card: `datasets` and the Hub read its YAML, never as data
 LEGACY_SIDECAR_SUFFIX = ".legend.json"  # where earlier versions put the metadata, beside the data: read, not written
 SIDECAR_SUFFIX = LEGACY_SIDECAR_SUFFIX  # its old name (legend.pipeline exports it)
-DEFAULT_CHUNK_ROWS = 4096
 BINNING_RULE = "raw <= 0 -> lowest level; positive raw margins split into levels-1 equal-count groups"
 
 

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .data import ContrastPair
 from .encoding import POOLINGS, EncodeConfig, encode, question_items, resolve_layer, template_kind
+from .errors import DirectionMismatch
 from .io import atomic_folder
 from .metrics import auc, pair_accuracy
 from .models import LoadedModel
@@ -41,10 +42,6 @@ SEPARATION_CAVEAT = (
     "data. Check that with `legend evaluate` on labelled pairs."
 )
 FORMAT_VERSION = 1
-
-
-class DirectionMismatch(ValueError):
-    """A direction was made for another model (hidden size or weights fingerprint differ)."""
 
 
 # ---------------------------------------------------------------- estimators

@@ -1,4 +1,7 @@
-"""The user-facing error type shared by every layer (bottom of the import graph)."""
+"""The user-facing error types shared by every layer (bottom of the import graph).
+
+They live here, with no heavy import, so that the CLI can catch them without loading torch or datasets.
+"""
 
 from __future__ import annotations
 
@@ -38,3 +41,11 @@ class DataError(ValueError):
             reason,
         ]
         super().__init__(": ".join(p for p in parts if p is not None))
+
+
+class DirectionMismatch(ValueError):
+    """A direction was made for another model (hidden size or weights fingerprint differ)."""
+
+
+class ModelError(RuntimeError):
+    """A model could not be resolved or loaded (one user-facing line)."""

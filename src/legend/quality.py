@@ -35,7 +35,6 @@ from typing import Any
 
 import datasets
 import numpy as np
-from scipy import stats
 
 from .annotation import AnnotateSettings, annotate
 from .data import ColumnNames, DataError, PairView, detect_layout, load_table, pair_views
@@ -83,6 +82,8 @@ def _correlation(kind: str, x: np.ndarray, y: np.ndarray) -> float:
     """Pearson/Spearman correlation; NaN (no warning) when either side is constant or too short."""
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
+    from scipy import stats  # imported here: scipy.stats is ~1.5 s of start-up
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = stats.pearsonr(x, y) if kind == "pearson" else stats.spearmanr(x, y)

@@ -20,11 +20,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: ~1.2 s that annotate would pay for nothing
+    from matplotlib.figure import Figure
 
 from . import __version__
 from .data import PairView
@@ -52,8 +53,17 @@ class ReportResult:
 # ---------------------------------------------------------------- figures
 
 
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A matplotlib Figure (object API, no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
 def figure_png(fig: Figure) -> bytes:
     """Render a figure with the Agg backend (no pyplot, no display) to PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -62,7 +72,7 @@ def figure_png(fig: Figure) -> bytes:
 
 def plot_margins(raw: np.ndarray, edges: list[float] | None, levels: np.ndarray | None) -> Figure:
     """Histogram of the raw margins (bin edges marked) and the count of each margin level."""
-    fig = Figure(figsize=(11, 3.8))
+    fig = new_figure(figsize=(11, 3.8))
     ax_raw, ax_level = fig.subplots(1, 2, width_ratios=(2, 1))
     ax_raw.hist(raw, bins=min(60, max(10, raw.size // 10)), color="#4c72b0", edgecolor="white", linewidth=0.4)
     ax_raw.axvline(0.0, color="black", linewidth=1.2, label="0: chosen = rejected")
@@ -97,7 +107,7 @@ def plot_agreement(metrics: dict[str, Any]) -> Figure:
         ("agreement_length_balanced", "length-balanced"),
     ]
     shown = [(label, metrics[key]) for key, label in names if key in metrics and metrics[key]["value"] is not None]
-    fig = Figure(figsize=(8, 3.6))
+    fig = new_figure(figsize=(8, 3.6))
     ax = fig.subplots()
     positions = np.arange(len(shown))
     values = np.array([m["value"] for _, m in shown])
@@ -115,7 +125,7 @@ def plot_agreement(metrics: dict[str, Any]) -> Figure:
 
 def plot_length(raw: np.ndarray, length_diff: np.ndarray, unit: str) -> Figure:
     """Margin against the length difference: a length-driven direction shows a clear trend here."""
-    fig = Figure(figsize=(6.5, 4))
+    fig = new_figure(figsize=(6.5, 4))
     ax = fig.subplots()
     ax.scatter(length_diff, raw, s=8, alpha=0.5, color="#4c72b0")
     ax.axhline(0.0, color="black", linewidth=0.8)
@@ -135,7 +145,7 @@ def sweep_rows(config: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 def plot_sweep(rows: list[dict[str, Any]], chosen: dict[str, Any] | None = None) -> Figure:
     """Held-out accuracy and AUC per layer, one line per pooling × estimator; the chosen one circled."""
-    fig = Figure(figsize=(11, 4))
+    fig = new_figure(figsize=(11, 4))
     axes = fig.subplots(1, 2, sharex=True)
     combos = sorted({(str(r["pooling"]), str(r["estimator"])) for r in rows})
     for metric, ax in zip(("accuracy", "auc"), axes):

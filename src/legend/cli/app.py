@@ -8,9 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from legend.data import DataError
-from legend.directions import DirectionMismatch
-from legend.models import ModelError
+from legend.errors import DataError, DirectionMismatch, ModelError
 
 app = typer.Typer(
     name="legend",
@@ -43,3 +41,4 @@ def user_errors(func: F) -> F:
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
