@@ -388,6 +388,118 @@ def test_outputs_that_would_overwrite_the_direction_or_the_bins_are_refused(work
     only(tmp_path, "in.jsonl", "dir", "bins.json", "taken.jsonl")
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# (command and its options, the error's fragment); {data} is a preference file, {questions} a question file,
+# {pairs} a contrast-pair file, {dir} the direction, {box} a folder that holds the data, {model} the tiny model folder.
+OTHER_WRITERS = {
+    "induce out=questions": (
+        ["induce", "--questions", "{questions}", "--out", "{questions}", "--model", MISSING_MODEL],
+        "{questions}: is the input {questions}: writing it would destroy that input",
+    ),
+    "direction out=folder of the pairs": (
+        ["direction", "--pairs", "{pairs}", "--out", "{box}", "--model", MISSING_MODEL],
+        "{box}: holds the input {pairs}: writing this folder would delete that input",
+    ),
+    "direction out=the pairs file": (
+        ["direction", "--pairs", "{pairs}", "--out", "{pairs}", "--model", MISSING_MODEL],
+        "{pairs}: is a file; name a folder for this output",
+    ),
+    "direction out=inside the model folder": (
+        ["direction", "--pairs", "{pairs}", "--out", "{model}/direction", "--model", "{model}"],
+        "{model}/direction: is inside the input folder {model}",
+    ),
+    "evaluate json=data": (
+        ["evaluate", "--data", "{data}", "--json", "{data}"],
+        "{data}: is the input {data}: writing it would destroy that input",
+    ),
+    "report out=data": (
+        ["report", "--data", "{data}", "--out", "{data}"],
+        "{data}: is the input {data}: writing it would destroy that input",
+    ),
+    "audit out=data": (
+        ["audit", "--data", "{data}", "--out", "{data}", "--direction", "{dir}", "--model", MISSING_MODEL],
+        "{data}: is the input {data}: writing it would destroy that input",
+    ),
+    "audit json=direction config": (
+        ["audit", "--data", "{data}", "--json", "{dir}/config.json", "--direction", "{dir}", "--simulate-flips", "0.1"],
+        "{dir}/config.json: is inside the input folder {dir}",
+    ),
+    "train-rm out=folder of the data": (
+        ["train-rm", "--data", "{data}", "--out", "{box}", "--model", MISSING_MODEL],
+        "{box}: holds the input {data}: writing this folder would delete that input",
+    ),
+    "eval-rm out=data": (
+        ["eval-rm", "--model", MISSING_MODEL, "--data", "{data}", "--out", "{data}"],
+        "{data}: is the input {data}: writing it would destroy that input",
+    ),
+    "ensemble-margins out=data": (
+        ["ensemble-margins", "--data", "{data}", "--out", "{data}", "--model", MISSING_MODEL],
+        "{data}: is the input {data}: writing it would destroy that input",
+    ),
+    "compare-rm out=data": (
+        ["compare-rm", "--data", "{data}", "--out", "{data}", "--model", MISSING_MODEL],
+        "{data}: is the input {data}: writing it would destroy that input",
+    ),
+    "best-of-n out=prompts": (
+        ["best-of-n", "--prompts", "{questions}", "--reward-model", MISSING_MODEL, "--out", "{questions}"],
+        "{questions}: is the input {questions}: writing it would destroy that input",
+    ),
+    "induce out=an unknown type": (
+        ["induce", "--questions", "{questions}", "--out", "{box}/pairs.txt", "--model", MISSING_MODEL],
+        "{box}/pairs.txt: unknown output file type '.txt'",
+    ),
+    "ensemble-margins out=an unknown type": (
+        ["ensemble-margins", "--data", "{data}", "--out", "{box}/margins.tsv", "--model", MISSING_MODEL],
+        "{box}/margins.tsv: unknown output file type '.tsv'",
+    ),
+    "best-of-n samples=an unknown type": (
+        [
+            "best-of-n",
+            "--prompts",
+            "{questions}",
+            "-r",
+            MISSING_MODEL,
+            "--out",
+            "{box}/r.json",
+            "--samples-out",
+            "{box}/s",
+        ],
+        "{box}/s: unknown output file type '(none)'",
+    ),
+    "dpo out=folder of the data": (
+        ["dpo", "--data", "{data}", "--out", "{box}", "--model", MISSING_MODEL],
+        "{box}: holds the input {data}: writing this folder would delete that input",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_WRITERS))
+def test_every_writing_command_refuses_an_output_that_would_destroy_an_input(workspace, tmp_path, case):
+    """Each command checks its outputs against all its inputs first: before reading data or loading a model (the
+    missing model would be the error otherwise), one line, nothing changed."""
+    box = tmp_path / "box"
+    box.mkdir()
+    model = tmp_path / "model"
+    shutil.copytree(workspace / "model", model)
+    places = {
+        "data": write_jsonl(box / "prefs.jsonl", hh_rows(4)),
+        "questions": write_jsonl(box / "questions.jsonl", [{"question": f"How do I do thing {i}?"} for i in range(3)]),
+        "pairs": write_jsonl(box / "pairs.jsonl", [{"question": "q", "harmful": "h", "harmless": "s"}] * 3),
+        "dir": _copy_direction(workspace, tmp_path),
+        "box": box,
+        "model": model,
+    }
+    before = snapshot(tmp_path)
+    command, fragment = OTHER_WRITERS[case]
+    result = run(*(part.format(**places) for part in command))
+    assert_one_line_error(result, fragment.format(**places))
+    assert snapshot(tmp_path) == before
+
+
 # ---------------------------------------------------------------- bad data fails before the model loads
 
 

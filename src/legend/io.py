@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -189,20 +189,51 @@ def _same_path(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_outputs_spare_inputs(outputs: list[Path], inputs: list[Path]) -> None:
-    """Refuse outputs that would overwrite or change an input: the same file (whatever the spelling), a file
-    inside an input folder, or an existing folder where a file is to be written. Raises DataError naming both."""
-    for output in outputs:
-        output = Path(output).expanduser()
-        if output.is_dir():
+def check_outputs_spare_inputs(
+    outputs: Sequence[str | os.PathLike[str] | None],
+    inputs: Sequence[str | os.PathLike[str] | None],
+    *,
+    folders: bool = False,
+) -> None:
+    """Refuse outputs that would overwrite, delete or change an input; raises a DataError naming both.
+
+    A file output (`folders=False`) must not be an input file (whatever the spelling: symlinks, `..`),
+    lie inside an input folder, or be an existing folder. A folder output (`folders=True`, written by
+    `atomic_folder`, which replaces the folder) must not be or hold an input, lie inside an input
+    folder, or be an existing file. Inputs that are not local paths (Hub names) and None entries are
+    skipped, so a command can pass every argument that may name a file.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> (folder / "pairs.jsonl").write_text("{}")
+    2
+    >>> check_outputs_spare_inputs([folder], [folder / "pairs.jsonl"], folders=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    legend.errors.DataError: ...: holds the input .../pairs.jsonl: writing this folder would delete that input; ...
+    >>> check_outputs_spare_inputs([folder / "direction"], [folder / "pairs.jsonl", "user/hub-model"], folders=True)
+    """
+    for out in outputs:
+        if out is None:
+            continue
+        output = Path(out).expanduser()
+        if folders and output.exists() and not output.is_dir():
+            raise DataError("is a file; name a folder for this output", source=str(output))
+        if not folders and output.is_dir():
             raise DataError("is a folder; name an output file", source=str(output))
-        for given in inputs:
-            given = Path(given).expanduser()
+        for entry in inputs:
+            if entry is None:
+                continue
+            given = Path(entry).expanduser()
             if not given.exists():
                 continue
+            if folders and (_same_path(output, given) or given.resolve().is_relative_to(output.resolve())):
+                raise DataError(
+                    f"holds the input {given}: writing this folder would delete that input; name another output folder",
+                    source=str(output),
+                )
             if given.is_dir():
-                inside = output.resolve().is_relative_to(given.resolve())
-                if inside:
+                if output.resolve().is_relative_to(given.resolve()):
                     raise DataError(
                         f"is inside the input folder {given}: writing it would change that input; "
                         "write it somewhere else",

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from legend.cli.app import app, user_errors
+from legend.cli.app import app, spare_inputs, user_errors
 from legend.cli.options import (
     BatchSize,
     ChosenColumn,
@@ -140,6 +140,9 @@ def best_of_n(
     quiet: Quiet = False,
 ) -> None:
     """Best-of-n with each reward model; compare them by win rate under a judge (direction safety score by default)."""
+    spare_inputs(
+        [prompts, *reward_model, policy, direction, judge_model, judge_lm], files=(out, plot), tables=(samples_out,)
+    )
     import datasets
 
     from legend.align.best_of_n import SamplingConfig, plot_report, read_prompts, run_best_of_n
@@ -246,6 +249,7 @@ def dpo(
 ) -> None:
     """Margin-aware DPO (ODPO offset from Legend margins) on TRL's DPOTrainer; other TRL/transformers
     arguments pass through, e.g. `--warmup_steps 0.1 --bf16 false --gradient_checkpointing false`."""
+    spare_inputs([data, model], folders=(out,))
     from legend.align.dpo import dpo_config, train_dpo
 
     prompt, chosen, rejected = column_names(prompt_column, chosen_column, rejected_column)

@@ -42,3 +42,17 @@ def user_errors(func: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
+
+def spare_inputs(
+    inputs: list[Any], *, files: tuple[Any, ...] = (), folders: tuple[Any, ...] = (), tables: tuple[Any, ...] = ()
+) -> None:
+    """Before anything is read or loaded: refuse an output file or folder that would overwrite, delete or change one
+    of the command's inputs (`legend.io.check_outputs_spare_inputs`; None entries and Hub names are skipped), and a
+    data output (`tables`, also checked as files) of a type legend cannot write."""
+    from legend.io import check_output_type, check_outputs_spare_inputs
+
+    for table in tables:
+        if table is not None:
+            check_output_type(table)
+    check_outputs_spare_inputs([*files, *tables], inputs)
+    check_outputs_spare_inputs(list(folders), inputs, folders=True)

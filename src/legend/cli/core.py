@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from legend.cli.app import app, user_errors
+from legend.cli.app import app, spare_inputs, user_errors
 from legend.cli.options import (
     AttnImplementation,
     BatchSize,
@@ -125,6 +125,7 @@ def induce(
     quiet: Quiet = False,
 ) -> None:
     """Generate contrast pairs {question, harmful, harmless}: a greedy answer by the model and a harmless one."""
+    spare_inputs([questions, model, refusal_bank], tables=(out,))
     from legend.induce import HARMLESS_SOURCES, GenerationConfig, load_refusal_bank
     from legend.pipeline import induce_file
 
@@ -250,6 +251,7 @@ def direction(
     quiet: Quiet = False,
 ) -> None:
     """Build a concept direction (the paper's Standard Margin Vector by default) and save it as a folder."""
+    spare_inputs([*pairs, model, select_on], folders=(out,))
     from legend.encoding import EncodeConfig
     from legend.pipeline import DirectionSettings, build_direction_from_file
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from legend.cli.app import app, user_errors
+from legend.cli.app import app, spare_inputs, user_errors
 from legend.cli.options import (
     AttnImplementation,
     BatchSize,
@@ -227,6 +227,7 @@ def evaluate(
     also shown against the random-direction floor: the same metrics for --random-directions seeded
     random unit directions at the same layer and pooling (95th percentile, and the real one's percentile).
     """
+    spare_inputs([data, direction, model], files=(json_out,))
     from legend.io import write_json
     from legend.quality import evaluate_labelled, text_length
 
@@ -320,6 +321,7 @@ def report(
     limit: Limit = None,
 ) -> None:
     """One self-contained HTML page: margin histograms, agreement with labels against the random floor, worst pairs."""
+    spare_inputs([data, direction, metrics], files=(out,))
     from legend.data import DataError
     from legend.report import build_report
 
@@ -407,6 +409,7 @@ def audit(
     quiet: Quiet = False,
 ) -> None:
     """Flag pairs whose margin says the rejected answer is clearly safer (likely label errors); keep every row."""
+    spare_inputs([data, direction, model], files=(json_out,), tables=(out,))
     from legend.audit import AuditSettings, add_audit_columns, audit_margins
     from legend.audit import simulate_flips as simulate
     from legend.io import write_json, write_table

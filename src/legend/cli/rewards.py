@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from legend.cli.app import app, user_errors
+from legend.cli.app import app, spare_inputs, user_errors
 from legend.cli.options import (
     BatchSize,
     ChosenColumn,
@@ -146,6 +146,7 @@ def train_rm(
 
     Other RewardConfig / TrainingArguments fields pass through (`--warmup_steps 0.1` or `--arg warmup_steps=0.1`).
     """
+    spare_inputs([data, eval_data, model], folders=(out,))
     from legend.rewards import train_reward_model
 
     config = _reward_config(
@@ -210,6 +211,7 @@ def eval_rm(
     quiet: Quiet = False,
 ) -> None:
     """Pairwise accuracy (r_chosen > r_rejected) with a bootstrap 95% CI, by margin level too."""
+    spare_inputs([data, model], files=(out,))
     from legend.data import ColumnNames
     from legend.io import write_json
     from legend.rewards import EvalSettings, evaluate_reward_model, load_reward_model
@@ -280,6 +282,7 @@ def ensemble_margins_command(
     quiet: Quiet = False,
 ) -> None:
     """The RewardEnsemble@K baseline: margins from K-fold reward models; cost written to <out>.ensemble.json."""
+    spare_inputs([data, model], tables=(out,))
     from legend.rewards import EnsembleSettings, ensemble_file
 
     reward = _reward_config(
@@ -365,6 +368,7 @@ def compare_rm(
     quiet: Quiet = False,
 ) -> None:
     """The paper's experiment: same backbone/seed/data without margins, with Legend margins (and ensemble ones)."""
+    spare_inputs([data, test, legend_sidecar, model], files=(out,))
     from legend.io import write_json
     from legend.rewards import CompareSettings, compare_reward_models
 
