@@ -202,3 +202,33 @@ def test_cli_annotate_with_two_directions(tiny_lm, two_directions, preferences, 
         ],
     )
     assert bad.exit_code == 2 and "max_length" in bad.output and not (tmp_path / "bad.jsonl").exists()
+
+
+def test_settings_resolve_levels_once_and_refuse_a_binning_they_contradict():
+    from legend.annotation import AnnotateSettings
+    from legend.margins import DEFAULT_LEVELS, Binning
+
+    assert AnnotateSettings().levels == DEFAULT_LEVELS and AnnotateSettings().level_values is None
+    assert AnnotateSettings(level_values=(0.0, 0.5, 2.0)).levels == 3  # counted from the values
+    binning = Binning(edges=[0.0, 1.5], values=[0.0, 1.0, 3.0], source="bins.json")
+    given = AnnotateSettings(binning=binning)  # the binning's levels and values, also for secondary directions
+    assert (given.levels, given.level_values) == (3, (0.0, 1.0, 3.0))
+    assert AnnotateSettings(binning=binning, levels=3, level_values=(0.0, 1.0, 3.0)).levels == 3  # agreeing is fine
+    with pytest.raises(ValueError, match=r"levels=4 conflicts with the given binning \(bins.json\): 3 levels"):
+        AnnotateSettings(binning=binning, levels=4)
+    with pytest.raises(ValueError, match=r"level_values=\[0.0, 1.0, 2.0\] conflict with the given binning"):
+        AnnotateSettings(binning=binning, level_values=(0.0, 1.0, 2.0))
+    with pytest.raises(ValueError, match="2 level values given for 4 levels"):
+        AnnotateSettings(levels=4, level_values=(0.0, 1.0))
+
+
+def test_a_loaded_binning_sets_the_levels_of_every_direction(tiny_lm, two_directions, preferences):
+    """With bins from an earlier run, the other directions are fitted with as many levels as the loaded bins."""
+    from legend.annotation import AnnotateSettings, annotate
+    from legend.margins import Binning
+
+    loaded = Binning(edges=[0.0], values=[0.0, 1.0])
+    table = annotate(preferences, list(two_directions), tiny_lm, AnnotateSettings(binning=loaded)).dataset
+    raw = np.asarray(table["margin_raw_helpful"])
+    np.testing.assert_array_equal(table["margin_helpful"], Binning.fit(raw, levels=2).apply(raw))
+    np.testing.assert_array_equal(table["margin"], loaded.apply(np.asarray(table["margin_raw"])))

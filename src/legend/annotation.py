@@ -137,20 +137,42 @@ class AnnotateSettings:
     always the direction's.
     """
 
-    levels: int = DEFAULT_LEVELS
-    level_values: tuple[float, ...] | None = None
+    levels: int | None = None  # None: the binning's, else as many as level_values, else DEFAULT_LEVELS
+    level_values: tuple[float, ...] | None = None  # None: the binning's, else 0..levels-1
     binning: Binning | None = None  # re-use edges from an earlier run instead of fitting
     columns: ColumnNames = field(default_factory=ColumnNames)
     chunk_rows: int = DEFAULT_CHUNK_ROWS  # the file engines stream the input in chunks of this many rows
     encoding: EncodeConfig = field(default_factory=EncodeConfig)
 
     def __post_init__(self) -> None:
-        if self.levels < 1:
+        levels, values = self.levels, self.level_values
+        if self.binning is not None:  # given levels or values must say what the binning says (it wins otherwise)
+            where = f" ({self.binning.source})" if self.binning.source else ""
+            if levels is not None and levels != self.binning.levels:
+                raise ValueError(
+                    f"levels={levels} conflicts with the given binning{where}: {self.binning.levels} levels"
+                )
+            if values is not None and list(values) != list(self.binning.values):
+                raise ValueError(
+                    f"level_values={list(values)} conflict with the given binning{where}: {list(self.binning.values)}"
+                )
+            levels, values = self.binning.levels, tuple(self.binning.values)
+        if levels is None:
+            levels = len(values) if values is not None else DEFAULT_LEVELS
+        if levels < 1:
             raise ValueError("levels must be at least 1")
-        if self.level_values is not None and len(self.level_values) != self.levels:
-            raise ValueError(f"{len(self.level_values)} level values given for {self.levels} levels")
+        if values is not None and len(values) != levels:
+            raise ValueError(f"{len(values)} level values given for {levels} levels")
+        object.__setattr__(self, "levels", levels)  # frozen: resolved once, here
+        object.__setattr__(self, "level_values", values)
         if self.chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
+
+    @property
+    def n_levels(self) -> int:
+        """The number of levels as resolved at construction (`levels` is never None afterwards)."""
+        assert self.levels is not None
+        return self.levels
 
     def to_dict(self) -> dict[str, Any]:
         """What the sidecar records of these settings."""
@@ -213,7 +235,7 @@ def with_margins(
 def fit_binnings(raws: Sequence[np.ndarray], settings: AnnotateSettings) -> list[Binning]:
     """Each direction's own bin edges; edges given in `settings.binning` apply to the first direction only."""
     return [
-        settings.binning if i == 0 and settings.binning else Binning.fit(raw, settings.levels, settings.level_values)
+        settings.binning if i == 0 and settings.binning else Binning.fit(raw, settings.n_levels, settings.level_values)
         for i, raw in enumerate(raws)
     ]
 

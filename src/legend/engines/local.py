@@ -332,7 +332,7 @@ def margins_in_chunks(
 def bins_origin(settings: AnnotateSettings) -> str:
     """Where the first direction's bin edges came from, as the summary says it."""
     if settings.binning is None:
-        return f"fitted on this input ({settings.levels} levels)"
+        return f"fitted on this input ({settings.n_levels} levels)"
     source = getattr(settings.binning, "source", None)
     return f"loaded from {source or 'the given binning'} ({settings.binning.levels} levels)"
 
