@@ -70,9 +70,36 @@ def test_model_spec_validates_placement_options_before_any_load():
         models.ModelSpec("x", quantization="3bit")
     with pytest.raises(ValueError, match="dotted attribute path"):
         models.ModelSpec("x", blocks_path="model/layers")
+
+
+def test_model_spec_keeps_gpu_placements_where_a_gpu_is_visible(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
     spec = models.ModelSpec("x", device_map={"model.layers.0": 0, "lm_head": "cpu"}, max_memory={0: "70GiB"})
     assert models.parse_device_map(spec.device_map) == {"model.layers.0": 0, "lm_head": "cpu"}
     assert models.parse_max_memory(spec.max_memory) == {0: "70GiB"}
+    assert models.ModelSpec("x", device="cuda:0").device == "cuda:0"
+    with pytest.raises(ValueError, match=r"--device: 'cuda:1' but only 1 CUDA GPU\(s\) are visible"):
+        models.ModelSpec("x", device="cuda:1")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"device": "gpu"}, "--device: 'gpu' is not a torch device"),
+        ({"device": "cuda:x"}, "--device: 'cuda:x' is not a torch device"),
+        ({"device": "cuda"}, r"--device: 'cuda' asks for a GPU but (this torch is built without CUDA|no CUDA GPU)"),
+        ({"device_map": '{"model.layers.0": 0}'}, "--device-map: 0 asks for a GPU but .*; place the modules on cpu"),
+        ({"device_map": "auto", "max_memory": "0=10GiB,cpu=1GiB"}, "--max-memory: 0 asks for a GPU but"),
+    ],
+)
+def test_a_device_torch_cannot_use_here_is_refused_at_the_spec(monkeypatch, options, message):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the same on a GPU machine
+    with pytest.raises(ValueError, match=message):
+        models.ModelSpec("x", **options)
+    if "device" in options:  # the library loader checks it too, before any file is read
+        with pytest.raises(ValueError, match=message):
+            models.load_pretrained("/nonexistent/legend-model", device=options["device"])
 
 
 @pytest.mark.skipif(
@@ -134,3 +161,20 @@ def test_the_gguf_conversion_gives_the_logits_of_the_gguf_itself(tmp_path, monke
     assert expected.abs().max() > 1.0  # real logits, not zeros
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     assert json.loads((target / "legend_source.json").read_text())["gguf"] == gguf.name
+
+
+def test_cli_refuses_a_device_torch_cannot_use_with_one_line_before_reading(tmp_path):
+    from typer.testing import CliRunner
+
+    from legend.cli.app import app
+
+    missing = tmp_path / "missing.jsonl"  # never read: the device is refused first
+    result = CliRunner().invoke(
+        app,
+        ["annotate", "--direction", str(tmp_path), "--data", str(missing), "--out", str(tmp_path / "o.jsonl")]
+        + ["--device", "gpu"],
+    )
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --device: 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1, mps)"
+    ]

@@ -197,6 +197,32 @@ def parse_device_map(value: str | dict | None) -> str | dict[str, Any] | None:
     return parsed
 
 
+def check_device(device: str | int | None, option: str = "--device") -> None:
+    """Refuse, before anything is loaded, a device torch cannot use here (one line naming the option).
+
+    >>> check_device("cpu")
+    >>> check_device("gpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: --device: 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1, mps)
+    """
+    if device is None or device == "disk":
+        return
+    try:
+        parsed = torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{option}: {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    instead = "use --device cpu" if option == "--device" else "place the modules on cpu or disk"
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"{option}: {device!r} asks for a GPU but {build}; {instead}")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{option}: {device!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option}: {device!r} but the MPS backend is not available here; {instead}")
+
+
 def parse_max_memory(value: str | dict | None) -> dict[int | str, str] | None:
     """Per-device memory limits for accelerate, from "0=70GiB,1=70GiB,cpu=200GiB" (or a dict).
 
@@ -255,8 +281,8 @@ class ModelSpec:
         if isinstance(self.max_memory, dict):
             limits = ",".join(f"{k}={v}" for k, v in self.max_memory.items())
             object.__setattr__(self, "max_memory", limits)
-        parse_device_map(self.device_map)
-        parse_max_memory(self.max_memory)
+        device_map = parse_device_map(self.device_map)
+        limits = parse_max_memory(self.max_memory)
         if self.device_map is not None and self.device is not None:
             raise ValueError("--device and --device-map exclude each other: the map places every module")
         if (self.max_memory or self.offload_folder) and self.device_map is None:
@@ -272,6 +298,11 @@ class ModelSpec:
             path = getattr(self, field_name)
             if path is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", path):
                 raise ValueError(f"--{field_name.replace('_', '-')}: expected a dotted attribute path, got {path!r}")
+        check_device(self.device)  # a GPU asked for where torch has none: one line now, not a traceback at load
+        for placed in device_map.values() if isinstance(device_map, dict) else ():
+            check_device(placed, "--device-map")
+        for limited in limits or {}:
+            check_device(limited, "--max-memory")
 
     def load_options(self) -> dict[str, Any]:
         """The keyword arguments of load_pretrained/load_model that this spec sets."""
@@ -376,6 +407,7 @@ def load_pretrained(
 
     if head not in HEADS:
         raise ValueError(f"unknown model head {head!r}; choose from {', '.join(HEADS)}")
+    check_device(device)
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar says nothing useful here
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     path, model_id = resolve_model_path(spec)
