@@ -49,8 +49,12 @@ def test_default_spec_resolves_to_the_embedded_copy(monkeypatch, tmp_path):
 
 
 def test_unloadable_model_is_a_one_line_error(tmp_path):
-    with pytest.raises(models.ModelError, match="could not be loaded"):
-        models.load_model(str(tmp_path / "nowhere"))
+    missing = tmp_path / "nowhere"
+    with pytest.raises(models.ModelError, match=f"could not be loaded \\({missing}: no such model folder"):
+        models.load_model(str(missing))
+    for spelling in ("./nowhere-model", "a/b/c"):  # look like paths, not Hub ids: named as missing folders
+        with pytest.raises(models.ModelError, match=f"{spelling}: no such model folder"):
+            models.load_model(spelling)
 
 
 def test_model_spec_validates_placement_options_before_any_load():

@@ -495,6 +495,9 @@ def _explain_load_error(err: BaseException, path: str) -> str:
     import pickle
 
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path  # a Hub id is user/name
+    if local and not Path(path).expanduser().exists():
+        return f"{path}: no such model folder (and not a Hub id user/name)"
     if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err).lower():
         return (
             f"{path}: its weights are a pickle (pytorch_model.bin) holding more than tensors; legend never "
