@@ -697,3 +697,18 @@ def test_pairs_flagged_harmful_refused_are_left_out_counted_and_only_them(tiny_l
     everything, report = build_direction_from_file(data, tiny_lm, settings, drop_refused=False)
     assert report["left_out_refused"] == 0 and report["pairs_used"] == 8
     assert not torch.allclose(everything.vector, by_hand.vector)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_split_a_single_file_does_not_have_is_refused_not_ignored(workspace, tmp_path, suffix):
+    """`datasets` loads a lone file as split 'train'; --split validation used to annotate it anyway."""
+    data = write_jsonl(tmp_path / f"in{suffix}", hh_rows(4))
+    result = annotate(workspace, data, tmp_path / "out.jsonl", "--split", "validation", "--model", MISSING_MODEL)
+    assert_one_line_error(result, f"{data}: no split 'validation': a single file holds one split, 'train'")
+    only(tmp_path, f"in{suffix}")
+    from legend.data import iter_chunks, load_table
+
+    with pytest.raises(DataError, match="no split 'test'"):
+        next(iter_chunks(data, 2, split="test"))
+    with pytest.raises(DataError, match="no split 'test'"):
+        load_table(data, split="test")

@@ -121,6 +121,7 @@ def load_table(source: str | os.PathLike[str], split: str = "train") -> datasets
     if path.is_dir():
         ds = _load_folder(path, name, split)
     elif path.exists():
+        check_file_split(name, split)
         ds = _load_file(path, name)
     elif _looks_like_hub_id(name):
         ds = _load_hub(name, split)
@@ -208,6 +209,23 @@ def _records_as_json_lines(path: Path, folder: Path) -> Path | None:
         for record in document:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     return lines
+
+
+def check_file_split(name: str, split: str) -> None:
+    """A single data file is one split, "train" (as `datasets` loads it): another split name is an error, not ignored.
+
+    >>> check_file_split("prefs.jsonl", "train")
+    >>> check_file_split("prefs.jsonl", "test")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    legend.errors.DataError: prefs.jsonl: no split 'test': a single file holds one split, 'train' ...
+    """
+    if split != "train":
+        raise DataError(
+            f"no split '{split}': a single file holds one split, 'train' (splits come from a dataset folder or a "
+            "Hub dataset)",
+            source=name,
+        )
 
 
 def _load_folder(path: Path, name: str, split: str) -> datasets.Dataset:
@@ -986,6 +1004,7 @@ def iter_chunks(
         for start in range(0, stop, chunk_rows):
             yield table.select(range(start, min(start + chunk_rows, stop)))
         return
+    check_file_split(str(data), split)
     seen = 0
     records = json_records(path, str(data)) if builder == "json" and check_values else None
     texts = csv_records(path) if builder == "csv" and check_values else None
