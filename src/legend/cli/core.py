@@ -448,13 +448,12 @@ def annotate(
     )
     values = _parse_floats(level_values)
     binning = load_binning(bins_from) if bins_from else None
-    if binning is not None:
+    if binning is not None:  # the settings check this too; here the message names the options
         _check_against_bins(binning, levels, values)
-        levels, values = binning.levels, tuple(binning.values)
-    if values is not None and levels is not None and len(values) != levels:
+    elif values is not None and levels is not None and len(values) != levels:
         raise ValueError(f"--level-values: {len(values)} values given for --levels {levels}")
-    settings = AnnotateSettings(
-        levels=levels if levels is not None else (len(values) if values is not None else 4),
+    settings = AnnotateSettings(  # unset levels/values resolve there: the bins', else counted, else the default
+        levels=levels,
         level_values=values,
         binning=binning,
         columns=ColumnNames(prompt=prompt_column, chosen=chosen_column, rejected=rejected_column),
