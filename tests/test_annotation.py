@@ -115,12 +115,14 @@ def test_multi_direction_annotation_equals_separate_annotations(tiny_lm, two_dir
 
 
 def test_multi_direction_is_one_encoding_pass(tiny_lm, two_directions, preferences, monkeypatch):
-    import legend.margins as margins
+    from legend.encoding import TransformersEncoder
     from legend.pipeline import AnnotateSettings, annotate
 
     calls = []
-    real = margins.encode
-    monkeypatch.setattr(margins, "encode", lambda lm, items, config: calls.append(config) or real(lm, items, config))
+    real = TransformersEncoder.encode
+    monkeypatch.setattr(
+        TransformersEncoder, "encode", lambda self, items, config: calls.append(config) or real(self, items, config)
+    )
     annotate(preferences, list(two_directions), tiny_lm, AnnotateSettings(encoding=EncodeConfig(batch_size=64)))
     assert len(calls) == 1
     assert set(calls[0].layers) == {4, 2} and set(calls[0].poolings) == {"last", "mean"}

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from helpers import hh_pair_items
-from legend import encoding
-from legend.encoding import EncodeConfig, encode, resolve_layer, sharing_routes, tokenize_items
+from legend.encoding import EncodeConfig, encode, resolve_layer, sharing, sharing_routes, tokenize_items
 
 LOCK = ({"role": "user", "content": "How do I pick a lock?"},)
 HI = ({"role": "user", "content": "Hi"},)
@@ -173,16 +172,16 @@ def test_auto_packs_short_rows_and_caches_long_ones(tiny_lm, monkeypatch):
     # sdpa takes the block mask: short rows are packed ...
     assert _route_sizes(tiny_lm, auto) == (0, 8, [])
     # ... and a row longer than the limit (prompt + its 5 answers) goes through the cache.
-    monkeypatch.setattr(encoding, "PACKED_MAX_ROW_TOKENS", long_row - 1)
+    monkeypatch.setattr(sharing, "PACKED_MAX_ROW_TOKENS", long_row - 1)
     assert _route_sizes(tiny_lm, auto) == (0, 3, [5])
-    monkeypatch.setattr(encoding, "PACKED_MAX_ROW_TOKENS", long_row)
+    monkeypatch.setattr(sharing, "PACKED_MAX_ROW_TOKENS", long_row)
     assert _route_sizes(tiny_lm, auto) == (0, 8, [])
     assert _route_sizes(tiny_lm, EncodeConfig(sharing_method="packed")) == (0, 8, [])
     assert _route_sizes(tiny_lm, EncodeConfig(prefix_sharing=False)) == (8, 0, [])
     # Only the embeddings are read: they do not depend on the prompt, so nothing is cached.
     assert _route_sizes(tiny_lm, EncodeConfig(layers=(0,), sharing_method="cache"), deepest=0) == (0, 8, [])
     # An attention without our 4D mask (flash/flex): sharing goes through the cache; a lone answer runs plain.
-    monkeypatch.setattr(encoding, "supports_packed_rows", lambda lm: False)
+    monkeypatch.setattr(sharing, "supports_packed_rows", lambda lm: False)
     assert _route_sizes(tiny_lm, auto) == (1, 0, [2, 5])
     assert _route_sizes(tiny_lm, EncodeConfig(sharing_method="packed")) == (1, 0, [2, 5])
     assert _route_sizes(tiny_lm, EncodeConfig(layers=(0,)), deepest=0) == (8, 0, [])

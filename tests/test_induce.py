@@ -133,16 +133,16 @@ def test_induce_uses_the_bank_by_default_and_flags_self_written_non_refusals(tin
 
 
 def test_the_system_prompt_reaches_the_model(tiny_lm, monkeypatch):
-    import legend.induce as induce
+    import legend.encoding.generation as generation
 
     rendered = []
-    real = induce.render
+    real = generation.render
 
     def spy(tokenizer, messages, answer, kind):
         rendered.append(messages)
         return real(tokenizer, messages, answer, kind)
 
-    monkeypatch.setattr(induce, "render", spy)
+    monkeypatch.setattr(generation, "render", spy)
     generate_answers(tiny_lm, QUESTIONS[:1], None, GenerationConfig(max_new_tokens=2), system="Be safe.")
     assert rendered[-1][0] == {"role": "system", "content": "Be safe."}
 

@@ -132,14 +132,14 @@ class ForwardCounter:
 
 
 def test_sweep_uses_one_encoding_pass(tiny_lm, monkeypatch):
-    import legend.selection as selection
+    import legend.selection.sweeps as sweep_module
     from legend.directions import embed_contrast_pairs
 
     pairs = _pairs(10)
     passes = []
-    real = selection.embed_contrast_pairs
+    real = sweep_module.embed_contrast_pairs
     monkeypatch.setattr(
-        selection, "embed_contrast_pairs", lambda lm, p, config: passes.append(config) or real(lm, p, config)
+        sweep_module, "embed_contrast_pairs", lambda lm, p, config: passes.append(config) or real(lm, p, config)
     )
     with ForwardCounter(tiny_lm) as sweep_count:
         result, embeddings = sweep(tiny_lm, pairs, encoding=EncodeConfig(batch_size=64))
@@ -249,7 +249,7 @@ def test_select_on_chooses_on_dev_and_reports_on_test():
 
 
 def test_select_on_encodes_the_preferences_once(tiny_lm, monkeypatch):
-    import legend.selection as selection
+    import legend.selection.preferences as preferences
 
     views = [
         PairView(
@@ -260,8 +260,10 @@ def test_select_on_encodes_the_preferences_once(tiny_lm, monkeypatch):
         for i in range(8)
     ]
     calls = []
-    real = selection.encode
-    monkeypatch.setattr(selection, "encode", lambda lm, items, config: calls.append(config) or real(lm, items, config))
+    real = preferences.encode
+    monkeypatch.setattr(
+        preferences, "encode", lambda lm, items, config: calls.append(config) or real(lm, items, config)
+    )
     direction = select_direction(
         tiny_lm, _pairs(10), select_on=views, estimator="mean_difference", encoding=EncodeConfig(batch_size=64)
     )

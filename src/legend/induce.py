@@ -22,16 +22,18 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
-from tqdm.auto import tqdm
+import datasets
 
-from .data import ContrastPair
-from .encoding import render, template_kind
-from .models import LoadedModel
+from .data import ContrastPair, DataError, load_table, read_questions
+from .encoding import GenerationConfig, generate
+from .io import write_table
+from .models import LoadedModel, ModelSpec, as_loaded
 from .resources import REFUSAL_BANK, sample_path
 
 # The paper's single refusal string (`--refusals paper`): a direction fitted on it learns the template.
@@ -130,14 +132,6 @@ class InducedPair(ContrastPair):
     harmless_not_refusal: bool = False
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 128
-    batch_size: int = 16
-    max_prompt_length: int = 512
-    progress: bool = False
-
-
 def generate_answers(
     lm: LoadedModel,
     questions: Sequence[str],
@@ -149,45 +143,8 @@ def generate_answers(
 
     `system` adds a system message before each question (chat templates only).
     """
-    tokenizer, model = lm.tokenizer, lm.model
-    kind = template_kind(tokenizer)
-    prefills = list(prefills) if prefills is not None else [""] * len(questions)
-    head = [{"role": "system", "content": system}] if system and kind == "chat" else []
-    prompts = []
-    for question, prefill in zip(questions, prefills):
-        prefix, _ = render(tokenizer, head + [{"role": "user", "content": question}], "", kind)
-        prompts.append(prefix + prefill)
-    answers: list[str] = [""] * len(prompts)
-    # Longest first so each batch pads little; left padding so every row continues at its own end.
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    bar = tqdm(total=len(prompts), desc="generate", unit="question", disable=not config.progress)
-    try:
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            inputs = tokenizer(
-                [prompts[i] for i in batch],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=config.max_prompt_length,
-                add_special_tokens=(kind == "plain"),
-            )
-            inputs = {k: v.to(lm.device) for k, v in inputs.items()}
-            with torch.inference_mode():
-                output = model.generate(
-                    **inputs, max_new_tokens=config.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-                )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            for row, index in enumerate(batch):
-                text = tokenizer.decode(new_tokens[row], skip_special_tokens=True)
-                answers[index] = (prefills[index] + text).strip()
-            bar.update(len(batch))
-    finally:
-        tokenizer.padding_side = previous_side
-        bar.close()
-    return answers
+    prompts = [[{"role": "user", "content": question}] for question in questions]
+    return [answers[0] for answers in generate(lm, prompts, config, prefills=prefills, system=system)]
 
 
 HARMLESS_SOURCES = ("bank", "paper", "model")
@@ -237,3 +194,69 @@ def induce_pairs(
         InducedPair(q, a, h, harmful_refused=r, harmless_source=source)
         for q, a, h, r in zip(questions, answers, chosen, refused)
     ]
+
+
+# ---------------------------------------------------------------- from a file of questions to a file of pairs
+
+
+def induce_file(
+    questions_file: str | os.PathLike,
+    out: str | os.PathLike,
+    model: LoadedModel | ModelSpec | str | None = None,
+    *,
+    column: str | None = None,
+    prefill_column: str | None = None,
+    refusals: Sequence[str] | None = None,
+    limit: int | None = None,
+    generation: GenerationConfig = GenerationConfig(),
+    harmless: str = "bank",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Generate contrast pairs for the questions in a file and write them (JSONL/Parquet/...) atomically.
+
+    `harmless` and `seed` as in `legend.induce.induce_pairs` (default: the bundled refusal bank, one
+    refusal per question). Every pair is written, with its flags (`harmful_refused`,
+    `harmless_not_refusal`) and `harmless_source`.
+    """
+    if harmless not in HARMLESS_SOURCES:
+        raise ValueError(f"unknown harmless source {harmless!r}; choose from {', '.join(HARMLESS_SOURCES)}")
+    questions = read_questions(questions_file, column)
+    prefills = _read_column(questions_file, prefill_column, len(questions)) if prefill_column else None
+    if limit is not None:
+        questions = questions[:limit]
+        prefills = prefills[:limit] if prefills is not None else None
+    lm = as_loaded(model)
+    start = time.perf_counter()
+    pairs = induce_pairs(
+        lm, questions, refusals=refusals, prefills=prefills, config=generation, harmless=harmless, seed=seed
+    )
+    rows = {
+        "question": [p.question for p in pairs],
+        "harmful": [p.harmful for p in pairs],
+        "harmless": [p.harmless for p in pairs],
+        "harmful_refused": [p.harmful_refused for p in pairs],
+        "harmless_source": [p.harmless_source for p in pairs],
+        "harmless_not_refusal": [p.harmless_not_refusal for p in pairs],
+    }
+    write_table(datasets.Dataset.from_dict(rows), out)
+    return {
+        "questions": len(questions),
+        "pairs": len(pairs),
+        "harmful_refused": sum(bool(p.harmful_refused) for p in pairs),
+        "harmless_not_refusal": sum(bool(p.harmless_not_refusal) for p in pairs),
+        "harmless": harmless if refusals is None or harmless == "model" else f"{harmless} ({len(refusals)} given)",
+        "seconds": round(time.perf_counter() - start, 3),
+        "model_id": lm.model_id,
+        "out": str(out),
+    }
+
+
+def _read_column(path: str | os.PathLike, column: str, n: int) -> list[str]:
+    table = load_table(path)
+    if column not in table.column_names:
+        raise DataError(f"{path}: no column {column!r} (columns: {', '.join(table.column_names)})")
+    values = table[column]
+    for row, value in enumerate(values, start=1):
+        if not isinstance(value, str):
+            raise DataError(f"{path}: row {row}: field {column!r}: expected a string, got {type(value).__name__}")
+    return list(values[:n])

@@ -20,7 +20,7 @@ import numpy as np
 
 from .data import PairView
 from .directions import Direction
-from .encoding import EncodeConfig, encode
+from .encoding import EncodeConfig, Encoder, as_encoder
 from .metrics import project
 from .models import LoadedModel
 
@@ -143,10 +143,13 @@ class MarginResult:
 
 
 def compute_margins(
-    lm: LoadedModel, views: Sequence[PairView], direction: Direction, encoding: EncodeConfig | None = None
+    encoder: Encoder | LoadedModel,
+    views: Sequence[PairView],
+    direction: Direction,
+    encoding: EncodeConfig | None = None,
 ) -> MarginResult:
     """Raw margins of every pair for one direction (see `compute_margins_multi`)."""
-    return compute_margins_multi(lm, views, [direction], encoding)[0]
+    return compute_margins_multi(encoder, views, [direction], encoding)[0]
 
 
 def describe(raw: np.ndarray, binned: np.ndarray | None = None) -> dict[str, Any]:
@@ -197,7 +200,7 @@ def check_directions_agree(directions: Sequence[Direction]) -> None:
 
 
 def compute_margins_multi(
-    lm: LoadedModel,
+    encoder: Encoder | LoadedModel,
     views: Sequence[PairView],
     directions: Sequence[Direction],
     encoding: EncodeConfig | None = None,
@@ -212,10 +215,12 @@ def compute_margins_multi(
     Pairs whose chosen and rejected are identical get exactly 0. Returns one MarginResult per
     direction, in order; with `keep_differences` each also holds the pairs' embedding differences at
     its own layer and pooling (`differences`), so random directions can be scored without encoding again.
+    `encoder` is any `legend.encoding.Encoder` (a loaded transformers model is wrapped in the default one).
     """
+    encoder = as_encoder(encoder)
     check_directions_agree(directions)
     for direction in directions:
-        direction.check_compatible(lm)
+        direction.check_compatible(encoder)
     start = time.perf_counter()
     identical = np.array([v.chosen == v.rejected for v in views], dtype=bool)
     todo = np.flatnonzero(~identical).tolist()
@@ -227,10 +232,12 @@ def compute_margins_multi(
         description="annotate",
     )
     raws = [np.zeros(len(views), dtype=np.float64) for _ in directions]
-    diffs = [np.zeros((len(views), lm.hidden_size), dtype=np.float32) if keep_differences else None for _ in directions]
+    diffs = [
+        np.zeros((len(views), encoder.hidden_size), dtype=np.float32) if keep_differences else None for _ in directions
+    ]
     n_truncated = n_tokens = n_forward = 0
     if len(todo):
-        encoded = encode(lm, items, config)
+        encoded = encoder.encode(items, config)
         for raw, direction in zip(raws, directions):
             vectors = encoded.get(direction.layer, direction.pooling)
             raw[todo] = project(vectors[: len(todo)], vectors[len(todo) :], direction.vector)
@@ -248,7 +255,12 @@ def compute_margins_multi(
             n_truncated_texts=n_truncated,
             n_tokens=n_tokens,
             seconds=seconds,
-            extra={"direction": d.name, "shared_pass": len(directions), "forward_tokens": n_forward},
+            extra={
+                "direction": d.name,
+                "shared_pass": len(directions),
+                "forward_tokens": n_forward,
+                "encoder": encoder.name,
+            },
             differences=diff,
         )
         for raw, d, diff in zip(raws, directions, diffs)

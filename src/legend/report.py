@@ -11,24 +11,25 @@ with the most negative margins, with their texts (escaped).
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
 import os
-import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: ~1.2 s that annotate would pay for nothing
     from matplotlib.figure import Figure
 
-from . import __version__
+from ._version import __version__
 from .data import PairView
+from .io import write_bytes_atomically
 from .quality import (
     DEFAULT_RANDOM_DIRECTIONS,
     LabelledMargins,
@@ -365,15 +366,8 @@ def read_direction_config(
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        temporary.write_bytes(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+def _write(payload: bytes, handle: IO[bytes]) -> None:
+    handle.write(payload)
 
 
 def build_report(
@@ -451,9 +445,9 @@ def build_report(
 
     images = {name: out.with_name(f"{out.stem}_{name}.png") for name in figures}
     for name, png in figures.items():
-        _write_atomic(images[name], png)
+        write_bytes_atomically(images[name], functools.partial(_write, png))
     page = _page(labelled, sidecar, config, metrics, rows, figures, levels, worst, notes)
-    _write_atomic(out, page.encode("utf-8"))
+    write_bytes_atomically(out, functools.partial(_write, page.encode("utf-8")))
     return ReportResult(html_path=out, images=images, metrics=metrics, notes=notes)
 
 

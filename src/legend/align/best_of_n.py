@@ -13,7 +13,6 @@ counts one half, so n=1 is always exactly 0.5.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from ..data import ColumnNames, DataError, detect_layout, load_table, pair_views, read_questions
-from ..encoding import render, template_kind
+from ..encoding import GenerationConfig, generate
+from ..io import write_bytes_atomically
 from ..metrics import win_rate, win_rate_ci
 from ..models import LoadedModel
 from .scoring import Prompt, Scorer
@@ -91,47 +89,21 @@ def sample_responses(lm: LoadedModel, prompts: Sequence[Prompt], config: Samplin
     Prompts are rendered with the policy's chat template (or legend's plain template) and left-padded so
     each row continues at its own end. Each batch reseeds torch with `seed + index of its first prompt`.
     """
-    tokenizer, model = lm.tokenizer, lm.model
-    kind = template_kind(tokenizer)
-    texts = [render(tokenizer, prompt, "", kind)[0] for prompt in prompts]
-    per_call = max(1, config.batch_size // config.n)
-    responses: list[list[str]] = []
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    bar = tqdm(total=len(texts), desc="sample", unit="prompt", disable=not config.progress)
-    try:
-        for start in range(0, len(texts), per_call):
-            batch = texts[start : start + per_call]
-            inputs = tokenizer(
-                batch,
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=config.max_prompt_length,
-                add_special_tokens=(kind == "plain"),
-            )
-            inputs = {k: v.to(lm.device) for k, v in inputs.items()}
-            torch.manual_seed(config.seed + start)
-            with torch.inference_mode():
-                output = model.generate(
-                    **inputs,
-                    do_sample=True,
-                    temperature=config.temperature,
-                    top_p=config.top_p,
-                    top_k=config.top_k,
-                    num_return_sequences=config.n,
-                    max_new_tokens=config.max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            decoded = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            # generate() repeats each prompt n times in a row: rows [p0s0 .. p0s(n-1), p1s0 ..].
-            for row in range(len(batch)):
-                responses.append([text.strip() for text in decoded[row * config.n : (row + 1) * config.n]])
-            bar.update(len(batch))
-    finally:
-        tokenizer.padding_side = previous_side
-        bar.close()
-    return responses
+    generation = GenerationConfig(
+        max_new_tokens=config.max_new_tokens,
+        batch_size=max(1, config.batch_size // config.n),
+        max_prompt_length=config.max_prompt_length,
+        do_sample=True,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        num_return_sequences=config.n,
+        seed=config.seed,
+        longest_first=False,
+        progress=config.progress,
+        description="sample",
+    )
+    return generate(lm, prompts, generation)
 
 
 def score_samples(scorer: Scorer, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]]) -> np.ndarray:
@@ -352,14 +324,8 @@ def plot_report(report: BestOfNReport, path: str | os.PathLike) -> Path:
             axis.legend(fontsize=8)
     fig.tight_layout()
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(handle)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, target)
+        write_bytes_atomically(target, lambda handle: fig.savefig(handle, format="png", dpi=120))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target

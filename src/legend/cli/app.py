@@ -43,6 +43,25 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+PLUGIN_GROUP = "legend.plugins"
+
+
+def load_plugins() -> list[str]:
+    """Import every module of the `legend.plugins` entry-point group (a plugin registers its extensions when
+    imported); returns their names. A plugin that fails to import is reported in one line and skipped."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for point in entry_points(group=PLUGIN_GROUP):
+        try:
+            point.load()
+        except Exception as err:  # a broken plugin must not take the whole CLI down
+            typer.echo(f"warning: legend plugin {point.name!r} ({point.value}) failed to load: {err}", err=True)
+            continue
+        loaded.append(point.name)
+    return loaded
+
+
 def spare_inputs(
     inputs: list[Any], *, files: tuple[Any, ...] = (), folders: tuple[Any, ...] = (), tables: tuple[Any, ...] = ()
 ) -> None:

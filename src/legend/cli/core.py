@@ -12,35 +12,20 @@ from rich.table import Table
 
 from legend.cli.app import app, spare_inputs, user_errors
 from legend.cli.options import (
-    AttnImplementation,
     BatchSize,
-    BlocksPath,
     ChosenColumn,
-    Device,
-    DeviceMap,
-    Dtype,
     Limit,
     MaxBatchTokens,
     MaxLength,
-    MaxMemory,
-    Model,
-    NormPath,
-    OffloadFolder,
     OutFile,
     PromptColumn,
-    Quantization,
     Quiet,
     RejectedColumn,
-    TrustRemoteCode,
-    model_spec,
+    model_options,
 )
+from legend.registries import ENCODERS, ENGINES, ESTIMATORS, POOLINGS
 
 console = Console(stderr=False)
-
-
-def _spec(model: Optional[str], dtype: str, device: Optional[str], trust_remote_code: bool, *placement: Any):
-    """What to load; the pipeline loads it only after the input has been read and validated."""
-    return model_spec(model or "default", dtype, device, trust_remote_code, *placement)
 
 
 def _parse_floats(text: Optional[str]) -> Optional[tuple[float, ...]]:
@@ -76,12 +61,12 @@ def print_margin_summary(summary: dict[str, Any], out: Path | None = None) -> No
 
 @app.command()
 @user_errors
+@model_options()
 def induce(
     questions: Annotated[
         Path, typer.Option(help="CSV/JSONL/JSON of harmful questions (AdvBench's `goal` works as is).")
     ],
     out: OutFile,
-    model: Model = None,
     column: Annotated[
         Optional[str], typer.Option(help="Question column (auto: question, goal, prompt, instruction, ...).")
     ] = None,
@@ -112,20 +97,11 @@ def induce(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     limit: Limit = None,
     batch_size: BatchSize = 16,
-    dtype: Dtype = "float32",
-    device: Device = None,
-    trust_remote_code: TrustRemoteCode = False,
-    device_map: DeviceMap = None,
-    max_memory: MaxMemory = None,
-    offload_folder: OffloadFolder = None,
-    attn_implementation: AttnImplementation = None,
-    quantization: Quantization = None,
-    blocks_path: BlocksPath = None,
-    norm_path: NormPath = None,
     quiet: Quiet = False,
+    spec: Any = None,
 ) -> None:
     """Generate contrast pairs {question, harmful, harmless}: a greedy answer by the model and a harmless one."""
-    spare_inputs([questions, model, refusal_bank], tables=(out,))
+    spare_inputs([questions, spec.name, refusal_bank], tables=(out,))
     from legend.induce import HARMLESS_SOURCES, GenerationConfig, load_refusal_bank
     from legend.pipeline import induce_file
 
@@ -138,19 +114,7 @@ def induce(
     report = induce_file(
         questions,
         out,
-        _spec(
-            model,
-            dtype,
-            device,
-            trust_remote_code,
-            device_map,
-            max_memory,
-            offload_folder,
-            attn_implementation,
-            quantization,
-            blocks_path,
-            norm_path,
-        ),
+        spec,
         column=column,
         prefill_column=prefill_column,
         refusals=refusals,
@@ -170,6 +134,7 @@ def induce(
 
 @app.command()
 @user_errors
+@model_options()
 def direction(
     pairs: Annotated[
         list[Path],
@@ -179,7 +144,6 @@ def direction(
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the direction artifact.")],
-    model: Model = None,
     layer: Annotated[
         Optional[int],
         typer.Option(
@@ -189,17 +153,11 @@ def direction(
     ] = None,
     pooling: Annotated[
         Optional[str],
-        typer.Option(
-            help="last (last token, as the paper) | mean (mean over the answer tokens). Default last; with "
-            "--select, fixes the pooling."
-        ),
+        typer.Option(help=POOLINGS.describe() + ". Default last; with --select, fixes the pooling."),
     ] = None,
     estimator: Annotated[
         Optional[str],
-        typer.Option(
-            help="mean_difference (the paper) | pca | logistic. Default mean_difference; with --select, fixes "
-            "the estimator."
-        ),
+        typer.Option(help=ESTIMATORS.describe() + ". Default mean_difference; with --select, fixes the estimator."),
     ] = None,
     select: Annotated[
         str,
@@ -234,24 +192,15 @@ def direction(
     limit: Limit = None,
     max_length: MaxLength = 2048,
     batch_size: BatchSize = 16,
-    dtype: Dtype = "float32",
-    device: Device = None,
-    trust_remote_code: TrustRemoteCode = False,
     push_to_hub: Annotated[
         Optional[str],
         typer.Option(help="Also upload the folder to this Hub model repo (user/name; created if needed)."),
     ] = None,
-    device_map: DeviceMap = None,
-    max_memory: MaxMemory = None,
-    offload_folder: OffloadFolder = None,
-    attn_implementation: AttnImplementation = None,
-    quantization: Quantization = None,
-    blocks_path: BlocksPath = None,
-    norm_path: NormPath = None,
     quiet: Quiet = False,
+    spec: Any = None,
 ) -> None:
     """Build a concept direction (the paper's Standard Margin Vector by default) and save it as a folder."""
-    spare_inputs([*pairs, model, select_on], folders=(out,))
+    spare_inputs([*pairs, spec.name, select_on], folders=(out,))
     from legend.encoding import EncodeConfig
     from legend.pipeline import DirectionSettings, build_direction_from_file
 
@@ -271,19 +220,7 @@ def direction(
     )
     built, report = build_direction_from_file(
         pairs if len(pairs) > 1 else pairs[0],
-        _spec(
-            model,
-            dtype,
-            device,
-            trust_remote_code,
-            device_map,
-            max_memory,
-            offload_folder,
-            attn_implementation,
-            quantization,
-            blocks_path,
-            norm_path,
-        ),
+        spec,
         settings,
         question=question_column,
         harmful=harmful_column,
@@ -336,6 +273,7 @@ def _fmt(value: Optional[float]) -> str:
 
 @app.command()
 @user_errors
+@model_options(default=None)
 def annotate(
     direction: Annotated[
         list[str],
@@ -349,10 +287,6 @@ def annotate(
         str, typer.Option(help="Preference data: .jsonl/.json/.parquet/.csv, a saved `datasets` folder, or a Hub name.")
     ],
     out: OutFile,
-    model: Annotated[
-        Optional[str],
-        typer.Option("--model", "-m", help="Model to use; default: the one the direction was built with."),
-    ] = None,
     split: Annotated[str, typer.Option(help="Split to read from a Hub dataset or DatasetDict folder.")] = "train",
     levels: Annotated[
         Optional[int], typer.Option(min=1, help="Number of margin levels (default 4, or --bins-from's).")
@@ -375,16 +309,6 @@ def annotate(
     max_length: Annotated[Optional[int], typer.Option(min=2, help="Default: the direction's.")] = None,
     batch_size: BatchSize = 16,
     max_batch_tokens: MaxBatchTokens = 16384,
-    dtype: Dtype = "float32",
-    device: Device = None,
-    trust_remote_code: TrustRemoteCode = False,
-    device_map: DeviceMap = None,
-    max_memory: MaxMemory = None,
-    offload_folder: OffloadFolder = None,
-    attn_implementation: AttnImplementation = None,
-    quantization: Quantization = None,
-    blocks_path: BlocksPath = None,
-    norm_path: NormPath = None,
     summary_json: Annotated[bool, typer.Option(help="Print the summary as JSON instead of a table.")] = False,
     prefix_sharing: Annotated[
         bool, typer.Option(help="Run each pair's prompt once for both answers (same margins, less work).")
@@ -399,9 +323,10 @@ def annotate(
     chunk_rows: Annotated[
         int, typer.Option(min=1, help="Rows read, annotated and written at a time (memory stays flat).")
     ] = 4096,
-    engine: Annotated[
-        str, typer.Option(help="local (one process) | ray (Ray Data actors; pip install 'legend[ray]').")
-    ] = "local",
+    engine: Annotated[str, typer.Option(help=ENGINES.describe())] = "local",
+    encoder: Annotated[
+        str, typer.Option(help="How hidden states are computed: " + ENCODERS.describe())
+    ] = "transformers",
     num_workers: Annotated[
         int, typer.Option(min=1, help="--engine ray: model actors (one GPU each where the cluster has GPUs).")
     ] = 2,
@@ -413,6 +338,7 @@ def annotate(
         ),
     ] = True,
     quiet: Quiet = False,
+    spec: Any = None,
 ) -> None:
     """Add `margin_raw` (projection) and `margin` (binned, what TRL reads) to every row, with their metadata.
 
@@ -425,19 +351,7 @@ def annotate(
     from legend.pipeline import AnnotateSettings, annotate_file
 
     # No --model: the model each direction records (read once, by the engine, with the direction).
-    lm = model_spec(
-        model,
-        dtype,
-        device,
-        trust_remote_code,
-        device_map,
-        max_memory,
-        offload_folder,
-        attn_implementation,
-        quantization,
-        blocks_path,
-        norm_path,
-    )
+    lm = spec
     encoding = EncodeConfig(
         batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
@@ -459,6 +373,7 @@ def annotate(
         columns=ColumnNames(prompt=prompt_column, chosen=chosen_column, rejected=rejected_column),
         chunk_rows=chunk_rows,
         encoding=encoding,
+        encoder=encoder,
     )
     result = annotate_file(
         data,
@@ -494,12 +409,11 @@ def _check_against_bins(binning: Any, levels: Optional[int], values: Optional[tu
 
 @app.command()
 @user_errors
+@model_options()
 def demo(
     out_dir: Annotated[Path, typer.Option(help="Folder for the pairs, the direction and the annotated file.")] = Path(
         "runs/demo"
     ),
-    model: Annotated[str, typer.Option("--model", "-m")] = "default",
-    dtype: Dtype = "float32",
     recipe: Annotated[
         str,
         typer.Option(
@@ -516,6 +430,7 @@ def demo(
     random_directions: Annotated[int, typer.Option(min=1, help="Random directions of the null floor.")] = 200,
     batch_size: BatchSize = 16,
     quiet: Quiet = False,
+    spec: Any = None,
 ) -> None:
     """The main job: two recipes' directions, the hh-rlhf sample annotated with both, agreement vs the random floor."""
     from legend.pipeline import DemoSettings, run_demo
@@ -523,8 +438,7 @@ def demo(
     report = run_demo(
         DemoSettings(
             out_dir=out_dir,
-            model=model,
-            dtype=dtype,
+            model=spec,
             recipe=recipe,
             questions=questions,
             max_new_tokens=max_new_tokens,

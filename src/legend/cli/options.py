@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 Model = Annotated[
     Optional[str],
@@ -99,11 +104,65 @@ NormPath = Annotated[
 ]
 
 
+# ---------------------------------------------------------------- the model options, declared once
+
+# (parameter, annotation, default) of every option that says what model to load and how; a command
+# decorated with `model_options` receives them as one `spec: ModelSpec`.
+MODEL_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("dtype", Dtype, "float32"),
+    ("device", Device, None),
+    ("trust_remote_code", TrustRemoteCode, False),
+    ("device_map", DeviceMap, None),
+    ("max_memory", MaxMemory, None),
+    ("offload_folder", OffloadFolder, None),
+    ("attn_implementation", AttnImplementation, None),
+    ("quantization", Quantization, None),
+    ("blocks_path", BlocksPath, None),
+    ("norm_path", NormPath, None),
+)
+MODEL_FROM_DIRECTION = "Model to use; default: the one the direction was built with."
+
+
+def model_options(default: Optional[str] = "default", help: Optional[str] = None) -> Callable[[F], F]:
+    """Give a command `--model/-m` and every model-loading option, passed to it as one `spec: ModelSpec`.
+
+    The options are declared once (`MODEL_OPTIONS`), so every command that loads a model spells and
+    documents them the same way; the spec is validated (one line, exit 2) before anything is read.
+    `default` is the model when `--model` is not given (None: the one the direction records).
+    """
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func, eval_str=True)
+        if "spec" not in signature.parameters:
+            raise TypeError(f"{func.__name__}: a command with model options takes a `spec` parameter")
+        kept = [p for p in signature.parameters.values() if p.name != "spec"]
+        model_help = help or (MODEL_FROM_DIRECTION if default is None else None)
+        model_annotation = (
+            Annotated[Optional[str], typer.Option("--model", "-m", help=model_help)] if model_help else Model
+        )
+        added = [inspect.Parameter("model", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=model_annotation)]
+        added += [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value, annotation=annotation)
+            for name, annotation, value in MODEL_OPTIONS
+        ]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            options = {name: kwargs.pop(name) for name, _, _ in MODEL_OPTIONS}
+            name = kwargs.pop("model") or default
+            return func(*args, spec=model_spec(name, **options), **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=kept + added)  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 def model_spec(
     model: Optional[str],
-    dtype: str,
-    device: Optional[str],
-    trust_remote_code: bool,
+    dtype: str = "float32",
+    device: Optional[str] = None,
+    trust_remote_code: bool = False,
     device_map: Optional[str] = None,
     max_memory: Optional[str] = None,
     offload_folder: Optional[str] = None,

@@ -12,24 +12,14 @@ from rich.table import Table
 
 from legend.cli.app import app, spare_inputs, user_errors
 from legend.cli.options import (
-    AttnImplementation,
     BatchSize,
-    BlocksPath,
     ChosenColumn,
-    Device,
-    DeviceMap,
-    Dtype,
     Limit,
     MaxBatchTokens,
-    MaxMemory,
-    NormPath,
-    OffloadFolder,
     PromptColumn,
-    Quantization,
     Quiet,
     RejectedColumn,
-    TrustRemoteCode,
-    model_spec,
+    model_options,
 )
 
 console = Console(stderr=False)
@@ -44,14 +34,7 @@ DirectionOpt = Annotated[
         "must have margins."
     ),
 ]
-ModelOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--model",
-        "-m",
-        help="Model for annotating (default: the direction's) or for token lengths (default: the embedded one).",
-    ),
-]
+MODEL_HELP = "Model for annotating (default: the direction's) or for token lengths (default: the embedded one)."
 MarginColumn = Annotated[str, typer.Option(help="Column of raw margins to read (e.g. a `margin_<name>` column).")]
 Split = Annotated[str, typer.Option(help="Split to read from a Hub dataset or DatasetDict folder.")]
 Seed = Annotated[int, typer.Option(help="Seed of the bootstrap resamples (and of the simulated flips).")]
@@ -61,10 +44,7 @@ Bootstrap = Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the
 def _read(
     data: str,
     direction: Optional[Path],
-    model: Optional[str],
-    dtype: str,
-    device: Optional[str],
-    trust_remote_code: bool,
+    spec: Any,
     batch_size: int,
     max_batch_tokens: int,
     columns: Any,
@@ -73,7 +53,6 @@ def _read(
     margin_column: str,
     quiet: bool,
     severity_columns: Optional[tuple[str, str]] = None,
-    placement: tuple = (),
     keep_differences: bool = False,
 ):
     """Read the labelled margins, annotating first when a direction is given.
@@ -84,7 +63,6 @@ def _read(
     from legend.pipeline import AnnotateSettings
     from legend.quality import read_labelled_margins
 
-    spec = model_spec(model, dtype, device, trust_remote_code, *placement)
     settings = AnnotateSettings(
         columns=columns,
         encoding=EncodeConfig(batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=not quiet),
@@ -175,10 +153,10 @@ RandomDirections = Annotated[
 
 @app.command()
 @user_errors
+@model_options(default=None, help=MODEL_HELP)
 def evaluate(
     data: Data,
     direction: DirectionOpt = None,
-    model: ModelOpt = None,
     length_unit: Annotated[str, typer.Option(help="chars | words | tokens (tokens of --model's tokenizer).")] = "chars",
     severity_columns: Annotated[
         Optional[str],
@@ -202,9 +180,6 @@ def evaluate(
     limit: Limit = None,
     batch_size: BatchSize = 16,
     max_batch_tokens: MaxBatchTokens = 16384,
-    dtype: Dtype = "float32",
-    device: Device = None,
-    trust_remote_code: TrustRemoteCode = False,
     record: Annotated[
         bool,
         typer.Option(
@@ -212,14 +187,8 @@ def evaluate(
             "record the headline metrics in its metadata and dataset card."
         ),
     ] = True,
-    device_map: DeviceMap = None,
-    max_memory: MaxMemory = None,
-    offload_folder: OffloadFolder = None,
-    attn_implementation: AttnImplementation = None,
-    quantization: Quantization = None,
-    blocks_path: BlocksPath = None,
-    norm_path: NormPath = None,
     quiet: Quiet = False,
+    spec: Any = None,
 ) -> None:
     """Agreement of margins with preference labels (share positive, AUC, length-balanced, correlations; 95% CIs).
 
@@ -227,7 +196,7 @@ def evaluate(
     also shown against the random-direction floor: the same metrics for --random-directions seeded
     random unit directions at the same layer and pooling (95th percentile, and the real one's percentile).
     """
-    spare_inputs([data, direction, model], files=(json_out,))
+    spare_inputs([data, direction, spec.name], files=(json_out,))
     from legend.io import write_json
     from legend.quality import evaluate_labelled, text_length
 
@@ -236,10 +205,7 @@ def evaluate(
     labelled = _read(
         data,
         direction,
-        model,
-        dtype,
-        device,
-        trust_remote_code,
+        spec,
         batch_size,
         max_batch_tokens,
         _columns(prompt_column, chosen_column, rejected_column),
@@ -248,7 +214,6 @@ def evaluate(
         margin_column,
         quiet,
         _pair_of_names(severity_columns, "--severity-columns"),
-        placement=(device_map, max_memory, offload_folder, attn_implementation, quantization, blocks_path, norm_path),
         keep_differences=random_directions > 0,
     )
     tokenizer = None
@@ -256,8 +221,8 @@ def evaluate(
         from legend.directions import Direction
         from legend.models import load_tokenizer
 
-        spec = model or (Direction.load(direction).model_id if direction is not None else "default")
-        tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+        name = spec.name or (Direction.load(direction).model_id if direction is not None else "default")
+        tokenizer = load_tokenizer(name, trust_remote_code=spec.trust_remote_code)
     result = evaluate_labelled(
         labelled,
         length=text_length(length_unit, tokenizer),
@@ -363,6 +328,7 @@ def report(
 
 @app.command()
 @user_errors
+@model_options(default=None, help=MODEL_HELP)
 def audit(
     data: Data,
     out: Annotated[
@@ -372,7 +338,6 @@ def audit(
         ),
     ] = None,
     direction: DirectionOpt = None,
-    model: ModelOpt = None,
     quantile: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Flag only margins at or below this quantile of all margins.")
     ] = 0.10,
@@ -396,20 +361,11 @@ def audit(
     limit: Limit = None,
     batch_size: BatchSize = 16,
     max_batch_tokens: MaxBatchTokens = 16384,
-    dtype: Dtype = "float32",
-    device: Device = None,
-    trust_remote_code: TrustRemoteCode = False,
-    device_map: DeviceMap = None,
-    max_memory: MaxMemory = None,
-    offload_folder: OffloadFolder = None,
-    attn_implementation: AttnImplementation = None,
-    quantization: Quantization = None,
-    blocks_path: BlocksPath = None,
-    norm_path: NormPath = None,
     quiet: Quiet = False,
+    spec: Any = None,
 ) -> None:
     """Flag pairs whose margin says the rejected answer is clearly safer (likely label errors); keep every row."""
-    spare_inputs([data, direction, model], files=(json_out,), tables=(out,))
+    spare_inputs([data, direction, spec.name], files=(json_out,), tables=(out,))
     from legend.audit import AuditSettings, add_audit_columns, audit_margins
     from legend.audit import simulate_flips as simulate
     from legend.io import write_json, write_table
@@ -420,10 +376,7 @@ def audit(
     labelled = _read(
         data,
         direction,
-        model,
-        dtype,
-        device,
-        trust_remote_code,
+        spec,
         batch_size,
         max_batch_tokens,
         _columns(prompt_column, chosen_column, rejected_column),
@@ -431,7 +384,6 @@ def audit(
         split,
         margin_column,
         quiet,
-        placement=(device_map, max_memory, offload_folder, attn_implementation, quantization, blocks_path, norm_path),
     )
     result = audit_margins(labelled.raw, settings)
     summary: dict[str, Any] = {"source": labelled.source, "margin_column": labelled.margin_column, **result.summary()}

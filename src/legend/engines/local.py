@@ -28,24 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..annotation import (
     AnnotateSettings,
     Annotation,
     DirectionArg,
-    annotation_summary,
-    fit_binnings,
+    finish_annotation,
     load_directions,
     metadata_paths,
-    other_directions_summary,
-    secondary_of,
-    sidecar_document,
     sidecar_path,
-    with_margins,
     write_card,
 )
 from ..data import DataError, InputScan, PairView, chunk_views, iter_chunks, scan_input
 from ..directions import Direction
+from ..encoding import Encoder, as_encoder, load_encoder
 from ..io import (
     ChunkWriter,
     check_output_type,
@@ -56,18 +52,17 @@ from ..io import (
     write_json,
 )
 from ..margins import MarginResult, compute_margins_multi
-from ..models import LoadedModel, ModelSpec, as_loaded
+from ..models import LoadedModel, ModelSpec
 
 WORK_SUFFIX = ".legend-work"
 log = logging.getLogger("legend.engines")
-_STREAMED = {".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def chunk_margins(
-    lm: LoadedModel, views: Sequence[PairView], directions: list[Direction], settings: AnnotateSettings
+    encoder: Encoder, views: Sequence[PairView], directions: list[Direction], settings: AnnotateSettings
 ) -> list[MarginResult]:
     """Raw margins of one chunk for every direction, from one encoding pass."""
-    return compute_margins_multi(lm, views, directions, settings.encoding)
+    return compute_margins_multi(encoder, views, directions, settings.encoding)
 
 
 def check_finite(results: Sequence[MarginResult], directions: Sequence[Direction], source: str, first_row: int) -> None:
@@ -156,7 +151,7 @@ def input_identity(data: str | os.PathLike, split: str) -> dict[str, Any]:
 def resume_key(
     data: str | os.PathLike,
     directions: list[Direction],
-    lm: LoadedModel,
+    lm: Encoder | LoadedModel,
     settings: AnnotateSettings,
     *,
     split: str,
@@ -167,6 +162,7 @@ def resume_key(
     Batch sizes and the device are left out: they change margins by float rounding only, and a run
     that ran out of memory should be resumable with a smaller batch.
     """
+    lm = as_encoder(lm)
     return {
         "legend_version": __version__,
         "input": input_identity(data, split),
@@ -177,7 +173,7 @@ def resume_key(
             "chosen": settings.columns.chosen,
             "rejected": settings.columns.rejected,
         },
-        "model": {"model_id": lm.model_id, "fingerprint": lm.fingerprint, "dtype": lm.dtype_name},
+        "model": {"model_id": lm.model_id, "fingerprint": lm.fingerprint, "dtype": lm.dtype_name, "encoder": lm.name},
         "max_length": settings.encoding.max_length,
         "prefix_sharing": settings.encoding.prefix_sharing,
         "directions": [
@@ -275,7 +271,7 @@ class ChunkStore:
 def margins_in_chunks(
     data: str | os.PathLike,
     directions: list[Direction],
-    lm: LoadedModel,
+    lm: Encoder,
     settings: AnnotateSettings,
     *,
     split: str = "train",
@@ -385,7 +381,7 @@ def annotate_file_streamed(
         data, settings.columns, settings.chunk_rows, split=split, limit=limit, one_schema=suffix == ".parquet"
     )
     with guarded_output(out, inputs):
-        lm = as_loaded(model, fallback=directions[0].model_id)
+        lm = load_encoder(settings.encoder, model, fallback=directions[0].model_id)
         for each in directions:
             each.check_compatible(lm)  # before any work folder appears
         store = None
@@ -409,7 +405,7 @@ def _annotate_in_two_passes(
     directions: list[Direction],
     direction_path: Any,
     out: str | os.PathLike[str],
-    lm: LoadedModel,
+    lm: Encoder,
     settings: AnnotateSettings,
     split: str,
     limit: int | None,
@@ -420,8 +416,6 @@ def _annotate_in_two_passes(
     margins, layout = margins_in_chunks(
         data, directions, lm, settings, split=split, limit=limit, store=store, scan=scan
     )
-    raws = [m.raw for m in margins]
-    binnings = fit_binnings(raws, settings)
     extra: dict[str, Any] = dict(engine="local", chunk_rows=settings.chunk_rows, bins=bins_origin(settings))
     if store and store.reused:
         log.warning(
@@ -434,39 +428,24 @@ def _annotate_in_two_passes(
             "chunks_computed": margins[0].extra["chunks"] - store.reused,
             "discarded_because": store.discarded,
         }
-    summary = annotation_summary(
-        str(data),
-        layout,
-        margins[0],
-        binnings[0],
-        directions[0],
-        (lm.model_id, lm.dtype_name),
-        time.perf_counter() - start,
-        **extra,
+    finished = finish_annotation(
+        source=str(data),
+        out=out,
+        layout=layout,
+        margins=margins,
+        directions=directions,
+        direction_path=direction_path,
+        settings=settings,
+        model=(lm.model_id, lm.dtype_name),
+        seconds=time.perf_counter() - start,
+        extra=extra,
     )
-    if len(directions) > 1:
-        summary["other_directions"] = other_directions_summary(directions, raws, binnings)
-    sidecar = sidecar_document(
-        data,
-        out,
-        direction_path,
-        binnings[0],
-        settings,
-        summary,
-        {d.name: b for d, b in zip(directions[1:], binnings[1:])},
-    )
-    with sidecar_with(out, sidecar), ChunkWriter(out) as writer:
+    n_rows = len(margins[0].raw)
+    with sidecar_with(out, finished.document), ChunkWriter(out) as writer:
         for chunk in iter_chunks(data, settings.chunk_rows, split=split, limit=limit, check_values=False):
-            rows = slice(writer.rows, writer.rows + len(chunk))
-            writer.write(with_margins(chunk, [raw[rows] for raw in raws], binnings, directions))
-        if writer.rows != len(raws[0]):
+            writer.write(finished.columns(chunk, slice(writer.rows, writer.rows + len(chunk))))
+        if writer.rows != n_rows:
             raise DataError(
-                f"the input changed while it was annotated ({len(raws[0])} rows, then {writer.rows})", source=str(data)
+                f"the input changed while it was annotated ({n_rows} rows, then {writer.rows})", source=str(data)
             )
-    return Annotation(
-        dataset=None,
-        binning=binnings[0],
-        summary=summary,
-        margins=margins[0],
-        secondary=secondary_of(directions, margins, binnings),
-    )
+    return finished.annotation()

@@ -23,23 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..annotation import (
-    AnnotateSettings,
-    Annotation,
-    DirectionArg,
-    annotation_summary,
-    fit_binnings,
-    load_directions,
-    margin_columns,
-    other_directions_summary,
-    secondary_of,
-    sidecar_document,
-)
+from ..annotation import AnnotateSettings, Annotation, DirectionArg, finish_annotation, load_directions, margin_columns
 from ..data import DataError, chunk_views, detect_layout, load_table, scan_input
 from ..directions import Direction
+from ..encoding import load_encoder
 from ..io import ChunkWriter, check_output_type, check_outputs_spare_inputs
 from ..margins import Binning, MarginResult
-from ..models import LoadedModel, ModelSpec, as_loaded
+from ..models import LoadedModel, ModelSpec
 from .local import chunk_margins, input_paths, output_files, sidecar_with
 
 # Per-batch counts travel from the actors to the driver as columns: the batch's total sits on its
@@ -98,7 +88,7 @@ class MarginActor:
 
         if threads:
             torch.set_num_threads(threads)
-        self.lm = as_loaded(model, fallback=directions[0].model_id)
+        self.encoder = load_encoder(settings.encoder, model, fallback=directions[0].model_id)
         self.directions, self.settings, self.layout, self.source = directions, settings, layout, source
         self.columns = margin_columns(directions)
 
@@ -109,7 +99,7 @@ class MarginActor:
         table = table.drop_columns([c for pair in self.columns for c in pair if c in table.column_names])
         # Row numbers in errors count from the batch; Ray does not tell a batch its offset.
         views = chunk_views(datasets.Dataset(table), self.layout, self.settings.columns, self.source, 0)
-        results = chunk_margins(self.lm, views, self.directions, self.settings)
+        results = chunk_margins(self.encoder, views, self.directions, self.settings)
         for (raw_name, _), result in zip(self.columns, results):
             table = table.append_column(raw_name, pa.array(result.raw, type=pa.float64()))
         first = results[0]
@@ -195,7 +185,6 @@ def annotate_file_ray(
     ).materialize()
     collected = _collect(scored, [raw_name for raw_name, _ in columns])
     raws = [collected[raw_name] for raw_name, _ in columns]
-    binnings = fit_binnings(raws, settings)
     counts = {name: int(collected[name].sum()) for name in COUNT_COLUMNS}
     forward_known = bool((collected["_legend_forward_tokens"] >= 0).all())
     seconds = time.perf_counter() - start
@@ -215,34 +204,25 @@ def annotate_file_ray(
         )
         for raw in raws
     ]
-    summary = annotation_summary(
-        str(data),
-        layout,
-        margins[0],
-        binnings[0],
-        directions[0],
-        _summary_model(model, directions[0]),
-        seconds,
-        engine="ray",
-        num_workers=num_workers,
+    finished = finish_annotation(
+        source=str(data),
+        out=out,
+        layout=layout,
+        margins=margins,
+        directions=directions,
+        direction_path=direction_path,
+        settings=settings,
+        model=_summary_model(model, directions[0]),
+        seconds=seconds,
+        extra={"engine": "ray", "num_workers": num_workers},
     )
-    if len(directions) > 1:
-        summary["other_directions"] = other_directions_summary(directions, raws, binnings)
     final = scored.map_batches(
         add_levels,
-        fn_kwargs={"binnings": binnings, "columns": columns},
+        fn_kwargs={"binnings": finished.binnings, "columns": columns},
         batch_format="pyarrow",
         batch_size=settings.chunk_rows,
     )
-    sidecar = sidecar_document(
-        data,
-        out,
-        direction_path,
-        binnings[0],
-        settings,
-        summary,
-        {d.name: b for d, b in zip(directions[1:], binnings[1:])},
-    )
+    sidecar = finished.document
     if to_folder:
         final.write_parquet(out_name)
         if not _is_uri(out_name):
@@ -254,13 +234,7 @@ def annotate_file_ray(
                 writer.write(datasets.Dataset(batch))
             if writer.rows != len(raws[0]):
                 raise DataError(f"{writer.rows} rows written for {len(raws[0])} margins", source=str(out))
-    return Annotation(
-        dataset=None,
-        binning=binnings[0],
-        summary=summary,
-        margins=margins[0],
-        secondary=secondary_of(directions, margins, binnings),
-    )
+    return finished.annotation()
 
 
 def _collect(scored, raw_columns: list[str]) -> dict[str, np.ndarray]:

@@ -13,16 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .compare import CompareSettings, compare_reward_models, legend_cost
     from .ensemble import EnsembleResult, EnsembleSettings, ensemble_file, ensemble_margins, kfold
-    from .evaluation import (
-        EvalSettings,
-        PairScores,
-        RewardScorer,
-        as_scorer,
-        evaluate_reward_model,
-        load_reward_model,
-        pairwise_accuracy,
-        score_pairs,
-    )
+    from .evaluation import EvalSettings, PairScores, evaluate_reward_model, pairwise_accuracy, score_pairs
+    from .scorer import RewardScorer, as_scorer, load_reward_model
     from .training import (
         LegendRewardConfig,
         PreferenceSet,
@@ -40,16 +32,8 @@ if TYPE_CHECKING:
 _HOMES = {
     "compare": ("CompareSettings", "compare_reward_models", "legend_cost"),
     "ensemble": ("EnsembleResult", "EnsembleSettings", "ensemble_file", "ensemble_margins", "kfold"),
-    "evaluation": (
-        "EvalSettings",
-        "PairScores",
-        "RewardScorer",
-        "as_scorer",
-        "evaluate_reward_model",
-        "load_reward_model",
-        "pairwise_accuracy",
-        "score_pairs",
-    ),
+    "evaluation": ("EvalSettings", "PairScores", "evaluate_reward_model", "pairwise_accuracy", "score_pairs"),
+    "scorer": ("RewardScorer", "as_scorer", "load_reward_model"),
     "training": (
         "LegendRewardConfig",
         "PreferenceSet",

@@ -28,7 +28,8 @@ from ..annotation import find_sidecar
 from ..directions import split_indices
 from ..metrics import DEFAULT_BOOTSTRAP, paired_difference_ci
 from .ensemble import EnsembleSettings, ensemble_margins
-from .evaluation import as_scorer, pairwise_accuracy, score_pairs
+from .evaluation import pairwise_accuracy, score_pairs
+from .scorer import as_scorer
 from .training import LegendRewardConfig, PreferenceSet, read_preferences, train_reward_model
 
 

@@ -23,11 +23,12 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..data import DataError, load_table
 from ..io import write_json, write_table
 from ..margins import Binning, describe
-from .evaluation import as_scorer, score_pairs
+from .evaluation import score_pairs
+from .scorer import as_scorer
 from .training import LegendRewardConfig, PreferenceSet, read_preferences, train_reward_model
 
 ENSEMBLE_SIDECAR_SUFFIX = ".ensemble.json"

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..data import ColumnNames, PairView
-from ..encoding import EncodeConfig, plan_batches, tokenize_items
 from ..metrics import DEFAULT_BOOTSTRAP, bootstrap_mean_ci
-from ..models import load_pretrained, resolve_model_path
-from .training import PreferenceSet, read_preferences, read_training_report
+from .scorer import RewardScorer, load_reward_model
+from .training import PreferenceSet, read_preferences
 
 
 @dataclass(frozen=True)
@@ -32,43 +29,6 @@ class EvalSettings:
     seed: int = 0
     columns: ColumnNames = field(default_factory=ColumnNames)
     progress: bool = False
-
-
-@dataclass
-class RewardScorer:
-    """A sequence-classification reward model with its tokenizer and the settings it was trained with."""
-
-    model: Any
-    tokenizer: Any
-    max_length: int = 512
-    template: str = "auto"
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-
-def load_reward_model(
-    path: str | os.PathLike, *, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False
-) -> RewardScorer:
-    """Load a reward model folder (from `legend train-rm`) or any HF sequence-classification model."""
-    location, _ = resolve_model_path(str(path))
-    model, tokenizer, _ = load_pretrained(
-        str(path), head="reward", num_labels=1, dtype=dtype, device=device, trust_remote_code=trust_remote_code
-    )
-    report = read_training_report(location) if Path(location).is_dir() else None
-    settings = (report or {}).get("settings", {})
-    return RewardScorer(model, tokenizer, int(settings.get("max_length", 512)), settings.get("template", "auto"))
-
-
-def as_scorer(model: Any, tokenizer: Any = None, *, max_length: int = 512, template: str = "auto") -> RewardScorer:
-    """Wrap an in-memory model (e.g. `TrainedRewardModel.model`) for scoring."""
-    if isinstance(model, RewardScorer):
-        return model
-    if tokenizer is None:
-        raise ValueError("a tokenizer is needed to score with an in-memory model")
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return RewardScorer(model.eval(), tokenizer, max_length, template)
 
 
 @dataclass
@@ -93,35 +53,16 @@ def score_pairs(
     progress: bool = False,
 ) -> PairScores:
     """Rewards of every chosen and rejected response, in batches of similar length, under inference_mode."""
-    start = time.perf_counter()
-    config = EncodeConfig(max_length=scorer.max_length, template=scorer.template)
+    scorer = dataclasses.replace(scorer, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
     items = [(v.prompt, v.chosen) for v in views] + [(v.prompt, v.rejected) for v in views]
-    tokens = tokenize_items(scorer.tokenizer, items, config)
-    rewards = np.zeros(len(tokens), dtype=np.float64)
-    pad = scorer.tokenizer.pad_token_id
-    batches = plan_batches([len(t.ids) for t in tokens], batch_size, max_batch_tokens)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="scoring", unit="batch")
-    with torch.inference_mode():
-        for batch in batches:
-            width = max(len(tokens[i].ids) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):  # right padding, as RewardTrainer's collator
-                seq = tokens[index].ids
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-            logits = scorer.model(input_ids=ids.to(scorer.device), attention_mask=mask.to(scorer.device)).logits
-            rewards[batch] = logits[:, 0].float().cpu().numpy()
+    scores = scorer.score_items(items, progress=progress)
     n = len(views)
     return PairScores(
-        chosen=rewards[:n],
-        rejected=rewards[n:],
-        n_truncated_texts=sum(t.truncated for t in tokens),
-        n_tokens=sum(len(t.ids) for t in tokens),
-        seconds=time.perf_counter() - start,
+        chosen=scores.rewards[:n],
+        rejected=scores.rewards[n:],
+        n_truncated_texts=scores.n_truncated_texts,
+        n_tokens=scores.n_tokens,
+        seconds=scores.seconds,
     )
 
 
@@ -171,11 +112,10 @@ def evaluate_reward_model(
     if not isinstance(scorer, RewardScorer):
         scorer = load_reward_model(scorer)
     if settings.max_length is not None or settings.template is not None:
-        scorer = RewardScorer(
-            scorer.model,
-            scorer.tokenizer,
-            settings.max_length or scorer.max_length,
-            settings.template or scorer.template,
+        scorer = dataclasses.replace(
+            scorer,
+            max_length=settings.max_length or scorer.max_length,
+            template=settings.template or scorer.template,
         )
     scores = score_pairs(
         scorer,

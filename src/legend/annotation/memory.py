@@ -1,0 +1,57 @@
+"""Annotation in memory: a `datasets.Dataset` in, the same rows with margin columns out."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import datasets
+
+from ..data import PairView, detect_layout, load_table, pair_views
+from ..encoding import load_encoder
+from ..margins import compute_margins_multi
+from ..models import LoadedModel, ModelSpec
+from .finish import Annotation, finish_annotation
+from .settings import AnnotateSettings, DirectionArg, load_directions
+
+
+def annotate(
+    dataset: datasets.Dataset | str | os.PathLike[str],
+    direction: DirectionArg,
+    model: LoadedModel | ModelSpec | str | None = None,
+    settings: AnnotateSettings | None = None,
+    *,
+    source: str | None = None,
+) -> Annotation:
+    """Add `margin_raw` and `margin` to every row of a preference dataset held in memory.
+
+    `dataset` is a `datasets.Dataset` or anything `load_table` reads; `direction` a Direction or its
+    folder; `model` a loaded model, a model spec, or None for the model the direction was built with.
+    The layout (explicit / conversational / hh / pku / implicit) is detected unless columns are named.
+    Several directions (a list) are applied in one encoding pass: the first fills `margin_raw`/`margin`,
+    each other one `margin_raw_<name>`/`margin_<name>`, binned with its own edges.
+    """
+    settings = settings or AnnotateSettings()
+    directions, _ = load_directions(direction)  # checked before reading data or loading the model
+    if not isinstance(dataset, datasets.Dataset):
+        source = source or str(dataset)
+        dataset = load_table(dataset)
+    source = source or "<dataset>"
+    layout = detect_layout(dataset, settings.columns, source=source)
+    views: list[PairView] = pair_views(dataset, layout, settings.columns, source=source)
+    # Only now load the model: bad input fails in a second, not after loading weights.
+    encoder = load_encoder(settings.encoder, model, fallback=directions[0].model_id)
+    start = time.perf_counter()
+    results = compute_margins_multi(encoder, views, directions, settings.encoding)
+    finished = finish_annotation(
+        source=source,
+        out=None,
+        layout=layout,
+        margins=results,
+        directions=directions,
+        direction_path=None,
+        settings=settings,
+        model=(encoder.model_id, encoder.dtype_name),
+        seconds=time.perf_counter() - start,
+    )
+    return finished.annotation(finished.columns(dataset))

@@ -1,0 +1,138 @@
+"""Building a direction from contrast-pair files: read and check every file, then build or select.
+
+Several files (e.g. induced pairs and bring-your-own pairs) are concatenated in order; rows flagged by
+`legend induce` are left out and counted; the source of each pair is recorded in the direction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..data import DataError, PairView, detect_layout, load_table, pair_views, read_contrast_pairs
+from ..directions import Direction, DirectionSettings, build_direction
+from ..models import LoadedModel, ModelSpec, as_loaded
+from .select import saturation_warning, select_direction
+
+
+def build_direction_from_file(
+    pairs_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    model: LoadedModel | ModelSpec | str | None = None,
+    settings: DirectionSettings | None = None,
+    *,
+    question: str = "question",
+    harmful: str = "harmful",
+    harmless: str = "harmless",
+    drop_refused: bool = True,
+    limit: int | None = None,
+    select_on: str | os.PathLike[str] | None = None,
+) -> tuple[Direction, dict[str, Any]]:
+    """Read contrast pairs (one file or several, mixed) and build a direction.
+
+    Rows flagged `harmful_refused` (the model refused instead of answering) or `harmless_not_refusal`
+    (a self-written harmless answer that is not a refusal) by `legend induce` are left out and
+    counted. Several files (e.g. induced pairs and bring-your-own pairs) are concatenated in order;
+    the source of each pair (file, first row, count) is recorded in the direction's config
+    (`extra.pair_sources`). `limit` applies to each file.
+
+    `settings.select="auto"` sweeps layer/pooling/estimator (see legend.selection; the ones set in
+    `settings` stay fixed), `select_on` a labelled preference file chooses by agreement with its
+    labels on a dev split instead. Otherwise unset options take the paper's defaults (last layer,
+    last token, mean difference). The pairs (and `select_on`) are read and checked before the
+    model is loaded. A held-out separation that saturates is warned about (`report["warnings"]`,
+    stored in `extra.warnings`): it is no evidence that the margins mean anything.
+    """
+    settings = settings or DirectionSettings()
+    files = [pairs_file] if isinstance(pairs_file, (str, os.PathLike)) else list(pairs_file)
+    if not files:
+        raise ValueError("no contrast pair file given")
+    selecting = settings.selecting or select_on is not None
+    preference_views = _preference_views(select_on) if select_on is not None else None
+    pairs: list[Any] = []
+    sources: list[dict[str, Any]] = []
+    n_read = left_refused = left_not_refusal = 0
+    for path in files:
+        read = read_contrast_pairs(path, question=question, harmful=harmful, harmless=harmless)
+        refused, not_refusal = _flags(path, len(read))
+        keep = [p for p, r, nr in zip(read, refused, not_refusal) if not drop_refused or not (r or nr)]
+        if limit is not None:
+            keep = keep[:limit]
+        sources.append(
+            {
+                "file": str(path),
+                "first": len(pairs),
+                "count": len(keep),
+                "read": len(read),
+                "left_out_refused": int(sum(refused)) if drop_refused else 0,
+                "left_out_not_refusal": int(sum(nr and not r for r, nr in zip(refused, not_refusal)))
+                if drop_refused
+                else 0,
+            }
+        )
+        pairs.extend(keep)
+        n_read += len(read)
+        left_refused += sources[-1]["left_out_refused"]
+        left_not_refusal += sources[-1]["left_out_not_refusal"]
+    if len(pairs) < 2:
+        raise DataError(
+            f"need at least 2 contrast pairs to build a direction, got {len(pairs)}"
+            + (
+                f" ({left_refused + left_not_refusal} flagged pairs left out)"
+                if left_refused + left_not_refusal
+                else ""
+            ),
+            source=", ".join(str(f) for f in files),
+        )
+    lm = as_loaded(model)
+    start = time.perf_counter()
+    if selecting:
+        # Two or more files: validate each source with a direction fitted on the others (cross-source).
+        groups = [src["file"] for src in sources for _ in range(src["count"])] if len(files) > 1 else None
+        direction = select_direction(lm, pairs, settings, select_on=preference_views, groups=groups)
+        if select_on is not None:
+            direction.extra["selection"]["select_on"] = str(select_on)
+    else:
+        direction = build_direction(lm, pairs, settings)
+    warning = saturation_warning(direction.heldout)
+    direction.extra.update(
+        pairs_file=str(files[0]) if len(files) == 1 else [str(f) for f in files],
+        pair_sources=sources,
+        pairs_read=n_read,
+        pairs_left_out_refused=left_refused,
+        pairs_left_out_not_refusal=left_not_refusal,
+        warnings=[warning] if warning else [],
+    )
+    report = {
+        "pairs_read": n_read,
+        "left_out_refused": left_refused,
+        "left_out_not_refusal": left_not_refusal,
+        "pairs_used": len(pairs),
+        "sources": sources,
+        "seconds": round(time.perf_counter() - start, 3),
+        "heldout": direction.heldout,
+        "layer": direction.layer,
+        "pooling": direction.pooling,
+        "estimator": direction.estimator,
+        "warnings": direction.extra["warnings"],
+    }
+    if selecting:
+        report["selection"] = {k: v for k, v in direction.extra["selection"].items() if k != "test_rows"}
+        report["candidates"] = len(direction.extra["sweep"])
+    return direction, report
+
+
+def _preference_views(path: str | os.PathLike[str]) -> list[PairView]:
+    """Labelled preference pairs (any supported layout) for `--select-on`."""
+    table = load_table(path)
+    return pair_views(table, detect_layout(table, source=str(path)), source=str(path))
+
+
+def _flags(pairs_file: str | os.PathLike[str], n: int) -> tuple[list[bool], list[bool]]:
+    """The `harmful_refused` and `harmless_not_refusal` flags of `legend induce` (all False when absent)."""
+    table = load_table(pairs_file)
+    return tuple(  # type: ignore[return-value]
+        [bool(v) for v in table[column]] if column in table.column_names else [False] * n
+        for column in ("harmful_refused", "harmless_not_refusal")
+    )
