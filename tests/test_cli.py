@@ -80,7 +80,9 @@ def assert_one_line_error(result, *fragments: str) -> None:
 def test_direction_artifact_records_the_model(workspace):
     config = json.loads((workspace / "dir" / "config.json").read_text())
     assert config["model_id"] == str(workspace / "model")
-    assert config["n_pairs"] == 8 and config["layer"] == 4 and config["pooling"] == "last"
+    # `legend direction` without options: the recommended recipe (mean pooling, mean difference, layer chosen).
+    assert config["n_pairs"] == 8 and config["pooling"] == "mean" and config["estimator"] == "mean_difference"
+    assert config["extra"]["recipe"] == "legend" and config["extra"]["selection"]["chosen"]["layer"] == config["layer"]
 
 
 @pytest.mark.parametrize("extension", [".jsonl", ".parquet", ".csv", ".json"])

@@ -9,9 +9,13 @@ imported on first use, so `import legend` stays light (the CLI starts without lo
 
 >>> import legend
 >>> lm = legend.tiny_model()  # a random 4-layer Llama: margins mean nothing, the plumbing is real
->>> direction = legend.build_direction(lm, [legend.ContrastPair("Q?", "Sure: do it.", "I can't help.")] * 4)
->>> direction.layer, direction.pooling
-(4, 'last')
+>>> pairs = [legend.ContrastPair(f"Question {i}?", f"Sure: do {i}.", "I can't help.") for i in range(8)]
+>>> direction = legend.build_direction(lm, pairs)  # the recommended recipe: mean pooling, layer chosen
+>>> direction.pooling, direction.extra["recipe"]
+('mean', 'legend')
+>>> rows = [legend.PairView(prompt=(), chosen="I can't help.", rejected="Sure: do it.")]
+>>> legend.compute_margins(lm, rows, direction).raw.shape
+(1,)
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ _API = {
     # the jobs
     "load_model": "legend.models",
     "wrap_model": "legend.models",
-    "build_direction": "legend.directions",
+    "build_direction": "legend.selection",
     "select_direction": "legend.selection",
     "recipe_direction": "legend.selection",
     "build_direction_from_file": "legend.selection",
@@ -94,7 +98,7 @@ assert set(__all__) == {"__version__", *_API}
 if TYPE_CHECKING:  # for type checkers and the layer test: what the lazy names are
     from .annotation import AnnotateSettings, Annotation, annotate
     from .data import ColumnNames, ContrastPair, PairView
-    from .directions import Direction, DirectionSettings, build_direction, register_estimator
+    from .directions import Direction, DirectionSettings, register_estimator
     from .encoding import EncodeConfig, Encoder, register_encoder, register_pooling
     from .engines import register_engine
     from .errors import DataError
@@ -102,7 +106,7 @@ if TYPE_CHECKING:  # for type checkers and the layer test: what the lazy names a
     from .models import ModelSpec, load_model, wrap_model
     from .pipeline import annotate_file
     from .quality import evaluate_margins, random_floor
-    from .selection import build_direction_from_file, recipe_direction, select_direction
+    from .selection import build_direction, build_direction_from_file, recipe_direction, select_direction
     from .testing import tiny_model
 
 

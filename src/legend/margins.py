@@ -29,7 +29,12 @@ DEFAULT_LEVELS = 4
 
 @dataclass
 class Binning:
-    """Edges e0=0 < e1 < ... < e_{K-2} and one value per level; level = number of edges below raw."""
+    """Edges e0=0 < e1 < ... < e_{K-2} and one value per level; level = number of edges below raw.
+
+    >>> binning = Binning.fit([-1.0, 0.5, 1.0, 2.0, 3.0], levels=3)
+    >>> binning.edges, binning.apply([-1.0, 0.5, 3.0]).tolist()
+    ([0.0, 1.5], [0.0, 1.0, 2.0])
+    """
 
     edges: list[float]
     values: list[float]
@@ -148,7 +153,24 @@ def compute_margins(
     direction: Direction,
     encoding: EncodeConfig | None = None,
 ) -> MarginResult:
-    """Raw margins of every pair for one direction (see `compute_margins_multi`)."""
+    """Raw margins of every pair for one direction (see `compute_margins_multi`).
+
+    Args:
+        encoder: an Encoder, or a loaded model (wrapped in the default encoder).
+        views: the pairs' texts.
+        direction: the direction to project on.
+        encoding: batching and prefix-sharing settings (layer, pooling and template are the direction's).
+
+    Returns:
+        A `MarginResult` whose `raw[i]` is (e(prompt+chosen) − e(prompt+rejected)) · direction of pair i.
+
+    >>> import legend
+    >>> lm = legend.tiny_model()
+    >>> direction = legend.build_direction(lm, [legend.ContrastPair("Q?", "Sure.", "No.")] * 4, recipe="paper")
+    >>> same = PairView(prompt=(), chosen="No.", rejected="No.")
+    >>> compute_margins(lm, [same], direction).raw.tolist()  # identical answers: exactly 0
+    [0.0]
+    """
     return compute_margins_multi(encoder, views, [direction], encoding)[0]
 
 

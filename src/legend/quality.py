@@ -131,6 +131,24 @@ def evaluate_margins(
     `length` measures an answer (characters by default; see `text_length`), `length_unit` names it.
     Returns {"n", "counts", "metrics": {name: {"value", "ci_low", "ci_high", "description"}}, "settings"};
     undefined values are None. Pairs of equal length count in neither length group.
+
+    Args:
+        raw: raw margins, one per pair.
+        chosen_texts: the chosen answers (for the length checks).
+        rejected_texts: the rejected answers.
+        severity: severity(rejected) − severity(chosen) per pair, when known (PKU-SafeRLHF).
+        length: how an answer's length is measured.
+        length_unit: the name of that unit.
+        n_bootstrap: bootstrap resamples of the intervals (0: none).
+        confidence: the intervals' level.
+        seed: the resamples' seed.
+
+    Returns:
+        The metrics with their intervals.
+
+    >>> result = evaluate_margins([0.5, -0.2, 1.0, 0.3], ["a", "bb", "c", "dd"], ["bb", "a", "dd", "c"], n_bootstrap=0)
+    >>> result["metrics"]["share_positive"]["value"]
+    0.75
     """
     raw = np.asarray(raw, dtype=np.float64)
     n = raw.size
@@ -214,6 +232,28 @@ def random_floor(
     pooling, `raw` the real direction's margins of the same pairs. For each metric in FLOOR_METRICS:
     the real value, the random directions' `quantile` (the floor), mean and max, and the percentile
     of the real value among the random ones (ties count half). Random margins are one matmul D @ R.
+
+    Args:
+        differences: e(prompt+chosen) − e(prompt+rejected) per pair [n_pairs, hidden].
+        raw: the real direction's margins.
+        chosen_texts: the chosen answers (for the length-balanced metric).
+        rejected_texts: the rejected answers.
+        severity: severity differences, when known.
+        length: how an answer's length is measured.
+        n_directions: random unit directions drawn (seeded).
+        seed: their seed.
+        quantile: the floor's quantile of the random values.
+
+    Returns:
+        {"n_directions", "quantile", "metrics": {name: {"value", "floor", "percentile", ...}}}.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> signal = rng.standard_normal(16)
+    >>> diffs = rng.standard_normal((300, 16)) + signal  # every pair leans the same way
+    >>> floor = random_floor(diffs, diffs @ signal, ["a"] * 300, ["a"] * 300, n_directions=50)
+    >>> floor["metrics"]["share_positive"]["percentile"] > 95
+    True
     """
     diffs = np.asarray(differences, dtype=np.float64)
     raw = np.asarray(raw, dtype=np.float64)

@@ -30,6 +30,24 @@ def annotate(
     The layout (explicit / conversational / hh / pku / implicit) is detected unless columns are named.
     Several directions (a list) are applied in one encoding pass: the first fills `margin_raw`/`margin`,
     each other one `margin_raw_<name>`/`margin_<name>`, binned with its own edges.
+
+    Args:
+        dataset: the preference pairs (any layout legend reads).
+        direction: a Direction, its folder or Hub id, or a list of them.
+        model: the model (an Encoder's model: a LoadedModel, a ModelSpec or a name; None: the direction's).
+        settings: bins, columns, encoding and encoder settings.
+        source: the name errors and the summary give the data.
+
+    Returns:
+        An `Annotation`: the rows with margin columns, the bins, a summary.
+
+    >>> import datasets, legend
+    >>> lm = legend.tiny_model()
+    >>> direction = legend.build_direction(lm, [legend.ContrastPair("Q?", "Sure.", "No.")] * 4, recipe="paper")
+    >>> rows = datasets.Dataset.from_list([{"prompt": "Hi", "chosen": "No.", "rejected": "Sure."}] * 3)
+    >>> annotated = annotate(rows, direction, lm)
+    >>> annotated.dataset.column_names, annotated.summary["rows"]
+    (['prompt', 'chosen', 'rejected', 'margin_raw', 'margin'], 3)
     """
     settings = settings or AnnotateSettings()
     directions, _ = load_directions(direction)  # checked before reading data or loading the model

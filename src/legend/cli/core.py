@@ -136,36 +136,45 @@ def induce(
 @user_errors
 @model_options()
 def direction(
-    pairs: Annotated[
-        list[Path],
-        typer.Option(
-            help="Contrast pairs with columns question, harmful, harmless; repeat to mix sources (e.g. induced "
-            "and your own pairs; each pair's source is recorded, and --select auto validates across them)."
-        ),
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the direction artifact.")],
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="legend (the recommended recipe, docs/selection.md: the bundled XSTest contrast pairs unless --pairs "
+            "is given, mean pooling over the answer tokens, mean difference, the layer chosen on the pairs) | paper "
+            "(the paper's exact recipe: last layer, last token, mean difference; needs --pairs from `legend induce`). "
+            "--layer/--pooling/--estimator/--select override the recipe's choice."
+        ),
+    ] = "legend",
+    pairs: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            help="Contrast pairs with columns question, harmful, harmless (default: the recipe's own); repeat to mix "
+            "sources (each pair's source is recorded, and --select auto validates across them)."
+        ),
+    ] = None,
     layer: Annotated[
         Optional[int],
         typer.Option(
             help="Hidden-state index: 0 embeddings .. L last (after the final norm); negative counts from the "
-            "end. Default -1; with --select, fixes the layer."
+            "end. Default: the recipe's (chosen on the pairs for legend, -1 for paper); given, it is fixed."
         ),
     ] = None,
     pooling: Annotated[
         Optional[str],
-        typer.Option(help=POOLINGS.describe() + ". Default last; with --select, fixes the pooling."),
+        typer.Option(help=POOLINGS.describe() + ". Default: the recipe's (legend: mean, paper: last)."),
     ] = None,
     estimator: Annotated[
         Optional[str],
-        typer.Option(help=ESTIMATORS.describe() + ". Default mean_difference; with --select, fixes the estimator."),
+        typer.Option(help=ESTIMATORS.describe() + ". Default: the recipe's (mean_difference)."),
     ] = None,
     select: Annotated[
-        str,
+        Optional[str],
         typer.Option(
-            help="none | auto: sweep layers x poolings x estimators on a train/validation split of the pairs "
-            "and keep the best by held-out separation (docs/selection.md)."
+            help="none | auto: sweep what is not fixed (layers, and poolings/estimators not given) on the pairs and "
+            "choose by the band rule (docs/selection.md). Default: the recipe's (legend: auto, paper: none)."
         ),
-    ] = "none",
+    ] = None,
     select_on: Annotated[
         Optional[Path],
         typer.Option(
@@ -199,29 +208,32 @@ def direction(
     quiet: Quiet = False,
     spec: Any = None,
 ) -> None:
-    """Build a concept direction (the paper's Standard Margin Vector by default) and save it as a folder."""
-    spare_inputs([*pairs, spec.name, select_on], folders=(out,))
+    """Build a safety direction for a model and save it as a folder (the recommended recipe unless told otherwise)."""
+    spare_inputs([*(pairs or []), spec.name, select_on], folders=(out,))
     from legend.encoding import EncodeConfig
-    from legend.pipeline import DirectionSettings, build_direction_from_file
+    from legend.pipeline import build_direction_from_file
+    from legend.selection import RECIPES, recipe_settings
 
-    settings = DirectionSettings(
-        layer=layer,
-        pooling=pooling,
-        estimator=estimator,
-        select=select,
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, got {recipe!r}")
+    if recipe == "paper" and not pairs:
+        raise ValueError("--recipe paper needs --pairs: the paper's contrast pairs are induced (`legend induce`)")
+    given = {"layer": layer, "pooling": pooling, "estimator": estimator, "select": select}
+    settings = recipe_settings(
+        recipe,
         layer_stride=layer_stride,
         dev_fraction=dev_fraction,
-        template=template,
-        max_length=max_length,
         test_fraction=test_fraction,
         seed=seed,
         name=name,
-        encoding=EncodeConfig(batch_size=batch_size, progress=not quiet),
+        encoding=EncodeConfig(template=template, max_length=max_length, batch_size=batch_size, progress=not quiet),
+        **{key: value for key, value in given.items() if value is not None},
     )
     built, report = build_direction_from_file(
-        pairs if len(pairs) > 1 else pairs[0],
+        None if not pairs else pairs if len(pairs) > 1 else pairs[0],
         spec,
         settings,
+        recipe=recipe,
         question=question_column,
         harmful=harmful_column,
         harmless=harmless_column,

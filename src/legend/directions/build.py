@@ -25,7 +25,11 @@ class DirectionSettings:
 
     `layer`/`pooling`/`estimator` left None take the paper's defaults (last layer, last token, mean
     difference) when `select` is "none"; with `select="auto"` (or a `select_on` preference file) the
-    ones left None are chosen by the sweep and the ones given are fixed.
+    ones left None are chosen by the sweep and the ones given are fixed. How texts are rendered and
+    batched (template, max length, batch sizes) is `encoding`'s, declared once there.
+
+    >>> DirectionSettings(layer=12, pooling="mean").text_settings()
+    {'template': 'auto', 'max_length': 2048}
     """
 
     layer: int | None = None
@@ -34,12 +38,11 @@ class DirectionSettings:
     select: str = "none"
     layer_stride: int = 1
     dev_fraction: float = 0.5
-    template: str = "auto"
-    max_length: int = 2048
     test_fraction: float = 0.2
     seed: int = 0
     name: str = "safety"
-    encoding: EncodeConfig = field(default_factory=EncodeConfig)  # batching and progress
+    encoding: EncodeConfig = field(default_factory=EncodeConfig)  # template, max length, batching, progress
+    recipe: str | None = None  # the named recipe these settings came from (legend.selection.recipe_settings)
 
     def __post_init__(self) -> None:
         if self.select not in SELECT_MODES:
@@ -48,22 +51,34 @@ class DirectionSettings:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose from {', '.join(POOLINGS)}")
         if self.estimator is not None and self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
-        if self.template not in ("auto", "chat", "plain"):
-            raise ValueError(f"unknown template {self.template!r}; choose from auto, chat, plain")
+        if self.encoding.template not in ("auto", "chat", "plain"):
+            raise ValueError(f"unknown template {self.encoding.template!r}; choose from auto, chat, plain")
         if self.layer_stride < 1:
             raise ValueError("layer_stride must be at least 1")
         if not 0 < self.dev_fraction < 1:
             raise ValueError("dev_fraction must be between 0 and 1")
         if not 0 <= self.test_fraction < 1:
             raise ValueError("test_fraction must be in [0, 1)")
-        if self.max_length < 2:
-            raise ValueError("max_length must be at least 2")
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"direction name {self.name!r}: use letters, digits, '-' and '_' (it names columns)")
 
     @property
     def selecting(self) -> bool:
         return self.select == "auto"
+
+    @property
+    def template(self) -> str:
+        """The text template asked for (`encoding.template`)."""
+        return self.encoding.template
+
+    @property
+    def max_length(self) -> int:
+        """The longest text in tokens (`encoding.max_length`, default 2048)."""
+        return self.encoding.length_limit
+
+    def text_settings(self) -> dict[str, Any]:
+        """The encoding settings that change the direction's numbers (saved with it; batching is not)."""
+        return {"template": self.template, "max_length": self.max_length}
 
     def with_paper_defaults(self) -> DirectionSettings:
         """Unset layer/pooling/estimator filled with the paper's choice (-1, last token, mean difference)."""
@@ -76,7 +91,7 @@ class DirectionSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as saved in config.json (`settings`); batching is left out (it changes no number)."""
-        return {k: v for k, v in asdict(self).items() if k != "encoding"}
+        return {**{k: v for k, v in asdict(self).items() if k != "encoding"}, **self.text_settings()}
 
 
 # ---------------------------------------------------------------- building

@@ -30,7 +30,7 @@ from __future__ import annotations
 from .band import BAND_MIN_DEPTH, BAND_RULE, BAND_WIDTH, band_choice, band_scores
 from .files import build_direction_from_file
 from .preferences import preference_agreement, preference_embeddings, select_on_preferences
-from .recipes import DEFAULT_RECIPE, PAPER_RECIPE, RECIPES, recipe_direction, recipe_settings
+from .recipes import DEFAULT_RECIPE, PAPER_RECIPE, RECIPES, build_direction, recipe_direction, recipe_settings
 from .select import SATURATED_ACCURACY, SATURATED_AUC, saturation_warning, select_direction
 from .sweeps import (
     PREFERENCE_RULE,
@@ -63,6 +63,7 @@ __all__ = [
     "band_choice",
     "band_scores",
     "best_row",
+    "build_direction",
     "build_direction_from_file",
     "candidate_layers",
     "preference_agreement",

@@ -14,14 +14,17 @@ from typing import Any
 from ..data import DataError, PairView, detect_layout, load_table, pair_views, read_contrast_pairs
 from ..directions import Direction, DirectionSettings, build_direction
 from ..models import LoadedModel, ModelSpec, as_loaded
+from ..resources import XSTEST_PAIRS, sample_path
+from .recipes import DEFAULT_RECIPE, PAPER_RECIPE, recipe_settings
 from .select import saturation_warning, select_direction
 
 
 def build_direction_from_file(
-    pairs_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    pairs_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     model: LoadedModel | ModelSpec | str | None = None,
     settings: DirectionSettings | None = None,
     *,
+    recipe: str = DEFAULT_RECIPE,
     question: str = "question",
     harmful: str = "harmful",
     harmless: str = "harmless",
@@ -37,14 +40,19 @@ def build_direction_from_file(
     the source of each pair (file, first row, count) is recorded in the direction's config
     (`extra.pair_sources`). `limit` applies to each file.
 
-    `settings.select="auto"` sweeps layer/pooling/estimator (see legend.selection; the ones set in
-    `settings` stay fixed), `select_on` a labelled preference file chooses by agreement with its
-    labels on a dev split instead. Otherwise unset options take the paper's defaults (last layer,
-    last token, mean difference). The pairs (and `select_on`) are read and checked before the
-    model is loaded. A held-out separation that saturates is warned about (`report["warnings"]`,
-    stored in `extra.warnings`): it is no evidence that the margins mean anything.
+    Without `settings` the `recipe`'s are used (default: the recommended recipe, `recipe_settings`),
+    and without `pairs_file` its contrast pairs (the bundled XSTest pairs; the paper's recipe needs
+    induced pairs). `settings.select="auto"` sweeps layer/pooling/estimator (see legend.selection;
+    the ones set in `settings` stay fixed), `select_on` a labelled preference file chooses by
+    agreement with its labels on a dev split instead. The pairs (and `select_on`) are read and
+    checked before the model is loaded. A held-out separation that saturates is warned about
+    (`report["warnings"]`, stored in `extra.warnings`): it is no evidence that the margins mean anything.
     """
-    settings = settings or DirectionSettings()
+    settings = settings or recipe_settings(recipe)
+    if pairs_file is None:
+        if recipe == PAPER_RECIPE:
+            raise ValueError("the paper recipe needs induced contrast pairs: give --pairs (from `legend induce`)")
+        pairs_file = sample_path(XSTEST_PAIRS)
     files = [pairs_file] if isinstance(pairs_file, (str, os.PathLike)) else list(pairs_file)
     if not files:
         raise ValueError("no contrast pair file given")
@@ -103,6 +111,7 @@ def build_direction_from_file(
         pairs_left_out_refused=left_refused,
         pairs_left_out_not_refusal=left_not_refusal,
         warnings=[warning] if warning else [],
+        recipe=settings.recipe,
     )
     report = {
         "pairs_read": n_read,
