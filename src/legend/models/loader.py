@@ -142,8 +142,6 @@ def load_pretrained(
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         auto: Any = AutoModelForCausalLM if head == "causal" else AutoModelForSequenceClassification
         model = auto.from_pretrained(path, **options)
-    except ModelError:
-        raise
     except Exception as err:  # a user's folder: damaged weights, a pickle, a bad config.json ... one line each
         if isinstance(err, (MemoryError, KeyboardInterrupt)) or type(err).__name__ == "OutOfMemoryError":
             raise
