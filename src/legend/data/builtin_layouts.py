@@ -37,6 +37,12 @@ PKU_COLUMNS = ("response_0", "response_1", "safer_response_id")
 def is_transcript(value: Any) -> bool:
     """True for an hh-rlhf transcript (a string with a ``Human:`` and a ``\\n\\nAssistant:`` turn).
 
+    Args:
+        value: a chosen or rejected value.
+
+    Returns:
+        Whether it is a transcript.
+
     >>> is_transcript("\\n\\nHuman: Hi\\n\\nAssistant: Hello"), is_transcript("Hello")
     (True, False)
     """

@@ -37,6 +37,20 @@ def register_layout(layout: PairLayout, *, replace: bool = False) -> PairLayout:
 
     Raises:
         ValueError: the name is taken (or is a built-in layout's) and ``replace`` is not set.
+
+    >>> from legend.data import PairView, user_prompt
+    >>> qa = register_layout(PairLayout(
+    ...     name="qa",
+    ...     description="`question`, `good`, `bad` (strings)",
+    ...     columns=lambda names: ("question", "good", "bad"),
+    ...     detect=lambda probe: probe.has("question", "good", "bad"),
+    ...     view=lambda record, names, where: PairView(
+    ...         user_prompt(where.text(record, "question")), where.text(record, "good"), where.text(record, "bad")
+    ...     ),
+    ... ))
+    >>> detect_layout(datasets.Dataset.from_list([{"question": "Lock?", "good": "No.", "bad": "Rake it."}]))
+    'qa'
+    >>> unregister_layout("qa")
     """
     if not layout.name or not layout.name.strip():
         raise ValueError("a layout needs a name")
@@ -151,6 +165,12 @@ def check_named_columns(columns: ColumnNames, found: Sequence[str], source: str)
 
     Raises:
         LayoutError: naming the column, the option that named it and the columns found.
+
+    >>> check_named_columns(ColumnNames(chosen="answer"), ["prompt", "chosen", "rejected"], "x.jsonl")
+    Traceback (most recent call last):
+    ...
+    legend.data.schema.LayoutError: x.jsonl: no column 'answer' (given as the chosen column); columns found: \
+prompt, chosen, rejected
     """
     for option, column in (("prompt", columns.prompt), ("chosen", columns.chosen), ("rejected", columns.rejected)):
         if column is not None and column not in found:

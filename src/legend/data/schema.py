@@ -240,11 +240,25 @@ class LayoutProbe:
         return tuple(self.table.column_names)
 
     def has(self, *columns: str) -> bool:
-        """True when every one of ``columns`` is in the table."""
+        """True when every one of ``columns`` is in the table.
+
+        Args:
+            columns: column names.
+
+        Returns:
+            Whether the table has them all.
+        """
         return all(column in self.table.column_names for column in columns)
 
     def kind(self, column: str) -> ColumnKind:
-        """`column_kind` of a column (computed once)."""
+        """`column_kind` of a column (computed once).
+
+        Args:
+            column: one of the table's columns.
+
+        Returns:
+            "string", "messages" or "other".
+        """
         if column not in self._kinds:
             self._kinds[column] = column_kind(self.table, column)
         return self._kinds[column]

@@ -58,7 +58,14 @@ def open_text(path: Path) -> Any:
 
 
 def open_binary(path: Path) -> Any:
-    """Open a (possibly .gz-compressed) file as bytes; see `open_text`."""
+    """Open a (possibly .gz-compressed) file as bytes.
+
+    Args:
+        path: the file; a ``.gz`` suffix means gzip.
+
+    Returns:
+        An open binary handle (use it as a context manager).
+    """
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
 
 

@@ -15,7 +15,19 @@ from .placement import accelerate_hooks
 
 @dataclass
 class LoadedModel:
-    """A causal LM ready for inference, with what is needed to reproduce and to refuse a mismatch."""
+    """A causal LM ready for inference, with what is needed to reproduce and to refuse a mismatch.
+
+    Made by `load_model`, `wrap_model` or `ModelSpec.load`, never by hand.
+
+    >>> from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    >>> from tokenizers import Tokenizer, models
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<eos>": 0}, "<eos>")))
+    >>> tokenizer.eos_token = "<eos>"
+    >>> tiny = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=8, n_head=2, vocab_size=4, n_positions=8))
+    >>> lm = wrap_model(tiny, tokenizer, model_id="tiny")
+    >>> lm.hidden_size, lm.num_layers, lm.device, lm.dtype_name, lm.fingerprint.startswith("sha256:")
+    (8, 2, device(type='cpu'), 'float32', True)
+    """
 
     model: Any  # a transformers PreTrainedModel
     tokenizer: Any  # its tokenizer

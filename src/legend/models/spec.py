@@ -111,6 +111,11 @@ def as_loaded(model: LoadedModel | ModelSpec | str | None, fallback: str | None 
 
     Returns:
         The LoadedModel.
+
+    >>> from types import SimpleNamespace
+    >>> lm = LoadedModel(model=SimpleNamespace(), tokenizer=None, model_id="tiny", fingerprint="sha256:0")
+    >>> as_loaded(lm) is lm
+    True
     """
     if isinstance(model, LoadedModel):
         return model
