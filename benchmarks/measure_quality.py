@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from legend.audit import simulate_flips
-from legend.data import detect_layout, load_table, pair_views, read_contrast_pairs, write_json, write_table
+from legend.data import detect_layout, load_table, pair_views, read_contrast_pairs
 from legend.directions import Direction, embed_contrast_pairs, fit_direction_vector
 from legend.encoding import EncodeConfig, encode, template_kind
+from legend.io import write_json, write_table
 from legend.margins import Binning, project
 from legend.models import load_model
 from legend.pipeline import sidecar_path

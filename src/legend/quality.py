@@ -37,7 +37,7 @@ import datasets
 import numpy as np
 
 from .annotation import AnnotateSettings, annotate
-from .data import ColumnNames, DataError, PairView, detect_layout, load_table, pair_views
+from .data import ColumnNames, DataError, PairView, read_margin_column, read_pairs
 from .metrics import DEFAULT_CONFIDENCE, bootstrap_intervals, symmetric_auc
 
 DEFAULT_BOOTSTRAP = 1000  # resamples for `legend evaluate` (1,000 keeps a CI line fast on 10^4 pairs)
@@ -391,13 +391,8 @@ def read_labelled_margins(
     `random_floor`); without a direction they are read from an embeddings file beside the data
     (`differences_path`, written by `legend annotate --keep-embeddings`) when there is one.
     """
-    if isinstance(data, datasets.Dataset):
-        dataset, source = data, source or "<dataset>"
-    else:
-        source = source or str(data)
-        dataset = load_table(data, split=split)
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
+    pairs = read_pairs(data, columns, split=split, limit=limit, source_name=source)
+    dataset, source = pairs.table, pairs.source
     annotated_now = False
     differences = None
     differences_source = None
@@ -412,13 +407,7 @@ def read_labelled_margins(
         settings = annotate_settings or AnnotateSettings(columns=columns)
         dataset = annotate(dataset, direction, model, settings, source=source).dataset
         annotated_now, margin_column = True, "margin_raw"
-    elif margin_column not in dataset.column_names:
-        raise DataError(
-            f"{source}: no column {margin_column!r}; annotate it first (legend annotate) or pass --direction"
-        )
-    layout = detect_layout(dataset, columns, source=source)
-    views = pair_views(dataset, layout, columns, source=source)
-    raw = _numbers(dataset[margin_column], margin_column, source)
+    raw = read_margin_column(dataset, margin_column, source=source, instead="pass --direction")
     if differences is None and keep_differences and not isinstance(data, datasets.Dataset):
         stored = differences_path(data)
         if stored.is_file():
@@ -426,7 +415,7 @@ def read_labelled_margins(
             differences_source = str(stored)
     return LabelledMargins(
         dataset=dataset,
-        views=views,
+        views=pairs.views,
         raw=raw,
         severity=severity_difference(dataset, severity_columns, source=source),
         source=source,
@@ -483,9 +472,7 @@ def _margins_and_differences(
     from .models import as_loaded
 
     directions, _ = load_directions(direction)
-    views = pair_views(
-        dataset, detect_layout(dataset, settings.columns, source=source), settings.columns, source=source
-    )
+    views = read_pairs(dataset, settings.columns, source_name=source).views
     lm = as_loaded(model, fallback=directions[0].model_id)
     result = compute_margins_multi(lm, views, directions[:1], settings.encoding, keep_differences=True)[0]
     assert result.differences is not None

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import ColumnNames, DataError, detect_layout, load_table, pair_views, read_questions
+from ..data import ColumnNames, LayoutError, read_pairs, read_questions
 from ..encoding import GenerationConfig, generate
 from ..io import write_bytes_atomically
 from ..metrics import win_rate, win_rate_ci
@@ -47,15 +47,10 @@ def read_prompts(
     `column` forces that reading. Each question becomes one user message.
     """
     if column is None:
-        table = load_table(source)
         try:
-            layout = detect_layout(table, columns, source=str(source))
-        except DataError:
-            layout = None
-        if layout is not None:
-            if limit is not None:
-                table = table.select(range(min(limit, len(table))))
-            return [view.prompt for view in pair_views(table, layout, columns, source=str(source))]
+            return [view.prompt for view in read_pairs(source, columns, limit=limit).views]
+        except LayoutError:
+            pass  # no preference layout: a file of questions
     questions = read_questions(source, column)
     if limit is not None:
         questions = questions[:limit]

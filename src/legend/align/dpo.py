@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +34,7 @@ import torch
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from ..data import ColumnNames, DataError, detect_layout, load_table, pair_views
+from ..data import ColumnNames, read_margin_column, read_pairs
 from ..io import write_json
 from ..models import ensure_pad_token, load_pretrained
 from ..rewards.fields import DPOFields, parse_config
@@ -88,37 +87,17 @@ def preference_dataset(
 
     Raises DataError naming the row when the margin column is missing or holds a non-finite / non-numeric value.
     """
-    if not isinstance(data, datasets.Dataset):
-        source = source or str(data)
-        data = load_table(data)
-    source = source or "<dataset>"
-    if limit is not None:
-        data = data.select(range(min(limit, len(data))))
-    layout = detect_layout(data, columns, source=source)
-    views = pair_views(data, layout, columns, source=source)
+    pairs = read_pairs(data, columns, limit=limit, source_name=source)
+    views = pairs.views
     rows: dict[str, list[Any]] = {
         "prompt": [[dict(m) for m in v.prompt] for v in views],
         "chosen": [[{"role": "assistant", "content": v.chosen}] for v in views],
         "rejected": [[{"role": "assistant", "content": v.rejected}] for v in views],
     }
     if margin_column is not None:
-        rows[MARGIN_KEY] = _margins(data, margin_column, source)
+        margins = read_margin_column(pairs.table, margin_column, source=pairs.source, instead="turn the offset off")
+        rows[MARGIN_KEY] = margins.tolist()
     return datasets.Dataset.from_dict(rows)
-
-
-def _margins(data: datasets.Dataset, column: str, source: str) -> list[float]:
-    if column not in data.column_names:
-        raise DataError(
-            f"no margin column {column!r} (columns: {', '.join(data.column_names)}); "
-            "annotate the data with `legend annotate` or turn the offset off",
-            source=source,
-        )
-    values = []
-    for row, value in enumerate(data[column], start=1):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(f"expected a finite number, got {value!r}", source=source, row=row, field=column)
-        values.append(float(value))
-    return values
 
 
 @dataclass

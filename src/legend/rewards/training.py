@@ -33,7 +33,7 @@ import torch
 from trl import RewardConfig
 
 from .. import models
-from ..data import ColumnNames, DataError, PairView, detect_layout, load_table, pair_views
+from ..data import ColumnNames, DataError, PairView, read_margin_column, read_pairs
 from ..encoding import EncodeConfig, tokenize_items
 from ..io import atomic_folder, write_json
 from ..models import load_pretrained
@@ -116,22 +116,8 @@ class PreferenceSet:
         return len(self.views)
 
     def column(self, name: str) -> np.ndarray:
-        """A numeric column as float64; a missing column or a non-finite value is a DataError."""
-        if name not in self.table.column_names:
-            raise DataError(
-                f"no column {name!r} (columns: {', '.join(self.table.column_names)}); "
-                "annotate the data with `legend annotate` or choose another margin column",
-                source=self.source,
-            )
-        values = self.table[name]
-        out = np.empty(len(values), dtype=np.float64)
-        for row, value in enumerate(values, start=1):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-                raise DataError(
-                    f"row {row}: field {name!r}: expected a finite number, got {value!r}", source=self.source
-                )
-            out[row - 1] = float(value)
-        return out
+        """A numeric column as float64 (`read_margin_column`): a missing column or a bad value is a DataError."""
+        return read_margin_column(self.table, name, source=self.source, instead="choose another margin column")
 
     def select(self, indices: Sequence[int] | np.ndarray) -> PreferenceSet:
         indices = [int(i) for i in indices]
@@ -147,15 +133,11 @@ def read_preferences(
     split: str = "train",
     source: str | None = None,
 ) -> PreferenceSet:
-    """Read any preference layout legend.data knows (explicit, conversational, hh, pku, implicit)."""
+    """Read preference pairs in any layout registered in `legend.data.LAYOUTS` (`read_pairs`)."""
     if isinstance(data, PreferenceSet):
         return data
-    if not isinstance(data, datasets.Dataset):
-        source = source or str(data)
-        data = load_table(data, split=split)
-    source = source or "<dataset>"
-    layout = detect_layout(data, columns, source=source)
-    return PreferenceSet(views=pair_views(data, layout, columns, source=source), table=data, source=source)
+    pairs = read_pairs(data, columns, split=split, source_name=source)
+    return PreferenceSet(views=pairs.views, table=pairs.table, source=pairs.source)
 
 
 @dataclass
