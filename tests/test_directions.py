@@ -157,6 +157,7 @@ def test_a_saved_direction_carries_a_model_card(tiny_lm, tmp_path):
     assert meta["legend"] == {
         "name": "safety",
         "model_id": "tiny-random-llama",
+        "model_source": {"model_id": "tiny-random-llama"},
         "fingerprint": tiny_lm.fingerprint,
         "layer": 2,
         "num_layers": tiny_lm.num_layers,

@@ -162,7 +162,7 @@ def test_several_directions_are_streamed_and_equal_the_in_memory_annotation(
     monkeypatch.setattr(
         local,
         "compute_margins_multi",
-        lambda lm, views, dirs, *args: seen.append(len(views)) or real(lm, views, dirs, *args),
+        lambda lm, views, dirs, *args, **kwargs: seen.append(len(views)) or real(lm, views, dirs, *args, **kwargs),
     )
     result = annotate_file(data, directions, tmp_path / "out.jsonl", tiny_lm, AnnotateSettings(chunk_rows=5))
     assert seen == [5, 5, 5, 5, 3] and result.dataset is None and result.margins.extra["chunks"] == 5

@@ -309,15 +309,25 @@ def test_floor_without_severity_leaves_it_out_and_rejects_mismatched_shapes():
 
 
 def test_differences_file_round_trip_is_checked(tmp_path):
-    from legend.quality import differences_path, read_differences, write_differences
+    from legend.annotation.differences import differences_path, read_differences, write_differences
 
     path = differences_path(tmp_path / "ann.jsonl")
-    assert path.name == "ann.jsonl.differences.safetensors"
+    assert path.name == "ann.jsonl.differences.safetensors" and path.parent.name == ".legend"
     diffs = np.arange(12, dtype=np.float32).reshape(3, 4)
-    write_differences(path, diffs)
+    other = -diffs[:, :4]
+    write_differences(path, {"margin_raw": diffs, "margin_raw_other": other})
     np.testing.assert_array_equal(read_differences(path, 3), diffs)
+    np.testing.assert_array_equal(read_differences(path, 3, "margin_raw_other"), other)
+    from safetensors.numpy import load_file  # a plain safetensors file: any reader gets the same tensors
+
+    assert set(load_file(str(path))) == {"margin_raw", "margin_raw_other"}
     with pytest.raises(DataError, match="for 3 rows, but the data has 4"):
         read_differences(path, 4)
+    with pytest.raises(DataError, match="no embedding differences of 'margin_raw_x'"):
+        read_differences(path, 3, "margin_raw_x")
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    with pytest.raises(DataError, match="not a readable safetensors file"):
+        read_differences(path, 3)
 
 
 def test_cli_evaluate_with_a_direction_shows_the_floor(tmp_path, tiny_lm):

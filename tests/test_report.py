@@ -225,7 +225,8 @@ def test_report_screenshot_is_not_blank(tmp_path):
 
 
 def test_report_shows_the_random_floor_from_the_differences_beside_the_data(tmp_path):
-    from legend.quality import differences_path, random_floor, write_differences
+    from legend.annotation.differences import differences_path, write_differences
+    from legend.quality import random_floor
 
     data, raw = write_annotated(tmp_path)
     rng = np.random.default_rng(1)
@@ -233,7 +234,7 @@ def test_report_shows_the_random_floor_from_the_differences_beside_the_data(tmp_
     noise = rng.normal(size=(len(raw), 8))
     noise -= np.outer(noise @ v, v)  # orthogonal to the direction: D @ v == raw exactly
     diffs = np.outer(raw, v) + noise
-    write_differences(differences_path(data), diffs)
+    write_differences(differences_path(data), {"margin_raw": diffs})
     result = build_report(data, tmp_path / "r.html", n_bootstrap=50, n_random=200)
     floor = result.metrics["random_floor"]
     rows = [json.loads(line) for line in data.read_text().splitlines()]

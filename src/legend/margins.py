@@ -145,6 +145,9 @@ class MarginResult:
     # e(prompt+chosen) − e(prompt+rejected) per pair (float32, zero rows for identical pairs), kept on
     # request for the random-direction floor (legend.quality.random_floor); None otherwise.
     differences: np.ndarray | None = None
+    # Those differences projected on given random unit directions (n_pairs × k, float64): the null's
+    # margins, computed in the same pass so the floor needs neither the differences nor a second pass.
+    random_margins: np.ndarray | None = None
 
 
 def compute_margins(
@@ -228,6 +231,7 @@ def compute_margins_multi(
     encoding: EncodeConfig | None = None,
     *,
     keep_differences: bool = False,
+    random_directions: np.ndarray | None = None,
 ) -> list[MarginResult]:
     """Raw margins of every pair for each direction, from ONE encoding pass.
 
@@ -238,6 +242,8 @@ def compute_margins_multi(
     direction, in order; with `keep_differences` each also holds the pairs' embedding differences at
     its own layer and pooling (`differences`), so random directions can be scored without encoding again.
     `encoder` is any `legend.encoding.Encoder` (a loaded transformers model is wrapped in the default one).
+    With `random_directions` (hidden × k unit columns, `legend.metrics.random_unit_directions`) each result
+    also holds the pairs' margins on those directions (`random_margins`), for the random floor.
     """
     encoder = as_encoder(encoder)
     check_directions_agree(directions)
@@ -257,17 +263,25 @@ def compute_margins_multi(
     diffs = [
         np.zeros((len(views), encoder.hidden_size), dtype=np.float32) if keep_differences else None for _ in directions
     ]
+    randoms = [
+        None if random_directions is None else np.zeros((len(views), random_directions.shape[1])) for _ in directions
+    ]
     n_truncated = n_tokens = n_forward = 0
     if len(todo):
         encoded = encoder.encode(items, config)
         for raw, direction in zip(raws, directions):
             vectors = encoded.get(direction.layer, direction.pooling)
             raw[todo] = project(vectors[: len(todo)], vectors[len(todo) :], direction.vector)
-        if keep_differences:
-            for diff, direction in zip(diffs, directions):
-                assert diff is not None
-                vectors = encoded.get(direction.layer, direction.pooling)
-                diff[todo] = (vectors[: len(todo)] - vectors[len(todo) :]).float().numpy()
+        for diff, random, direction in zip(diffs, randoms, directions):
+            if diff is None and random is None:
+                continue
+            vectors = encoded.get(direction.layer, direction.pooling)
+            difference = (vectors[: len(todo)] - vectors[len(todo) :]).float().numpy()
+            if diff is not None:
+                diff[todo] = difference
+            if random is not None:
+                assert random_directions is not None
+                random[todo] = difference.astype(np.float64) @ random_directions
         n_truncated, n_tokens, n_forward = encoded.n_truncated, encoded.n_tokens, encoded.n_forward_tokens
     seconds = time.perf_counter() - start
     return [
@@ -284,6 +298,7 @@ def compute_margins_multi(
                 "encoder": encoder.name,
             },
             differences=diff,
+            random_margins=random,
         )
-        for raw, d, diff in zip(raws, directions, diffs)
+        for raw, d, diff, random in zip(raws, directions, diffs, randoms)
     ]

@@ -180,3 +180,16 @@ def bootstrap_intervals(
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, as they should
         low, high = np.nanquantile(distribution, [alpha, 1 - alpha], axis=1)
     return low, high, finite
+
+
+def random_unit_directions(dim: int, n: int = 200, seed: int = 0) -> np.ndarray:
+    """A (dim × n) float64 matrix of seeded Gaussian directions with unit columns.
+
+    >>> r = random_unit_directions(5, 3, seed=1)
+    >>> r.shape, bool(np.allclose(np.linalg.norm(r, axis=0), 1.0))
+    ((5, 3), True)
+    """
+    if dim < 1 or n < 1:
+        raise ValueError(f"need a positive dimension and number of directions, got {dim} and {n}")
+    matrix = np.random.default_rng(seed).standard_normal((dim, n))
+    return matrix / np.linalg.norm(matrix, axis=0, keepdims=True)

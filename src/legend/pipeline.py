@@ -5,6 +5,7 @@ model loads. The jobs themselves live in their stages: `legend.induce.induce_fil
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from .annotation import (
@@ -16,12 +17,14 @@ from .annotation import (
     annotate,
     sidecar_path,
 )
+from .data import scan_input
 from .demo import RECIPE_LINES, DemoSettings, run_demo
-from .directions import DirectionSettings
+from .directions import Direction, DirectionSettings
 from .engines import run_engine
 from .induce import induce_file
-from .models import LoadedModel, ModelSpec
-from .selection import build_direction_from_file
+from .io import check_output_type
+from .models import LoadedModel, ModelSpec, as_loaded
+from .selection import CachedDirection, build_direction_from_file, cached_recipe_direction
 
 __all__ = [
     "MARGIN_COLUMNS",
@@ -42,7 +45,7 @@ __all__ = [
 
 def annotate_file(
     data: str | os.PathLike[str],
-    direction: DirectionArg,
+    direction: DirectionArg | None,
     out: str | os.PathLike[str],
     model: LoadedModel | ModelSpec | str | None = None,
     settings: AnnotateSettings | None = None,
@@ -62,9 +65,13 @@ def annotate_file(
     continues where it stopped. `engine` names an engine of `legend.engines.ENGINES` ("local", or
     "ray" with `num_workers` model actors).
 
+    Without a direction (None), the model's recommended direction is used: read from the legend cache,
+    or built once (`legend.selection.cached_recipe_direction`, after the input has been checked) and kept
+    there; the summary's `direction_cache` says where and whether it was built.
+
     Args:
         data: a .jsonl/.json/.parquet/.csv file, a dataset folder, or a Hub dataset name.
-        direction: a Direction, its folder or Hub id, or a list of them.
+        direction: a Direction, its folder or Hub id, or a list of them; None: the model's recommended one.
         out: the output file.
         model: a LoadedModel, a ModelSpec, a name, or None for the model the direction records.
         settings: the annotation's settings (bins, columns, chunking, encoding, encoder).
@@ -79,7 +86,13 @@ def annotate_file(
     """
     if isinstance(direction, (list, tuple)) and len(direction) == 1:
         direction = direction[0]
-    return run_engine(
+    settings = settings or AnnotateSettings()
+    cached = None
+    if direction is None or (isinstance(direction, (list, tuple)) and not direction):
+        direction, model, cached = _recommended_direction(data, out, model, settings, split=split, limit=limit)
+        if engine != "local" and isinstance(model, LoadedModel):
+            model = ModelSpec(model.model_id)  # actors load their own copy
+    annotation = run_engine(
         engine,
         data,
         direction,
@@ -91,3 +104,24 @@ def annotate_file(
         num_workers=num_workers,
         resume=resume,
     )
+    if cached is not None:
+        annotation.summary["direction_cache"] = {"path": str(cached.path), "built": cached.built}
+    return annotation
+
+
+def _recommended_direction(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    model: LoadedModel | ModelSpec | str | None,
+    settings: AnnotateSettings,
+    *,
+    split: str,
+    limit: int | None,
+) -> tuple[Direction, LoadedModel, CachedDirection]:
+    """The input checked (output type, every row), then the model loaded and its recommended direction."""
+    check_output_type(out)
+    scan_input(data, settings.columns, settings.chunk_rows, split=split, limit=limit)
+    lm = as_loaded(model)
+    encoding = dataclasses.replace(settings.encoding, max_length=None)
+    cached = cached_recipe_direction(lm, encoding=encoding)
+    return cached.direction, lm, cached

@@ -30,15 +30,15 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 
 from .annotation import AnnotateSettings, annotate
+from .annotation.differences import find_differences, read_differences
 from .data import ColumnNames, DataError, PairView, read_margin_column, read_pairs
-from .metrics import DEFAULT_CONFIDENCE, bootstrap_intervals, symmetric_auc
+from .metrics import DEFAULT_CONFIDENCE, bootstrap_intervals, random_unit_directions, symmetric_auc
 
 DEFAULT_BOOTSTRAP = 1000  # resamples for `legend evaluate` (1,000 keeps a CI line fast on 10^4 pairs)
 DEFAULT_RANDOM_DIRECTIONS = 200  # random unit directions of the floor
@@ -154,10 +154,40 @@ def evaluate_margins(
     n = raw.size
     if len(chosen_texts) != n or len(rejected_texts) != n:
         raise ValueError(f"{n} margins but {len(chosen_texts)} chosen and {len(rejected_texts)} rejected texts")
+    length_diff = np.array([length(c) - length(r) for c, r in zip(chosen_texts, rejected_texts)], dtype=np.float64)
+    return evaluate_margin_lengths(
+        raw,
+        length_diff,
+        severity,
+        length_unit=length_unit,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        seed=seed,
+    )
+
+
+def evaluate_margin_lengths(
+    raw: Sequence[float] | np.ndarray,
+    length_diff: np.ndarray,
+    severity: Sequence[float] | np.ndarray | None = None,
+    *,
+    length_unit: str = "chars",
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`evaluate_margins` given each pair's length(chosen) − length(rejected) instead of the texts.
+
+    What a streamed annotation keeps of each pair (two numbers, not its texts) is enough for every metric.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    length_diff = np.asarray(length_diff, dtype=np.float64)
+    n = raw.size
+    if length_diff.shape != (n,):
+        raise ValueError(f"{n} margins but {length_diff.size} length differences")
     if not np.all(np.isfinite(raw)):
         bad = int(np.flatnonzero(~np.isfinite(raw))[0])
         raise ValueError(f"margin of pair {bad + 1} is not a finite number ({raw[bad]})")
-    length_diff = np.array([length(c) - length(r) for c, r in zip(chosen_texts, rejected_texts)], dtype=np.float64)
     severity_diff = None if severity is None else np.asarray(severity, dtype=np.float64)
     if severity_diff is not None and severity_diff.shape != (n,):
         raise ValueError(f"{n} margins but {severity_diff.size} severity differences")
@@ -199,19 +229,6 @@ def evaluate_margins(
         "interval": "percentile bootstrap over pairs (scipy.stats.bootstrap)",
     }
     return {"n": n, "counts": counts, "metrics": metrics, "settings": settings}
-
-
-def random_unit_directions(dim: int, n: int = DEFAULT_RANDOM_DIRECTIONS, seed: int = 0) -> np.ndarray:
-    """A (dim × n) float64 matrix of seeded Gaussian directions with unit columns.
-
-    >>> r = random_unit_directions(5, 3, seed=1)
-    >>> r.shape, bool(np.allclose(np.linalg.norm(r, axis=0), 1.0))
-    ((5, 3), True)
-    """
-    if dim < 1 or n < 1:
-        raise ValueError(f"need a positive dimension and number of directions, got {dim} and {n}")
-    matrix = np.random.default_rng(seed).standard_normal((dim, n))
-    return matrix / np.linalg.norm(matrix, axis=0, keepdims=True)
 
 
 def random_floor(
@@ -262,8 +279,33 @@ def random_floor(
     if len(chosen_texts) != raw.size or len(rejected_texts) != raw.size:
         raise ValueError(f"{raw.size} margins but {len(chosen_texts)} chosen and {len(rejected_texts)} rejected texts")
     length_diff = np.array([length(c) - length(r) for c, r in zip(chosen_texts, rejected_texts)], dtype=np.float64)
-    severity_diff = None if severity is None else np.asarray(severity, dtype=np.float64)
     margins = diffs @ random_unit_directions(diffs.shape[1], n_directions, seed)
+    floor = floor_from_random_margins(margins, raw, length_diff, severity, seed=seed, quantile=quantile)
+    floor["dim"] = int(diffs.shape[1])
+    return floor
+
+
+def floor_from_random_margins(
+    random_margins: np.ndarray,
+    raw: Sequence[float] | np.ndarray,
+    length_diff: np.ndarray,
+    severity: Sequence[float] | np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    quantile: float = FLOOR_QUANTILE,
+) -> dict[str, Any]:
+    """`random_floor` given the random directions' margins (n_pairs × n_directions) instead of the differences.
+
+    An annotation computes them in its one encoding pass (the differences times `random_unit_directions`),
+    so the floor needs neither a second pass nor the stored differences.
+    """
+    margins = np.asarray(random_margins, dtype=np.float64)
+    raw = np.asarray(raw, dtype=np.float64)
+    length_diff = np.asarray(length_diff, dtype=np.float64)
+    if margins.ndim != 2 or margins.shape[0] != raw.size or length_diff.shape != raw.shape:
+        raise ValueError(f"{raw.size} margins but random margins of shape {margins.shape}")
+    n_directions = margins.shape[1]
+    severity_diff = None if severity is None else np.asarray(severity, dtype=np.float64)
     names = [m for m in FLOOR_METRICS if m != "severity_spearman" or severity_diff is not None]
     real = margin_metrics(raw, length_diff, severity_diff)
     null = np.array(
@@ -287,10 +329,70 @@ def random_floor(
         "n_directions": n_directions,
         "seed": seed,
         "quantile": quantile,
-        "dim": int(diffs.shape[1]),
         "n": int(raw.size),
         "metrics": metrics,
         "method": "seeded Gaussian unit directions at the same layer and pooling, same pairs (margins = D @ R)",
+    }
+
+
+EVIDENCE_METRICS = ("share_positive", "agreement_length_balanced", "auc")
+
+
+def label_evidence(
+    raw: np.ndarray,
+    length_diff: np.ndarray,
+    random_margins: np.ndarray | None,
+    *,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    labels: str = "the data's",
+) -> dict[str, Any]:
+    """Agreement of margins with the data's labels (chosen = preferred) with 95% CIs, against the random floor.
+
+    What `legend annotate` reports when the layout carries labels (or when told they do), from the one
+    encoding pass: `random_margins` are the pairs' margins on the floor's random unit directions, and
+    `length_diff` each pair's length(chosen) − length(rejected) in characters.
+
+    Args:
+        raw: the margins.
+        length_diff: length differences (for the length-balanced agreement).
+        random_margins: [n_pairs, n_directions] margins of random unit directions (None: no floor).
+        n_bootstrap: resamples of the intervals.
+        seed: their seed.
+        labels: where the labels come from (shown with the numbers).
+
+    Returns:
+        {"labels", "n", "metrics": {name: {"value", "ci_low", "ci_high", "floor", "percentile", "above"}},
+        "random_directions"}.
+
+    >>> rng = np.random.default_rng(0)
+    >>> raw = rng.normal(0.5, 1.0, 400)
+    >>> evidence = label_evidence(raw, rng.normal(0, 50, 400), rng.normal(0, 1, (400, 50)), n_bootstrap=200)
+    >>> evidence["metrics"]["share_positive"]["above"]
+    True
+    """
+    evaluation = evaluate_margin_lengths(raw, length_diff, n_bootstrap=n_bootstrap, seed=seed)
+    floor = None if random_margins is None else floor_from_random_margins(random_margins, raw, length_diff, seed=seed)
+    metrics = {}
+    for name in EVIDENCE_METRICS:
+        metric = evaluation["metrics"][name]
+        floor_metric = (floor or {}).get("metrics", {}).get(name) or {}
+        value, limit = metric["value"], floor_metric.get("floor")
+        metrics[name] = {
+            "value": value,
+            "ci_low": metric["ci_low"],
+            "ci_high": metric["ci_high"],
+            "floor": limit,
+            "percentile": floor_metric.get("percentile"),
+            "above": None if value is None or limit is None else bool(value > limit),
+        }
+    return {
+        "labels": labels,
+        "n": evaluation["n"],
+        "metrics": metrics,
+        "random_directions": None if floor is None else floor["n_directions"],
+        "floor_quantile": FLOOR_QUANTILE,
+        "confidence": evaluation["settings"]["confidence"],
     }
 
 
@@ -389,7 +491,7 @@ def read_labelled_margins(
     `margin_<name>` column of a multi-direction annotation). With `keep_differences` and a
     direction, the same encoding pass also keeps the pairs' embedding differences (for
     `random_floor`); without a direction they are read from an embeddings file beside the data
-    (`differences_path`, written by `legend annotate --keep-embeddings`) when there is one.
+    (`legend.annotation.differences_path`, written by `legend annotate --keep-differences`) when there is one.
     """
     pairs = read_pairs(data, columns, split=split, limit=limit, source_name=source)
     dataset, source = pairs.table, pairs.source
@@ -409,8 +511,8 @@ def read_labelled_margins(
         annotated_now, margin_column = True, "margin_raw"
     raw = read_margin_column(dataset, margin_column, source=source, instead="pass --direction")
     if differences is None and keep_differences and not isinstance(data, datasets.Dataset):
-        stored = differences_path(data)
-        if stored.is_file():
+        stored = find_differences(data)
+        if stored is not None:
             differences = read_differences(stored, len(dataset), margin_column)
             differences_source = str(stored)
     return LabelledMargins(
@@ -424,43 +526,6 @@ def read_labelled_margins(
         differences=differences,
         differences_source=differences_source,
     )
-
-
-DIFFERENCES_SUFFIX = ".differences.safetensors"
-
-
-def differences_path(annotated: str | os.PathLike) -> Path:
-    """Where `legend annotate --keep-embeddings` keeps the embedding differences of `annotated`."""
-    path = Path(annotated)
-    return path.with_name(path.name + DIFFERENCES_SUFFIX)
-
-
-def write_differences(path: str | os.PathLike, differences: np.ndarray, margin_column: str = "margin_raw") -> None:
-    """Save (n_pairs × dim) embedding differences, row i = row i of the annotated file, atomically."""
-    from safetensors.numpy import save_file
-
-    from .io import atomic_path
-
-    with atomic_path(Path(path)) as tmp:
-        save_file(
-            {"differences": np.ascontiguousarray(differences, dtype=np.float32)},
-            str(tmp),
-            metadata={"margin_column": margin_column, "rows": str(len(differences))},
-        )
-
-
-def read_differences(path: str | os.PathLike, n_rows: int, margin_column: str = "margin_raw") -> np.ndarray:
-    """Embedding differences saved by `write_differences`, checked against the table they belong to."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "np") as handle:
-        stored_column = (handle.metadata() or {}).get("margin_column", "margin_raw")
-        differences = handle.get_tensor("differences")
-    if differences.ndim != 2 or differences.shape[0] != n_rows:
-        raise DataError(f"{path}: embedding differences for {differences.shape[0]} rows, but the data has {n_rows}")
-    if stored_column != margin_column:
-        raise DataError(f"{path}: embedding differences of {stored_column!r}, not of {margin_column!r}")
-    return differences
 
 
 def _margins_and_differences(

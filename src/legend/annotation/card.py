@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..io import atomic_path
+from ..models import model_source
 
 METADATA_FOLDER = ".legend"
 CARD_FILE = "README.md"
@@ -58,12 +59,21 @@ def card_entry(document: dict[str, Any]) -> dict[str, Any]:
         },
         "direction": {**direction, "path": document.get("direction_path")},
         "model_id": summary.get("model_id"),
+        "model_source": model_source(str(summary.get("model_id"))),
         "binning": {**document.get("binning", {}), "rule": document.get("binning_rule")},
         "legend_version": document.get("legend_version"),
     }
     for name, other in (document.get("other_binnings") or {}).items():
         entry["columns"][other["columns"][0]] = f"raw margin on direction {name!r}"
         entry["columns"][other["columns"][1]] = f"margin_raw_{name} binned with its own edges {other['edges']}"
+    evidence = document.get("summary", {}).get("evidence")
+    if evidence:
+        entry["evidence"] = {
+            "labels": evidence.get("labels"),
+            "n": evidence.get("n"),
+            "random_directions": evidence.get("random_directions"),
+            "metrics": evidence.get("metrics"),
+        }
     for key in ("evaluation", "audit"):
         if document.get(key):
             entry[key] = document[key]
@@ -86,7 +96,8 @@ def card_section(document: dict[str, Any]) -> str:
         f"[legend](https://arxiv.org/abs/2406.08124) {entry['legend_version']}. Columns added:",
         "",
         *[f"- `{column}`: {meaning}" for column, meaning in entry["columns"].items()],
-        f"- direction `{direction.get('name')}` from `{direction.get('path')}`: model `{direction.get('model_id')}` "
+        f"- direction `{direction.get('name')}` from `{direction.get('path')}`: model "
+        f"`{entry['model_source'].get('description', direction.get('model_id'))}` "
         f"(fingerprint `{direction.get('fingerprint')}`), layer {direction.get('layer')}, pooling "
         f"{direction.get('pooling')}, estimator {direction.get('estimator')}",
         f"- bin edges {_numbers(binning.get('edges'))} -> level values {_numbers(binning.get('values'))} "
@@ -97,6 +108,19 @@ def card_section(document: dict[str, Any]) -> str:
         lines.append(
             f"- margin_raw: share positive {margin['share_positive']:.3f}, median {margin['median']:.4g}, "
             f"p10 {margin['p10']:.4g}, p90 {margin['p90']:.4g}"
+        )
+    evidence = entry.get("evidence") or {}
+    if evidence.get("metrics"):
+        shown = ", ".join(
+            f"{name} {m['value']:.3f} [{_number(m['ci_low'])}, {_number(m['ci_high'])}] vs floor {_number(m['floor'])}"
+            + (" (above)" if m.get("above") else " (not above)")
+            for name, m in evidence["metrics"].items()
+            if m.get("value") is not None
+        )
+        lines.append(
+            f"- agreement with {evidence.get('labels')} labels (chosen = preferred; {evidence.get('n')} pairs, 95% "
+            f"bootstrap intervals; floor = 95th percentile of {evidence.get('random_directions')} random unit "
+            f"directions at the same layer and pooling): {shown}"
         )
     evaluation = entry.get("evaluation") or {}
     if evaluation.get("metrics"):

@@ -17,6 +17,7 @@ MARGIN_COLUMNS = ("margin_raw", "margin")
 # One direction (an object or its folder) or several, as `annotate` and the engines take them.
 DirectionArg = Direction | str | os.PathLike[str] | Sequence[Direction | str | os.PathLike[str]]
 BINNING_RULE = "raw <= 0 -> lowest level; positive raw margins split into levels-1 equal-count groups"
+EVIDENCE_MODES = ("auto", "labelled", "off")
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,20 @@ class AnnotateSettings:
     chunk_rows: int = DEFAULT_CHUNK_ROWS  # the file engines stream the input in chunks of this many rows
     encoding: EncodeConfig = field(default_factory=EncodeConfig)
     encoder: str = DEFAULT_ENCODER  # how hidden states are computed: a name in legend.encoding.ENCODERS
+    # Keep each pair's embedding difference (every direction's layer and pooling) in .legend/<out>.differences.*
+    keep_differences: bool = False
+    # Agreement with the labels against the random floor, from the same pass: "auto" where the layout says which
+    # answer was preferred (hh, pku), "labelled" (the data's chosen is the preferred answer), or "off".
+    evidence: str = "auto"
+    random_directions: int = 200  # the floor's random unit directions (seeded by `seed`)
+    seed: int = 0  # of the random directions and the bootstrap intervals
 
     def __post_init__(self) -> None:
         ENCODERS.check(self.encoder, "encoder")
+        if self.evidence not in EVIDENCE_MODES:
+            raise ValueError(f"evidence: expected one of {', '.join(EVIDENCE_MODES)}, got {self.evidence!r}")
+        if self.random_directions < 1:
+            raise ValueError("random_directions must be at least 1")
         levels, values = self.levels, self.level_values
         if self.binning is not None:  # given levels or values must say what the binning says (it wins otherwise)
             where = f" ({self.binning.source})" if self.binning.source else ""
@@ -66,6 +78,10 @@ class AnnotateSettings:
         """The number of levels as resolved at construction (`levels` is never None afterwards)."""
         assert self.levels is not None
         return self.levels
+
+    def wants_evidence(self, layout_labelled: bool) -> bool:
+        """Whether to measure agreement with the labels: asked for, or "auto" and the layout carries labels."""
+        return self.evidence == "labelled" or (self.evidence == "auto" and layout_labelled)
 
     def to_dict(self) -> dict[str, Any]:
         """What the sidecar records of these settings."""

@@ -287,18 +287,19 @@ def _fmt(value: Optional[float]) -> str:
 @user_errors
 @model_options(default=None)
 def annotate(
-    direction: Annotated[
-        list[str],
-        typer.Option(
-            help="Direction folder from `legend direction`, or a Hub repo id (user/name; read from the local HF "
-            "cache when offline); repeat to apply several in one pass (the first fills margin_raw/margin, the "
-            "others margin_raw_<name>/margin_<name>)."
-        ),
-    ],
     data: Annotated[
         str, typer.Option(help="Preference data: .jsonl/.json/.parquet/.csv, a saved `datasets` folder, or a Hub name.")
     ],
     out: OutFile,
+    direction: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Direction folder from `legend direction`, or a Hub repo id (user/name; read from the local HF "
+            "cache when offline); repeat to apply several in one pass (the first fills margin_raw/margin, the "
+            "others margin_raw_<name>/margin_<name>). Default: the model's recommended direction (docs/selection.md), "
+            "built once and kept in the legend cache."
+        ),
+    ] = None,
     split: Annotated[str, typer.Option(help="Split to read from a Hub dataset or DatasetDict folder.")] = "train",
     levels: Annotated[
         Optional[int], typer.Option(min=1, help="Number of margin levels (default 4, or --bins-from's).")
@@ -349,6 +350,26 @@ def annotate(
             "run with the same input and settings stopped, continue from them."
         ),
     ] = True,
+    keep_differences: Annotated[
+        bool,
+        typer.Option(
+            help="Keep each pair's embedding difference (every direction's layer and pooling) from the same pass, in "
+            ".legend/<file>.differences.safetensors: `legend evaluate`/`report` then score the random floor without "
+            "a model (4 x hidden bytes a pair and direction)."
+        ),
+    ] = False,
+    evidence: Annotated[
+        str,
+        typer.Option(
+            help="auto (where the layout says which answer was preferred: hh-rlhf, PKU-SafeRLHF) | labelled (the "
+            "data's chosen is the preferred answer) | off: print agreement with the labels, 95% CIs, against the "
+            "random-direction floor, from the same encoding pass."
+        ),
+    ] = "auto",
+    random_directions: Annotated[
+        int, typer.Option(min=1, help="Random unit directions of the floor (seeded by --seed).")
+    ] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the floor's random directions and the bootstrap intervals.")] = 0,
     quiet: Quiet = False,
     spec: Any = None,
 ) -> None:
@@ -386,10 +407,14 @@ def annotate(
         chunk_rows=chunk_rows,
         encoding=encoding,
         encoder=encoder,
+        keep_differences=keep_differences,
+        evidence=evidence,
+        random_directions=random_directions,
+        seed=seed,
     )
     result = annotate_file(
         data,
-        direction if len(direction) > 1 else direction[0],
+        None if not direction else direction if len(direction) > 1 else direction[0],
         out,
         lm,
         settings,
@@ -400,9 +425,36 @@ def annotate(
         resume=resume,
     )
     if summary_json:
-        typer.echo(json.dumps(result.summary, indent=2))
-    else:
-        print_margin_summary(result.summary, out)
+        typer.echo(json.dumps(result.summary, indent=2, default=str))
+        return
+    cache = result.summary.get("direction_cache")
+    if cache:
+        verb = "built the model's recommended direction and kept it" if cache["built"] else "used the cached direction"
+        console.print(f"{verb} in {cache['path']} (docs/selection.md; reused by the next run with this model)")
+    print_margin_summary(result.summary, out)
+    if result.summary.get("evidence"):
+        print_evidence(result.summary["evidence"])
+
+
+def print_evidence(evidence: dict[str, Any]) -> None:
+    """Agreement with the labels with 95% CIs, each against the random-direction floor (one line a metric)."""
+    names = {
+        "share_positive": "agreement (share margin > 0)",
+        "agreement_length_balanced": "length-balanced agreement",
+        "auc": "AUC of the margins",
+    }
+    console.print(
+        f"Do the margins agree with {evidence['labels']} labels (chosen = preferred)? {evidence['n']} pairs; "
+        f"floor = {evidence['floor_quantile']:.0%} of {evidence['random_directions']} random unit directions at the "
+        "same layer and pooling"
+    )
+    for key, label in names.items():
+        m = evidence["metrics"][key]
+        if m["value"] is None:
+            continue
+        ci = "" if m["ci_low"] is None else f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+        floor = "" if m["floor"] is None else f"; floor {m['floor']:.3f}: {'ABOVE' if m['above'] else 'not above'}"
+        console.print(f"  {label}: {m['value']:.3f}{ci}{floor}")
 
 
 def _check_against_bins(binning: Any, levels: Optional[int], values: Optional[tuple[float, ...]]) -> None:
@@ -467,7 +519,11 @@ def demo(
     print_margin_summary(report["annotate"], Path(report["outputs"]["annotated"]))
     print_side_by_side(report)
     console.print(
-        f"total {report['total_seconds']:.1f} s; outputs in {out_dir} (report: {report['outputs']['report']})"
+        f"total {report['total_seconds']:.1f} s ("
+        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in report["phases"].items())
+        + f"); the annotated dataset (loads with datasets.load_dataset) in {out_dir}, its card "
+        f"{report['outputs']['card']}; pairs, directions and the report ({report['outputs']['report']}) in "
+        f"{report['outputs']['artifacts']}"
     )
 
 

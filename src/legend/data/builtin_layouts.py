@@ -286,6 +286,7 @@ HH = PairLayout(
     detect=_hh_detect,
     view=_hh_view,
     priority=30,
+    labelled=True,
     expected=_ALONE,
 )
 IMPLICIT = PairLayout(
@@ -306,6 +307,7 @@ PKU = PairLayout(
     ),
     view=_pku_view,
     priority=50,
+    labelled=True,
     expected="'prompt', 'response_0', 'response_1', 'safer_response_id' (PKU-SafeRLHF)",
 )
 

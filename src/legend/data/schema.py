@@ -305,6 +305,9 @@ class PairLayout:
     """Detection order, lower first."""
     expected: str | None = None
     """How the "cannot recognise the preference layout" error names it; default: its columns and name."""
+    labelled: bool = False
+    """True when the layout itself says which answer people preferred (hh-rlhf's chosen, PKU-SafeRLHF's
+    `safer_response_id`): `legend annotate` then reports agreement with those labels against the random floor."""
 
     def expected_columns(self) -> str:
         """The phrase naming this layout's columns in the error for an unrecognised table.

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .._version import __version__
 from ..encoding import POOLINGS, EncodeConfig
 from ..errors import DirectionMismatch
-from ..io import atomic_folder
+from ..io import atomic_folder, write_safetensors
 from .card import direction_card, json_default, looks_like_repo_id
 
 CONFIG_FILE = "config.json"
@@ -124,10 +124,10 @@ class Direction:
         """Write the artifact folder atomically (a temp folder renamed into place)."""
         target = Path(path)
         with atomic_folder(target) as tmp:
-            save_file(
-                {"direction": self.vector.float().contiguous()},
-                str(tmp / VECTOR_FILE),
-                metadata={"name": self.name, "layer": str(self.layer), "pooling": self.pooling},
+            write_safetensors(  # reproducible bytes: the same direction always gives the same file
+                tmp / VECTOR_FILE,
+                {"direction": self.vector.detach().float().cpu().contiguous().numpy()},
+                {"name": self.name, "layer": str(self.layer), "pooling": self.pooling},
             )
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2, default=json_default) + "\n")
             (tmp / CARD_FILE).write_text(self.model_card(), encoding="utf-8")

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..models import model_source
+
 SEPARATION_CAVEAT = (
     "Held-out separation is measured on contrast pairs (the same kind of answers the direction was fitted "
     "on) and saturates easily; it is no evidence that the margins agree with preferences on real preference "
@@ -24,11 +26,16 @@ def direction_card(direction: Any) -> str:
         "library_name": "legend",
         "tags": ["legend", "representation-engineering", "safety", "preference-data"],
     }
-    if looks_like_repo_id(d.model_id) and not Path(d.model_id).exists():
+    source = model_source(d.model_id)
+    if "base_model" in source:  # the embedded model: its upstream Hub id, quantised
+        meta["base_model"] = source["base_model"]
+        meta["base_model_relation"] = "quantized"
+    elif looks_like_repo_id(d.model_id) and not Path(d.model_id).exists():
         meta["base_model"] = d.model_id
     meta["legend"] = {
         "name": d.name,
         "model_id": d.model_id,
+        "model_source": source,
         "fingerprint": d.fingerprint,
         "layer": d.layer,
         "num_layers": d.num_layers,
@@ -55,14 +62,23 @@ def direction_card(direction: Any) -> str:
         evaluation = json.dumps(d.extra["evaluation"], default=json_default)
     else:
         evaluation = "none recorded: run `legend evaluate` on labelled preference pairs before relying on it"
+    shown = source.get("base_model", d.model_id)
+    model_line = f"- model: `{d.model_id}`, weights fingerprint `{d.fingerprint}` (legend refuses other weights)"
+    if "description" in source:
+        model_line += f"; {source['description']}"
+    recipe = d.extra.get("recipe")
     lines = [
-        f"# `{d.name}`: a Legend safety direction for `{d.model_id}`",
+        f"# `{d.name}`: a Legend safety direction for `{shown}`",
         "",
         "A unit vector in one layer's hidden space pointing from harmful to harmless answers, built by "
         "[legend](https://arxiv.org/abs/2406.08124) (Legend, Feng et al., AAAI 2025). Projecting "
         "e(prompt+chosen) - e(prompt+rejected) on it gives a preference pair's safety margin.",
         "",
-        f"- model: `{d.model_id}`, weights fingerprint `{d.fingerprint}` (legend refuses other weights)",
+        model_line,
+        f"- recipe: {recipe}"
+        + (" (the recommended recipe, see legend's docs/selection.md)" if recipe == "legend" else "")
+        if recipe
+        else "- recipe: custom settings",
         f"- layer {d.layer} of {d.num_layers} (hidden size {d.hidden_size}), pooling `{d.pooling}`, "
         f"estimator `{d.estimator}`, template `{d.template}`, max length {d.max_length}",
         f"- contrast data: {d.n_pairs} pairs" + (f" from `{d.extra['pairs_file']}`" if "pairs_file" in d.extra else ""),

@@ -16,6 +16,8 @@ Pass 1 keeps each finished chunk's raw margins in a work folder next to the outp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -33,13 +35,16 @@ from ..annotation import (
     AnnotateSettings,
     Annotation,
     DirectionArg,
+    Finished,
     finish_annotation,
     load_directions,
+    margin_columns,
     metadata_paths,
     sidecar_path,
     write_card,
 )
-from ..data import DataError, InputScan, PairView, chunk_views, iter_chunks, scan_input
+from ..annotation.differences import differences_path, write_differences_streamed
+from ..data import LAYOUTS, DataError, InputScan, PairView, chunk_views, iter_chunks, scan_input
 from ..directions import Direction
 from ..encoding import Encoder, as_encoder, load_encoder
 from ..io import (
@@ -52,7 +57,9 @@ from ..io import (
     write_json,
 )
 from ..margins import MarginResult, compute_margins_multi
+from ..metrics import random_unit_directions
 from ..models import LoadedModel, ModelSpec
+from ..quality import label_evidence
 
 WORK_SUFFIX = ".legend-work"
 log = logging.getLogger("legend.engines")
@@ -61,8 +68,38 @@ log = logging.getLogger("legend.engines")
 def chunk_margins(
     encoder: Encoder, views: Sequence[PairView], directions: list[Direction], settings: AnnotateSettings
 ) -> list[MarginResult]:
-    """Raw margins of one chunk for every direction, from one encoding pass."""
-    return compute_margins_multi(encoder, views, directions, settings.encoding)
+    """Raw margins of one chunk for every direction, from one encoding pass.
+
+    With `settings.keep_differences` each result holds the pairs' embedding differences; with evidence
+    resolved to "labelled" (`resolve_evidence`), their margins on the floor's random directions and the
+    first result the pairs' length differences (characters of chosen − rejected), all from the same pass.
+    """
+    labelled = settings.evidence == "labelled"
+    random = random_directions(encoder.hidden_size, settings.random_directions, settings.seed) if labelled else None
+    results = compute_margins_multi(
+        encoder,
+        views,
+        directions,
+        settings.encoding,
+        keep_differences=settings.keep_differences,
+        random_directions=random,
+    )
+    if labelled:
+        results[0].extra["length_diff"] = np.array([len(v.chosen) - len(v.rejected) for v in views], dtype=np.float64)
+    return results
+
+
+@functools.lru_cache(maxsize=4)
+def random_directions(hidden: int, n: int, seed: int) -> np.ndarray:
+    """The floor's random unit directions (`legend.metrics.random_unit_directions`), made once per run."""
+    return random_unit_directions(hidden, n, seed)
+
+
+def resolve_evidence(settings: AnnotateSettings, layout: str) -> AnnotateSettings:
+    """`settings` with `evidence` decided for this input: "labelled" where asked, or "auto" and the layout carries
+    labels (`PairLayout.labelled`: hh, pku); else "off"."""
+    wanted = settings.wants_evidence(LAYOUTS[layout].labelled if layout in LAYOUTS else False)
+    return dataclasses.replace(settings, evidence="labelled" if wanted else "off")
 
 
 def check_finite(results: Sequence[MarginResult], directions: Sequence[Direction], source: str, first_row: int) -> None:
@@ -85,7 +122,7 @@ def check_finite(results: Sequence[MarginResult], directions: Sequence[Direction
 def metadata_files(out: str | os.PathLike) -> list[Path]:
     """The files written beside `out` with it (its metadata); an interrupted run's leftovers of each are removed."""
     final = sidecar_path(out)
-    return [final, final.with_name(f".{final.name}.pending"), metadata_paths(out).card]
+    return [final, final.with_name(f".{final.name}.pending"), metadata_paths(out).card, differences_path(out)]
 
 
 def output_files(out: str | os.PathLike) -> list[Path]:
@@ -176,6 +213,13 @@ def resume_key(
         "model": {"model_id": lm.model_id, "fingerprint": lm.fingerprint, "dtype": lm.dtype_name, "encoder": lm.name},
         "max_length": settings.encoding.max_length,
         "prefix_sharing": settings.encoding.prefix_sharing,
+        # What each stored chunk holds besides its margins (a chunk without them cannot be reused).
+        "kept": {
+            "differences": settings.keep_differences,
+            "evidence": settings.evidence,
+            "random_directions": settings.random_directions if settings.evidence == "labelled" else None,
+            "seed": settings.seed if settings.evidence == "labelled" else None,
+        },
         "directions": [
             {
                 "name": d.name,
@@ -220,7 +264,9 @@ class ChunkStore:
         return self.folder / f"chunk-{index:06d}.npz"
 
     def load(self, index: int, rows: int, n_directions: int) -> list[MarginResult] | None:
-        """The stored results of chunk `index`, or None when it was not finished (or does not fit)."""
+        """The stored results of chunk `index` (raw margins, counts, and the random margins and length
+        differences when kept; embedding differences stay on disk, see `differences`), or None when it was
+        not finished (or does not fit)."""
         path = self._chunk(index)
         if not path.exists():
             return None
@@ -228,18 +274,30 @@ class ChunkStore:
             with np.load(path) as stored:
                 counts = dict(zip(COUNTS, stored["counts"].tolist()))
                 raws = [stored[f"raw_{i}"] for i in range(n_directions)]
+                randoms = [stored.get(f"rand_{i}") for i in range(n_directions)]
+                length_diff = stored.get("length_diff")
         except (OSError, ValueError, KeyError):
             return None
         if counts.pop("rows") != rows or any(len(raw) != rows for raw in raws):
             return None
         forward = counts.pop("forward_tokens")
         self.reused += 1
-        return [
-            MarginResult(raw=raw, seconds=0.0, extra={"forward_tokens": None if forward < 0 else forward}, **counts)
-            for raw in raws
+        results = [
+            MarginResult(
+                raw=raw,
+                seconds=0.0,
+                extra={"forward_tokens": None if forward < 0 else forward},
+                random_margins=random,
+                **counts,
+            )
+            for raw, random in zip(raws, randoms)
         ]
+        if length_diff is not None:
+            results[0].extra["length_diff"] = length_diff
+        return results
 
     def save(self, index: int, results: list[MarginResult]) -> None:
+        """Store chunk `index`'s results (atomically); its embedding differences too, when kept."""
         if not self.folder.exists():
             self.folder.mkdir(parents=True)
             write_bytes_atomically(
@@ -259,7 +317,17 @@ class ChunkStore:
             dtype=np.int64,
         )
         arrays = {f"raw_{i}": r.raw for i, r in enumerate(results)}
+        arrays.update({f"rand_{i}": r.random_margins for i, r in enumerate(results) if r.random_margins is not None})
+        arrays.update({f"diff_{i}": r.differences for i, r in enumerate(results) if r.differences is not None})
+        if "length_diff" in first.extra:
+            arrays["length_diff"] = first.extra["length_diff"]
         write_bytes_atomically(self._chunk(index), lambda handle: np.savez(handle, counts=counts, **arrays))  # type: ignore[arg-type]
+
+    def differences(self, chunks: int, direction: int) -> Iterator[np.ndarray]:
+        """Direction `direction`'s embedding differences, chunk by chunk in row order (read from disk)."""
+        for index in range(chunks):
+            with np.load(self._chunk(index)) as stored:
+                yield stored[f"diff_{direction}"]
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -303,6 +371,8 @@ def margins_in_chunks(
                 store.save(index, results)
         else:
             check_finite(results, directions, source, rows)
+        for result in results:
+            result.differences = None  # on disk in the store: memory stays bounded by a chunk
         per_chunk.append(results)
         rows += len(chunk)
     first = [results[0] for results in per_chunk]
@@ -322,6 +392,10 @@ def margins_in_chunks(
         MarginResult(raw=np.concatenate([results[i].raw for results in per_chunk]), extra=dict(extra), **totals)
         for i in range(len(directions))
     ]
+    if settings.evidence == "labelled":
+        for i, margin in enumerate(margins):
+            margin.random_margins = np.concatenate([results[i].random_margins for results in per_chunk])
+        margins[0].extra["length_diff"] = np.concatenate([results[0].extra["length_diff"] for results in per_chunk])
     return margins, layout
 
 
@@ -380,12 +454,15 @@ def annotate_file_streamed(
     scan = scan_input(
         data, settings.columns, settings.chunk_rows, split=split, limit=limit, one_schema=suffix == ".parquet"
     )
+    settings = resolve_evidence(settings, scan.layout)
     with guarded_output(out, inputs):
         lm = load_encoder(settings.encoder, model, fallback=directions[0].model_id)
         for each in directions:
             each.check_compatible(lm)  # before any work folder appears
         store = None
-        if resume:
+        if resume or settings.keep_differences:  # kept differences wait in the store until they are written
+            if not resume:
+                shutil.rmtree(work_folder(out), ignore_errors=True)
             store = ChunkStore(work_folder(out), resume_key(data, directions, lm, settings, split=split, limit=limit))
         try:
             result = _annotate_in_two_passes(
@@ -428,6 +505,8 @@ def _annotate_in_two_passes(
             "chunks_computed": margins[0].extra["chunks"] - store.reused,
             "discarded_because": store.discarded,
         }
+    if settings.keep_differences:
+        extra["differences"] = str(differences_path(out))
     finished = finish_annotation(
         source=str(data),
         out=out,
@@ -440,7 +519,47 @@ def _annotate_in_two_passes(
         seconds=time.perf_counter() - start,
         extra=extra,
     )
+    if settings.evidence == "labelled":
+        finished.summary["evidence"] = label_evidence(
+            margins[0].raw,
+            margins[0].extra["length_diff"],
+            margins[0].random_margins,
+            seed=settings.seed,
+            labels=f"the {layout} layout's" if LAYOUTS[layout].labelled else "given (--evidence labelled)",
+        )
+    try:
+        _write_outputs(data, out, directions, lm, settings, split, limit, store, margins, finished)
+    except BaseException:
+        differences_path(out).unlink(missing_ok=True)
+        raise
+    return finished.annotation()
+
+
+def _write_outputs(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    directions: list[Direction],
+    lm: Encoder,
+    settings: AnnotateSettings,
+    split: str,
+    limit: int | None,
+    store: ChunkStore | None,
+    margins: list[MarginResult],
+    finished: Finished,
+) -> None:
+    """Pass 2: the kept differences, then every row with its margin columns, and the metadata with them."""
     n_rows = len(margins[0].raw)
+    if settings.keep_differences:
+        assert store is not None  # kept differences always go through the store
+        columns = [raw_name for raw_name, _ in margin_columns(directions)]
+        write_differences_streamed(
+            differences_path(out),
+            columns,
+            n_rows,
+            lm.hidden_size,
+            lambda k: store.differences(margins[0].extra["chunks"], k),
+            {"model_fingerprint": lm.fingerprint, "output": Path(out).name},
+        )
     with sidecar_with(out, finished.document), ChunkWriter(out) as writer:
         for chunk in iter_chunks(data, settings.chunk_rows, split=split, limit=limit, check_values=False):
             writer.write(finished.columns(chunk, slice(writer.rows, writer.rows + len(chunk))))
@@ -448,4 +567,3 @@ def _annotate_in_two_passes(
             raise DataError(
                 f"the input changed while it was annotated ({n_rows} rows, then {writer.rows})", source=str(data)
             )
-    return finished.annotation()

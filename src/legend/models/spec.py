@@ -20,7 +20,9 @@ class ModelSpec:
     `device_map` (an accelerate preset such as "auto", or an explicit module -> device map as JSON
     text) spreads a big model over GPUs, CPU memory and disk (`offload_folder`), within
     `max_memory` ("0=70GiB,cpu=200GiB"). `quantization` "8bit"/"4bit" loads the weights through
-    bitsandbytes (CUDA only). `blocks_path`/`norm_path` name the decoder blocks and the final norm
+    bitsandbytes (CUDA only); "int8" quantises the Linear layers dynamically on the CPU (after the
+    fingerprint is taken, so a direction built in float32 still matches).
+    `blocks_path`/`norm_path` name the decoder blocks and the final norm
     of an architecture the engine does not find by itself.
 
     >>> ModelSpec("org/name", dtype="bf16").load_options()["dtype"]

@@ -28,6 +28,7 @@ fix that dimension; the sweep covers the rest.
 from __future__ import annotations
 
 from .band import BAND_MIN_DEPTH, BAND_RULE, BAND_WIDTH, band_choice, band_scores
+from .cache import CachedDirection, cached_recipe_direction, recipe_cache_key
 from .files import build_direction_from_file
 from .preferences import preference_agreement, preference_embeddings, select_on_preferences
 from .recipes import DEFAULT_RECIPE, PAPER_RECIPE, RECIPES, build_direction, recipe_direction, recipe_settings
@@ -56,6 +57,7 @@ __all__ = [
     "SATURATED_ACCURACY",
     "SATURATED_AUC",
     "SELECTION_RULE",
+    "CachedDirection",
     "Candidate",
     "SweepResult",
     "SweepRow",
@@ -65,9 +67,11 @@ __all__ = [
     "best_row",
     "build_direction",
     "build_direction_from_file",
+    "cached_recipe_direction",
     "candidate_layers",
     "preference_agreement",
     "preference_embeddings",
+    "recipe_cache_key",
     "recipe_direction",
     "recipe_settings",
     "saturation_warning",
