@@ -456,3 +456,15 @@ def test_direction_push_to_hub_uploads_the_folder(workspace, tmp_path, monkeypat
     }
     api.create_repo.assert_called_once()
     assert (tmp_path / "dir" / "README.md").is_file()  # the local folder has its card too
+
+
+def test_the_cli_keeps_freed_memory_for_reuse_unless_told_not_to(monkeypatch):
+    """glibc's mallopt is set at start-up (fewer page faults per forward); LEGEND_MALLOC_TUNING=0 turns it off."""
+    import sys
+
+    from legend.cli import keep_freed_memory
+
+    monkeypatch.setenv("LEGEND_MALLOC_TUNING", "0")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("LEGEND_MALLOC_TUNING")
+    assert keep_freed_memory() is sys.platform.startswith("linux")

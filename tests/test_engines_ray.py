@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -42,7 +43,8 @@ def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path):
         chunk_rows=7, encoding=EncodeConfig(max_length=40)
     )  # some texts are truncated: a count to carry back
     local = annotate_file(data, tmp_path / "direction", tmp_path / "local.jsonl", tiny_lm, settings)
-    annotate_file(data, both, tmp_path / "local_both.jsonl", tiny_lm, settings)
+    kept = dataclasses.replace(settings, keep_differences=True, random_directions=30)
+    local_both = annotate_file(data, both, tmp_path / "local_both.jsonl", tiny_lm, kept)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         result = annotate_file(
@@ -51,7 +53,7 @@ def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path):
         annotate_file(
             data, tmp_path / "direction", tmp_path / "shards", spec, settings, engine="ray", num_workers=2, limit=12
         )
-        annotate_file(data, both, tmp_path / "ray_both.jsonl", spec, settings, engine="ray", num_workers=2)
+        ray_both = annotate_file(data, both, tmp_path / "ray_both.jsonl", spec, kept, engine="ray", num_workers=2)
     finally:
         ray.shutdown()
     expected, got = _read_jsonl(tmp_path / "local.jsonl"), _read_jsonl(tmp_path / "ray.jsonl")
@@ -89,3 +91,17 @@ def test_ray_engine_equals_the_local_engine_row_for_row(tmp_path):
         sidecars[0]["other_binnings"]["helpful"]["edges"], abs=1e-5
     )
     assert {k: sidecars[1]["summary"][k] for k in counts} == {k: sidecars[0]["summary"][k] for k in counts}
+    # Kept differences and the evidence of the same pass: the Ray engine's equal the local engine's.
+    from legend.annotation.differences import differences_path, read_differences
+
+    for column in ("margin_raw", "margin_raw_helpful"):
+        np.testing.assert_allclose(
+            read_differences(differences_path(tmp_path / "ray_both.jsonl"), 30, column),
+            read_differences(differences_path(tmp_path / "local_both.jsonl"), 30, column),
+            atol=1e-5,
+        )
+    for name, metric in local_both.summary["evidence"]["metrics"].items():
+        got_metric = ray_both.summary["evidence"]["metrics"][name]
+        for key in ("value", "floor"):
+            if metric[key] is not None:
+                assert got_metric[key] == pytest.approx(metric[key], abs=1e-6), (name, key)
