@@ -12,27 +12,14 @@ from rich.table import Table
 from legend.cli.app import app, spare_inputs, user_errors
 from legend.cli.options import (
     BatchSize,
-    ChosenColumn,
     Device,
     Dtype,
     Limit,
-    PromptColumn,
     Quiet,
-    RejectedColumn,
     TrustRemoteCode,
-    column_names,
     field_help,
 )
-from legend.cli.rewards import (
-    OPTION_NAMES,
-    TRAINING,
-    ExtraArg,
-    GradAccum,
-    Lora,
-    LoraR,
-    MarginColumn,
-    extra_arguments,
-)
+from legend.cli.rewards import OPTION_NAMES, TRAINING, ExtraArg, extra_arguments, training_options
 from legend.rewards.fields import DPOFields, MarginFields
 
 console = Console(stderr=False)
@@ -206,8 +193,46 @@ def best_of_n(
     )
 
 
+DPO_OPTIONS = {
+    "model": (
+        Annotated[
+            str,
+            typer.Option("--model", "-m", help=field_help(MarginFields, "model") + " The reference is a frozen copy."),
+        ],
+        "default",
+    ),
+    "alpha": (
+        Annotated[float, typer.Option(help="Offset scale: loss = -log σ(β·(Δπ − Δref) − α·f(margin)). 0 = plain DPO.")],
+        1.0,
+    ),
+    "learning_rate": (Annotated[float, typer.Option(help="Learning rate.")], 5e-6),
+    "epochs": (Annotated[float, typer.Option(help="Training epochs (ignored when --max-steps is set).")], 1.0),
+    "batch_size": (Annotated[int, typer.Option(min=1, help="Pairs per device per step.")], 4),
+    "max_length": (
+        Annotated[int, typer.Option(min=2, help="Longest prompt + answer in tokens (TRL truncates the end).")],
+        512,
+    ),
+    "seed": (Annotated[int, typer.Option(help="Seed of the data order and the held-out split.")], 0),
+}
+
+
 @app.command(context_settings=TRAINING)
 @user_errors
+@training_options(
+    "model",
+    "alpha",
+    "margin_column",
+    "learning_rate",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "max_length",
+    "lora",
+    "lora_r",
+    "seed",
+    "trust_remote_code",
+    **DPO_OPTIONS,
+)
 def dpo(
     ctx: typer.Context,
     data: Annotated[
@@ -217,67 +242,29 @@ def dpo(
         Path,
         typer.Option("--out", "-o", help="Output folder for the trained policy (or LoRA adapter) and legend_dpo.json."),
     ],
-    model: Annotated[
-        str,
-        typer.Option("--model", "-m", help=field_help(MarginFields, "model") + " The reference is a frozen copy."),
-    ] = "default",
-    alpha: Annotated[
-        float, typer.Option(help="Offset scale: loss = -log σ(β·(Δπ − Δref) − α·f(margin)). 0 = plain DPO.")
-    ] = 1.0,
-    margin_column: MarginColumn = "margin",
     offset_transform: Annotated[str, typer.Option(help=field_help(DPOFields, "offset_transform"))] = "identity",
     beta: Annotated[float, typer.Option(help="DPO β.")] = 0.1,
-    learning_rate: Annotated[float, typer.Option(help="Learning rate.")] = 5e-6,
-    epochs: Annotated[float, typer.Option(help="Training epochs (ignored when --max-steps is set).")] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (-1: use --epochs).")] = -1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per device per step.")] = 4,
-    grad_accum: GradAccum = 1,
-    max_length: Annotated[
-        int, typer.Option(min=2, help="Longest prompt + answer in tokens (TRL truncates the end).")
-    ] = 512,
-    lora: Lora = False,
-    lora_r: LoraR = 16,
     eval_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help=field_help(DPOFields, "eval_fraction"))] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the data order and the held-out split.")] = 0,
-    arg: ExtraArg = None,
-    prompt_column: PromptColumn = None,
-    chosen_column: ChosenColumn = None,
-    rejected_column: RejectedColumn = None,
     limit: Limit = None,
-    trust_remote_code: TrustRemoteCode = False,
-    quiet: Quiet = False,
+    arg: ExtraArg = None,
+    training: Any = None,
 ) -> None:
     """Margin-aware DPO (ODPO offset from Legend margins) on TRL's DPOTrainer; other TRL/transformers
     arguments pass through, e.g. `--warmup_steps 0.1 --bf16 false --gradient_checkpointing false`."""
-    spare_inputs([data, model], folders=(out,))
+    spare_inputs([data, training["model"]], folders=(out,))
     from legend.align.dpo import dpo_config, train_dpo
 
-    prompt, chosen, rejected = column_names(prompt_column, chosen_column, rejected_column)
     config = dpo_config(
         out,
         extra_arguments(ctx, arg),
         option_names=OPTION_NAMES,
         defaults={"report_to": "none", "logging_steps": 1, "eval_strategy": "epoch" if eval_fraction else "no"},
-        model=model,
-        alpha=alpha,
-        margin_column=margin_column,
+        **{**training, "disable_tqdm": True if training["disable_tqdm"] else None},
         offset_transform=offset_transform,
         beta=beta,
-        learning_rate=learning_rate,
-        num_train_epochs=epochs,
         max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        max_length=max_length,
-        lora=lora,
-        lora_r=lora_r,
         eval_fraction=eval_fraction,
-        seed=seed,
-        prompt_column=prompt,
-        chosen_column=chosen,
-        rejected_column=rejected,
-        trust_remote_code=trust_remote_code,
-        disable_tqdm=True if quiet else None,
     )
     summary = train_dpo(data, config, limit=limit)  # reads and checks the pairs before loading weights
     losses = [entry["loss"] for entry in summary["log_history"] if "loss" in entry]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,6 +32,7 @@ from legend.cli.options import (
 from legend.rewards.fields import MarginFields, RewardFields
 
 console = Console(stderr=False)
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Options shared by every command that trains reward models (and by `legend dpo`), declared once; the
 # help of legend's own fields is their documentation in legend.rewards.fields.
@@ -59,6 +63,71 @@ ExtraArg = Annotated[
 ]
 Template = Annotated[str, typer.Option(help=field_help(RewardFields, "template"))]
 
+# Every option a training command may take, declared once: (parameter, annotation, default, config field).
+# `training_options` gives a command the ones it names and passes their values as one mapping, keyed by the
+# config field they set (the columns as prompt_column/chosen_column/rejected_column, --quiet as disable_tqdm).
+TRAINING_OPTIONS: dict[str, tuple[Any, Any, str]] = {
+    "model": (RmModel, "default", "model"),
+    "margin_column": (MarginColumn, "margin", "margin_column"),
+    "alpha": (Alpha, 1.0, "alpha"),
+    "max_length": (RmMaxLength, 512, "max_length"),
+    "epochs": (Epochs, 1.0, "num_train_epochs"),
+    "learning_rate": (LearningRate, None, "learning_rate"),
+    "batch_size": (RmBatchSize, 8, "per_device_train_batch_size"),
+    "grad_accum": (GradAccum, 1, "gradient_accumulation_steps"),
+    "bf16": (Bf16, False, "bf16"),
+    "lora": (Lora, False, "lora"),
+    "lora_r": (LoraR, 16, "lora_r"),
+    "train_layers": (TrainLayers, None, "train_layers"),
+    "seed": (Seed, 0, "seed"),
+    "template": (Template, "auto", "template"),
+    "trust_remote_code": (TrustRemoteCode, False, "trust_remote_code"),
+}
+COLUMN_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("prompt_column", PromptColumn),
+    ("chosen_column", ChosenColumn),
+    ("rejected_column", RejectedColumn),
+    ("columns", LegacyColumns),
+)
+
+
+def training_options(*names: str, **overrides: Any) -> Callable[[F], F]:
+    """Give a training command the options `names` of `TRAINING_OPTIONS` (plus --arg, the column options and
+    --quiet), passed to it as `training: dict` keyed by config field; `overrides` maps a name to a default or to an
+    (annotation, default) pair where the command's option differs. The command also receives `arg` (the extra
+    TRL arguments) unchanged."""
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.name != "training"]
+        added = []
+        for name in names:
+            annotation, default, _ = TRAINING_OPTIONS[name]
+            if name in overrides:
+                given = overrides[name]
+                annotation, default = given if isinstance(given, tuple) else (annotation, given)
+            added.append(
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+            )
+        added += [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a) for n, a in COLUMN_OPTIONS
+        ]
+        added.append(inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet))
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            training = {TRAINING_OPTIONS[name][2]: kwargs.pop(name) for name in names}
+            columns = column_names(*(kwargs.pop(n) for n, _ in COLUMN_OPTIONS))
+            training.update(zip(("prompt_column", "chosen_column", "rejected_column"), columns))
+            training["disable_tqdm"] = kwargs.pop("quiet")
+            return func(*args, training=training, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=kept + added)  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 # The config field each training option (reward commands and dpo) sets under another name, for the message
 # when an extra argument sets it again (the others are --field-name).
 OPTION_NAMES = {
@@ -77,21 +146,12 @@ def extra_arguments(ctx: typer.Context, arg: Optional[list[str]]) -> list[str]:
     return [*ctx.args, *pairs_to_args(arg or [])]
 
 
-def _reward_config(ctx: typer.Context, arg: Optional[list[str]], columns: tuple, quiet: bool, **options: Any):
-    """The LegendRewardConfig of a reward command: its own options plus the pass-through TRL arguments."""
+def _reward_config(ctx: typer.Context, arg: Optional[list[str]], training: dict[str, Any], **options: Any):
+    """The LegendRewardConfig of a reward command: its options (`training_options`) plus the pass-through TRL
+    arguments."""
     from legend.rewards import reward_config
 
-    prompt, chosen, rejected = columns
-    return reward_config(
-        None,
-        extra_arguments(ctx, arg),
-        option_names=OPTION_NAMES,
-        prompt_column=prompt,
-        chosen_column=chosen,
-        rejected_column=rejected,
-        disable_tqdm=quiet,
-        **options,
-    )
+    return reward_config(None, extra_arguments(ctx, arg), option_names=OPTION_NAMES, **{**training, **options})
 
 
 def _read_limited(data: str, limit: Optional[int], columns: Any):
@@ -111,6 +171,7 @@ def _ci(values: list[float]) -> str:
 
 @app.command("train-rm", context_settings=TRAINING)
 @user_errors
+@training_options(*TRAINING_OPTIONS)
 def train_rm(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated preference data (output of `legend annotate`), any layout.")],
@@ -119,58 +180,18 @@ def train_rm(
     eval_steps: Annotated[
         Optional[int], typer.Option(min=1, help="Evaluate every N steps (default: each epoch).")
     ] = None,
-    model: RmModel = "default",
-    margin_column: MarginColumn = "margin",
-    alpha: Alpha = 1.0,
-    max_length: RmMaxLength = 512,
-    epochs: Epochs = 1.0,
-    learning_rate: LearningRate = None,
-    batch_size: RmBatchSize = 8,
-    grad_accum: GradAccum = 1,
-    bf16: Bf16 = False,
-    lora: Lora = False,
-    lora_r: LoraR = 16,
-    train_layers: TrainLayers = None,
-    seed: Seed = 0,
-    arg: ExtraArg = None,
-    template: Template = "auto",
-    prompt_column: PromptColumn = None,
-    chosen_column: ChosenColumn = None,
-    rejected_column: RejectedColumn = None,
-    columns: LegacyColumns = None,
     limit: Limit = None,
-    trust_remote_code: TrustRemoteCode = False,
-    quiet: Quiet = False,
+    arg: ExtraArg = None,
+    training: Any = None,
 ) -> None:
     """Train a reward model with TRL's RewardTrainer; the loss offset is α × the margin column.
 
     Other RewardConfig / TrainingArguments fields pass through (`--warmup_steps 0.1` or `--arg warmup_steps=0.1`).
     """
-    spare_inputs([data, eval_data, model], folders=(out,))
+    spare_inputs([data, eval_data, training["model"]], folders=(out,))
     from legend.rewards import train_reward_model
 
-    config = _reward_config(
-        ctx,
-        arg,
-        column_names(prompt_column, chosen_column, rejected_column, columns),
-        quiet,
-        model=model,
-        margin_column=margin_column,
-        alpha=alpha,
-        max_length=max_length,
-        template=template,
-        num_train_epochs=epochs,
-        learning_rate=learning_rate,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        eval_steps=eval_steps,
-        bf16=bf16,
-        lora=lora,
-        lora_r=lora_r,
-        train_layers=train_layers,
-        seed=seed,
-        trust_remote_code=trust_remote_code,
-    )
+    config = _reward_config(ctx, arg, training, eval_steps=eval_steps)
     prefs = _read_limited(data, limit, config.columns)
     trained = train_reward_model(prefs, config, eval_data=eval_data, out=out)
     report = trained.report
@@ -248,6 +269,21 @@ def eval_rm(
 
 @app.command("ensemble-margins", context_settings=TRAINING)
 @user_errors
+@training_options(
+    "model",
+    "max_length",
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "grad_accum",
+    "bf16",
+    "lora",
+    "lora_r",
+    "train_layers",
+    "seed",
+    "template",
+    "trust_remote_code",
+)
 def ensemble_margins_command(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Preference data (any layout).")],
@@ -260,53 +296,21 @@ def ensemble_margins_command(
         str, typer.Option(help="Binned column name; the raw gap goes to <column>_raw.")
     ] = "margin_ensemble",
     levels: Annotated[int, typer.Option(min=1)] = 4,
-    model: RmModel = "default",
-    max_length: RmMaxLength = 512,
-    epochs: Epochs = 1.0,
-    learning_rate: LearningRate = None,
-    batch_size: RmBatchSize = 8,
-    grad_accum: GradAccum = 1,
-    bf16: Bf16 = False,
-    lora: Lora = False,
-    lora_r: LoraR = 16,
-    train_layers: TrainLayers = None,
-    seed: Seed = 0,
-    arg: ExtraArg = None,
-    template: Template = "auto",
-    prompt_column: PromptColumn = None,
-    chosen_column: ChosenColumn = None,
-    rejected_column: RejectedColumn = None,
-    columns: LegacyColumns = None,
     limit: Limit = None,
-    trust_remote_code: TrustRemoteCode = False,
-    quiet: Quiet = False,
+    arg: ExtraArg = None,
+    training: Any = None,
 ) -> None:
     """The RewardEnsemble@K baseline: margins from K-fold reward models; cost written to <out>.ensemble.json."""
-    spare_inputs([data, model], tables=(out,))
+    spare_inputs([data, training["model"]], tables=(out,))
     from legend.rewards import EnsembleSettings, ensemble_file
 
-    reward = _reward_config(
-        ctx,
-        arg,
-        column_names(prompt_column, chosen_column, rejected_column, columns),
-        quiet,
-        model=model,
-        margin_column="none",
-        max_length=max_length,
-        template=template,
-        num_train_epochs=epochs,
-        learning_rate=learning_rate,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        bf16=bf16,
-        lora=lora,
-        lora_r=lora_r,
-        train_layers=train_layers,
-        seed=seed,
-        trust_remote_code=trust_remote_code,
-    )
+    reward = _reward_config(ctx, arg, training, margin_column="none")
     result = ensemble_file(
-        data, out, reward, EnsembleSettings(k=k, scoring=scoring, column=column, levels=levels, seed=seed), limit=limit
+        data,
+        out,
+        reward,
+        EnsembleSettings(k=k, scoring=scoring, column=column, levels=levels, seed=training["seed"]),
+        limit=limit,
     )
     report = result.report
     console.print(
@@ -320,6 +324,22 @@ def ensemble_margins_command(
 
 @app.command("compare-rm", context_settings=TRAINING)
 @user_errors
+@training_options(
+    "model",
+    "alpha",
+    "max_length",
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "grad_accum",
+    "bf16",
+    "lora",
+    "lora_r",
+    "train_layers",
+    "seed",
+    "template",
+    "trust_remote_code",
+)
 def compare_rm(
     ctx: typer.Context,
     data: Annotated[
@@ -344,61 +364,23 @@ def compare_rm(
         ),
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", "--json", help="JSON report.")] = None,
-    model: RmModel = "default",
-    alpha: Alpha = 1.0,
-    max_length: RmMaxLength = 512,
-    epochs: Epochs = 1.0,
-    learning_rate: LearningRate = None,
-    batch_size: RmBatchSize = 8,
-    grad_accum: GradAccum = 1,
-    bf16: Bf16 = False,
-    lora: Lora = False,
-    lora_r: LoraR = 16,
-    train_layers: TrainLayers = None,
-    seed: Seed = 0,
-    arg: ExtraArg = None,
-    template: Template = "auto",
-    prompt_column: PromptColumn = None,
-    chosen_column: ChosenColumn = None,
-    rejected_column: RejectedColumn = None,
-    columns: LegacyColumns = None,
     limit: Limit = None,
     bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap resamples for the 95% CIs.")] = 2000,
-    trust_remote_code: TrustRemoteCode = False,
-    quiet: Quiet = False,
+    arg: ExtraArg = None,
+    training: Any = None,
 ) -> None:
     """The paper's experiment: same backbone/seed/data without margins, with Legend margins (and ensemble ones)."""
-    spare_inputs([data, test, legend_sidecar, model], files=(out,))
+    spare_inputs([data, test, legend_sidecar, training["model"]], files=(out,))
     from legend.io import write_json
     from legend.rewards import CompareSettings, compare_reward_models
 
-    reward = _reward_config(
-        ctx,
-        arg,
-        column_names(prompt_column, chosen_column, rejected_column, columns),
-        True,
-        model=model,
-        margin_column="none",
-        alpha=alpha,
-        max_length=max_length,
-        template=template,
-        num_train_epochs=epochs,
-        learning_rate=learning_rate,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        bf16=bf16,
-        lora=lora,
-        lora_r=lora_r,
-        train_layers=train_layers,
-        seed=seed,
-        trust_remote_code=trust_remote_code,
-    )
+    reward = _reward_config(ctx, arg, {**training, "disable_tqdm": True}, margin_column="none")
     report = compare_reward_models(
         _read_limited(data, limit, reward.columns),
         reward,
         CompareSettings(
             test_fraction=test_fraction,
-            split_seed=seed,
+            split_seed=training["seed"],
             legend_column=legend_column,
             ensemble_column=ensemble_column,
             ensemble_k=ensemble_k,
