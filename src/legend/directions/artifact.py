@@ -14,13 +14,13 @@ import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
 from .._version import __version__
-from ..encoding import POOLINGS, EncodeConfig
+from ..encoding import POOLINGS, EncodeConfig, ModelIdentity
 from ..errors import DirectionMismatch
 from ..io import atomic_folder, write_safetensors
 from .card import direction_card, json_default, looks_like_repo_id
@@ -30,22 +30,6 @@ VECTOR_FILE = "direction.safetensors"
 CARD_FILE = "README.md"
 HUB_FILES = (CONFIG_FILE, VECTOR_FILE, CARD_FILE)  # what `from_pretrained` fetches of a Hub repo
 FORMAT_VERSION = 1
-
-
-class ModelIdentity(Protocol):
-    """What a direction checks of the model it is used with (a LoadedModel and every Encoder have it)."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def fingerprint(self) -> str: ...
-
-    @property
-    def hidden_size(self) -> int: ...
-
-    @property
-    def num_layers(self) -> int: ...
 
 
 @dataclass

@@ -36,19 +36,9 @@ class EncoderCapabilities:
     thread_safe: bool = False  # several threads may call `encode` on one instance
 
 
-@runtime_checkable
-class Encoder(Protocol):
-    """Turns texts into pooled hidden states of one model.
-
-    `encode(items, config)` takes (prompt messages, answer) items and an `EncodeConfig` (layers as
-    `output_hidden_states` numbers them, negative from the end; poolings from `POOLINGS`; template;
-    max length and batching) and returns an `Encoded` whose `vectors[(layer, pooling)]` is a float32
-    tensor [len(items), hidden_size] in item order, with layers keyed as the config names them. The
-    identity fields let a direction refuse a model it was not made for.
-    """
-
-    name: ClassVar[str]
-    capabilities: ClassVar[EncoderCapabilities]
+class ModelIdentity(Protocol):
+    """What identifies a model's hidden states: a direction checks these against the model it meets
+    (a LoadedModel and every Encoder have them)."""
 
     @property
     def model_id(self) -> str: ...
@@ -61,6 +51,21 @@ class Encoder(Protocol):
 
     @property
     def num_layers(self) -> int: ...
+
+
+@runtime_checkable
+class Encoder(ModelIdentity, Protocol):
+    """Turns texts into pooled hidden states of one model.
+
+    `encode(items, config)` takes (prompt messages, answer) items and an `EncodeConfig` (layers as
+    `output_hidden_states` numbers them, negative from the end; poolings from `POOLINGS`; template;
+    max length and batching) and returns an `Encoded` whose `vectors[(layer, pooling)]` is a float32
+    tensor [len(items), hidden_size] in item order, with layers keyed as the config names them. The
+    identity fields let a direction refuse a model it was not made for.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[EncoderCapabilities]
 
     @property
     def dtype_name(self) -> str: ...
