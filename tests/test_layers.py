@@ -57,6 +57,12 @@ SUBMODULES: dict[str, tuple[str, ...]] = {
         "margin_column",
     ),
     "legend.models": ("placement", "embedded", "fingerprint", "loader", "loaded", "spec"),
+    "legend.encoding": ("pooling", "config", "templates", "batching", "capture", "sharing", "encoder", "generation"),
+    "legend.directions": ("estimators", "card", "artifact", "build"),
+    "legend.annotation": ("card", "settings", "metadata", "differences", "finish", "memory"),
+    "legend.selection": ("sweeps", "band", "preferences", "select", "recipes", "files", "cache"),
+    "legend.engines": ("local", "ray_engine"),
+    "legend.report": ("figures", "page", "build"),
 }
 
 

@@ -129,7 +129,9 @@ def test_report_is_valid_html_with_real_pngs_embedded_and_on_disk(tmp_path):
         check_png(base64.b64decode(source.split(",", 1)[1]))
     embedded = {base64.b64decode(s.split(",", 1)[1]) for s in checker.images}
     assert {p.read_bytes() for p in result.images.values()} == embedded
-    assert all(p.parent == result.html_path.parent for p in result.images.values())
+    assert all(
+        p.parent == result.html_path.parent / f".{result.html_path.name}.figures" for p in result.images.values()
+    )
     # Texts are escaped: the hostile string is shown as text, never as markup.
     assert "<script>" not in page and "&lt;script&gt;" in page
     text = "".join(checker.text)
