@@ -163,10 +163,9 @@ def test_other_values_a_reader_would_change_are_refused(tmp_path, value, shown):
         assert json.dumps(table.to_list()) == json.dumps(rows)
 
 
-@pytest.mark.parametrize(
-    "cell, shown", [("007", '"007" would be read as 7 (int)'), ("NA", '"NA" would be read as null')]
-)
+@pytest.mark.parametrize("cell, shown", [("007", '"007" would be read as 7 (int)'), ("+5", '"+5" would be read as 5')])
 def test_a_csv_cell_that_type_inference_would_change_is_refused(workspace, tmp_path, cell, shown):
+    """("NA", "null" and "None" are texts now: only an empty cell is missing; tests/test_bad_input_rows.py.)"""
     data = tmp_path / "in.csv"
     data.write_text(f"prompt,chosen,rejected,code\nq1,a b,a c,12\nq2,a b,a d,{cell}\n")
     for chunk_rows in (1, 100):
