@@ -26,7 +26,7 @@ from .embedded import (
     embedded_model_dir,
     resolve_model_path,
 )
-from .fingerprint import fingerprint
+from .fingerprint import fingerprint, tokenizer_fingerprint
 from .loaded import LoadedModel, input_device, load_model, wrap_model
 from .loader import HEADS, ensure_pad_token, load_pretrained, load_tokenizer
 from .placement import (
@@ -72,5 +72,6 @@ __all__ = [
     "parse_max_memory",
     "placement_options",
     "resolve_model_path",
+    "tokenizer_fingerprint",
     "wrap_model",
 ]
