@@ -453,11 +453,28 @@ def read_differences(path: str | os.PathLike, n_rows: int, margin_column: str = 
     """Embedding differences saved by `write_differences`, checked against the table they belong to."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "np") as handle:
-        stored_column = (handle.metadata() or {}).get("margin_column", "margin_raw")
-        differences = handle.get_tensor("differences")
+    try:
+        with safe_open(str(path), "np") as handle:
+            stored_column = (handle.metadata() or {}).get("margin_column", "margin_raw")
+            names = list(handle.keys())
+            if "differences" not in names:
+                found = ", ".join(names) or "none"
+                raise DataError(f"{path}: no tensor named 'differences' (found: {found}): not legend's embedding file")
+            differences = handle.get_tensor("differences")
+    except DataError:
+        raise
+    except Exception as err:  # safetensors' own error type for a damaged or truncated file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(
+            f"{path}: not a readable safetensors file ({first}): the embedding differences are damaged; delete the "
+            "file (it is only needed for the random floor) or annotate again"
+        ) from None
+    if not np.issubdtype(differences.dtype, np.floating) or not np.isfinite(differences).all():
+        raise DataError(f"{path}: the embedding differences must be finite floating-point numbers")
     if differences.ndim != 2 or differences.shape[0] != n_rows:
-        raise DataError(f"{path}: embedding differences for {differences.shape[0]} rows, but the data has {n_rows}")
+        raise DataError(
+            f"{path}: embedding differences of shape {tuple(differences.shape)}, but the data has {n_rows} rows"
+        )
     if stored_column != margin_column:
         raise DataError(f"{path}: embedding differences of {stored_column!r}, not of {margin_column!r}")
     return differences

@@ -372,6 +372,10 @@ def audit(
 
     if out is None and simulate_flips is None:
         raise ValueError("nothing to do: give --out (audited file) and/or --simulate-flips (measure the audit)")
+    if out is not None:
+        from legend.annotation import check_card
+
+        check_card(out)  # the dataset card beside --out: one legend can update, checked before any work
     settings = AuditSettings(quantile=quantile, min_score=min_score)
     labelled = _read(
         data,
