@@ -289,7 +289,7 @@ def annotated_layouts(workspace):
     for layout, rows in ROWS.items():
         data = write_jsonl(workspace / f"{layout}_in.jsonl", rows)
         result = annotate(workspace, data, workspace / "layouts" / layout / "train.jsonl", "--summary-json")
-        assert json.loads(result.output[result.output.index("{") :])["layout"] == layout
+        assert json.loads(result.stdout[result.stdout.index("{") :])["layout"] == layout
         loaded = datasets.load_dataset(str(workspace / "layouts" / layout))["train"]
         out[layout] = loaded.map(pku_as_explicit) if layout == "pku" else loaded
     return out

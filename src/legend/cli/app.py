@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,16 +41,33 @@ def error_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+class WarningLines(logging.Handler):
+    """Print each warning legend logs as one `warning: ...` line on stderr while a command runs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage().strip().splitlines()[0]
+        except Exception:  # a broken log call must not end the command
+            return
+        typer.echo(message if message.startswith("warning: ") else f"warning: {message}", err=True)
+
+
 def user_errors(func: F) -> F:
-    """Turn expected failures (bad input, mismatched direction, missing model, OS errors) into one line and exit 2."""
+    """Turn expected failures (bad input, mismatched direction, missing model, OS errors) into one line and exit 2,
+    and show the warnings legend logs (truncated answers, an unchecked tokenizer, ...) as `warning:` lines."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logger = logging.getLogger("legend")
+        handler = WarningLines(logging.WARNING)
+        logger.addHandler(handler)
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as err:
             typer.echo(f"error: {error_line(err)}", err=True)
             raise typer.Exit(code=2) from None
+        finally:
+            logger.removeHandler(handler)
 
     return wrapper  # type: ignore[return-value]
 
