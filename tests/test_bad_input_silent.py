@@ -229,7 +229,7 @@ def test_a_direction_vector_that_is_not_a_unit_vector_is_refused_when_read(
     }[damage]
     save_file({"direction": changed.contiguous()}, str(vector_file))
     data = write_jsonl(tmp_path / "in.jsonl", _conversations(repeat=False))
-    assert_one_line_error(annotate(folder, data, tmp_path / "out.jsonl"), f"error: {vector_file}: {message}")
+    assert_one_line_error(annotate(folder, data, tmp_path / "out.jsonl"), f"error: {vector_file}: ", message)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         Direction.from_pretrained(folder)
     only(tmp_path, "in.jsonl", "dir")

@@ -770,7 +770,7 @@ class ChunkWriter:
             schema = table.schema
             if self.like is not None:  # the input's own Arrow types (datasets decodes dictionary columns)
                 kept = {f.name: f for f in self.like}
-                schema = pa.schema([kept.get(f.name, f) if f.name in kept else f for f in table.schema])
+                schema = pa.schema([kept.get(f.name, f) for f in table.schema], metadata=table.schema.metadata)
                 if schema != table.schema:
                     table = table.cast(schema)
             self._parquet = self._stack.enter_context(pq.ParquetWriter(str(self._temporary), schema))

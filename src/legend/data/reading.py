@@ -22,6 +22,7 @@ from ..errors import DataError
 from ..io import quiet_datasets
 from .values import (
     CSV_READ_OPTIONS,
+    JSON_READ_OPTIONS,
     check_csv_header,
     check_csv_values_kept,
     check_values_kept,
@@ -30,6 +31,7 @@ from .values import (
     find_non_utf8,
     json_list_records,
     json_records,
+    mixed_type_error,
     open_text,
     parse_json,
 )
@@ -222,23 +224,47 @@ def _load_file(path: Path, name: str) -> datasets.Dataset:
             raise not_text
     if builder == "csv":
         check_csv_header(path, name, unnamed=True)  # a table read whole; annotate's streamed reading refuses it
-    options = CSV_READ_OPTIONS if builder == "csv" else {}
-    try:
-        with quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
-            data_file = _records_as_json_lines(path, Path(cache), name) or path
-            # data_files is a glob pattern for `datasets`: escape [, *, ? in names.
-            return datasets.load_dataset(
-                builder,
-                data_files=glob.escape(str(data_file)),
-                split="train",
-                cache_dir=cache,
-                keep_in_memory=True,
-                **options,
-            )
-    except DataError:
-        raise
-    except Exception as exc:
-        raise _explain_read_failure(path, name, builder, exc) from exc
+    # JSON: pyarrow's exact reading first, then (a column mixing types) datasets' own; see JSON_READ_OPTIONS.
+    attempts = [CSV_READ_OPTIONS] if builder == "csv" else [JSON_READ_OPTIONS, {}] if builder == "json" else [{}]
+    for attempt, options in enumerate(attempts):
+        try:
+            with quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
+                data_file = _records_as_json_lines(path, Path(cache), name) or path
+                # data_files is a glob pattern for `datasets`: escape [, *, ? in names.
+                return datasets.load_dataset(
+                    builder,
+                    data_files=glob.escape(str(data_file)),
+                    split="train",
+                    cache_dir=cache,
+                    keep_in_memory=True,
+                    **options,
+                )
+        except DataError:
+            raise
+        except Exception as exc:
+            if attempt + 1 < len(attempts) and mixes_types(exc):
+                continue
+            raise _explain_read_failure(path, name, builder, exc) from exc
+    raise AssertionError("unreachable")
+
+
+def mixes_types(exc: BaseException) -> bool:
+    """Whether a read failed because pyarrow met a JSON column whose type changes between rows.
+
+    Args:
+        exc: the exception raised (its cause and context chain is searched).
+
+    Returns:
+        True for pyarrow's "Column(...) changed from ... to ..." anywhere in the chain.
+    """
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        if ") changed from " in str(current):
+            return True
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _records_as_json_lines(path: Path, folder: Path, name: str) -> Path | None:
@@ -346,7 +372,7 @@ def _explain_read_failure(path: Path, name: str, builder: str, exc: Exception) -
     if isinstance(exc, StopIteration) or "corresponds to no data" in str(exc):
         return DataError("no rows", source=name)
     if builder == "json":
-        located = _locate_json_problem(path, name)
+        located = _locate_json_problem(path, name) or mixed_type_error(root_message(exc), path, name)
         if located is not None:
             return located
     elif builder == "csv":

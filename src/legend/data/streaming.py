@@ -24,10 +24,19 @@ from ..errors import DataError
 from ..io import check_output_values, quiet_datasets
 from .builtin_layouts import IMPLICIT, count_transcripts
 from .layouts import detect_layout, pair_views
-from .reading import check_file_split, input_format, load_table, parquet_rows, root_message, streamable_format
+from .reading import (
+    check_file_split,
+    input_format,
+    load_table,
+    mixes_types,
+    parquet_rows,
+    root_message,
+    streamable_format,
+)
 from .schema import ColumnNames, Layout, PairView
 from .values import (
     CSV_READ_OPTIONS,
+    JSON_READ_OPTIONS,
     check_csv_header,
     check_csv_values_kept,
     check_values_kept,
@@ -91,34 +100,49 @@ def iter_chunks(
     seen = 0
     records = json_records(path, str(data)) if builder == "json" and check_values else None
     texts = csv_records(path) if builder == "csv" and check_values else None
-    options = CSV_READ_OPTIONS if builder == "csv" else {}
-    try:
-        # A throw-away cache: `datasets` would otherwise leave a .lock file per input in ~/.cache/huggingface.
-        with quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
-            stream = datasets.load_dataset(
-                builder, data_files=glob.escape(str(path)), split="train", streaming=True, cache_dir=cache, **options
-            )
-            for batch in stream.iter(batch_size=chunk_rows):
-                chunk = datasets.Dataset.from_dict(batch, features=stream.features)
-                if len(chunk) > remaining - seen:
-                    chunk = chunk.select(range(int(remaining - seen)))
-                if records is not None:
-                    check_values_kept(chunk, records, str(data), first_row=seen)
-                if texts is not None:
-                    check_csv_values_kept(chunk, texts, str(data), first_row=seen)
-                seen += len(chunk)
-                if len(chunk):
-                    yield chunk
-                if seen >= remaining:
-                    break
-    except DataError:
-        raise
-    except Exception as exc:  # load_table names the file and line; re-raise its one line
-        not_text = find_non_utf8(path, str(data)) if builder in ("json", "csv") else None
-        if not_text is not None:
-            raise not_text from exc
-        load_table(data, split=split)
-        raise DataError(f"cannot read ({type(exc).__name__}: {exc})", source=str(data)) from exc
+    # JSON: read exactly by pyarrow first; a column mixing types needs datasets' own reading (its "use_json" mode,
+    # whose float rounding the value check then names), which restarts the stream after the rows already given.
+    attempts = [CSV_READ_OPTIONS] if builder == "csv" else [JSON_READ_OPTIONS, {}]
+    for attempt, options in enumerate(attempts):
+        skip = seen
+        try:
+            # A throw-away cache: `datasets` would otherwise leave a .lock file per input in ~/.cache/huggingface.
+            with quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
+                stream = datasets.load_dataset(
+                    builder,
+                    data_files=glob.escape(str(path)),
+                    split="train",
+                    streaming=True,
+                    cache_dir=cache,
+                    **options,
+                )
+                for batch in stream.iter(batch_size=chunk_rows):
+                    if skip > 0:  # given by the attempt before
+                        skip -= len(next(iter(batch.values()), []))
+                        continue
+                    chunk = datasets.Dataset.from_dict(batch, features=stream.features)
+                    if len(chunk) > remaining - seen:
+                        chunk = chunk.select(range(int(remaining - seen)))
+                    if records is not None:
+                        check_values_kept(chunk, records, str(data), first_row=seen)
+                    if texts is not None:
+                        check_csv_values_kept(chunk, texts, str(data), first_row=seen)
+                    seen += len(chunk)
+                    if len(chunk):
+                        yield chunk
+                    if seen >= remaining:
+                        break
+            break
+        except DataError:
+            raise
+        except Exception as exc:  # load_table names the file and line; re-raise its one line
+            if attempt + 1 < len(attempts) and mixes_types(exc):
+                continue
+            not_text = find_non_utf8(path, str(data)) if builder in ("json", "csv") else None
+            if not_text is not None:
+                raise not_text from exc
+            load_table(data, split=split)
+            raise DataError(f"cannot read ({type(exc).__name__}: {exc})", source=str(data)) from exc
     if seen == 0:
         raise DataError("no rows", source=str(data))
 

@@ -350,6 +350,8 @@ writes a changed value: the column mixes types between rows; give this field one
             where, before, after = _first_change(original[field], read[field])
             if isinstance(before, str) and hasattr(after, "isoformat"):
                 hint = "the JSON reader turns date-like text into timestamps; give this data as .parquet instead"
+            elif isinstance(before, float) and isinstance(after, float):
+                hint = "the reader changed the number's digits; give this data as .parquet instead"
             else:
                 hint = "the column mixes types between rows; give this field one type in every row"
             raise DataError(
@@ -360,6 +362,12 @@ writes a changed value: the column mixes types between rows; give this field one
                 field=field,
             )
 
+
+JSON_READ_OPTIONS: dict[str, Any] = {"on_mixed_types": None}
+"""How legend reads JSON (passed to `datasets`): by pyarrow alone. With its default ("use_json") `datasets` re-encodes
+every row of a file whose objects vary in their keys through pandas' ujson, which keeps 10 digits of each float
+(0.30000000000000004 -> 0.3); without it a varying object is the union of its keys and every value is exact, and a
+column mixing types (text in one row, an object in another) is refused, naming it (`mixed_type_error`)."""
 
 CSV_READ_OPTIONS: dict[str, Any] = {"keep_default_na": False, "na_values": [""]}
 """How legend reads CSV (passed to pandas through `datasets`): only an empty cell is a missing value; "NA", "null",
@@ -418,6 +426,56 @@ would rename the second to 'chosen.1': give each column its own name
             )
         first[column] = position
     return header
+
+
+def _kind_of(value: Any) -> str:
+    return (
+        describe(value) if not isinstance(value, (dict, list)) else "an object" if isinstance(value, dict) else "a list"
+    )
+
+
+def mixed_type_error(message: str, path: Path, name: str) -> DataError | None:
+    """The row and field behind pyarrow's "Column(/a/b) changed from string to object" (None for another message):
+    the first row whose value there is of another kind than the first row's.
+
+    Args:
+        message: pyarrow's error text.
+        path: the JSON file.
+        name: how it is named in the error.
+
+    Returns:
+        The DataError to raise, or None.
+    """
+    match = re.search(r"Column\((/[^)]*)\) changed from (\w+) to (\w+)", message)
+    if match is None:
+        return None
+    keys = [key for key in match.group(1).split("/") if key]
+    first: str | None = None
+    try:
+        for row, record in enumerate(json_records(path, name), start=1):
+            value: Any = record
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is None:
+                continue
+            kind = "a string" if isinstance(value, str) else _kind_of(value)
+            if first is None:
+                first = kind
+            elif kind != first:
+                return DataError(
+                    f"the column mixes types between rows ({kind} here, {first} in an earlier row); legend reads "
+                    "JSON exactly and Arrow holds one type per column: give this field one type in every row",
+                    source=name,
+                    row=row,
+                    field=".".join(keys),
+                )
+    except DataError as err:
+        return err
+    return DataError(
+        f"the column '{'.'.join(keys)}' mixes types between rows ({match.group(2)}, then {match.group(3)}): give it "
+        "one type in every row",
+        source=name,
+    )
 
 
 def csv_records(path: Path) -> Iterator[dict[str, str]]:
