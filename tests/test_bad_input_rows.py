@@ -21,6 +21,7 @@ import pytest
 import legend
 from helpers import read_jsonl, write_jsonl
 from hostile import OUT_FILES, annotate, assert_one_line_error, copy_direction, edit_config, fields_unchanged, only
+from legend.data import load_table
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def test_overwrite_margins_replaces_the_values_where_the_column_stands(tiny_cli_
     out = tmp_path / f"out{suffix}"
     result = annotate(direction, data, out, "--overwrite-margins")
     assert result.exit_code == 0, result.output
-    back = legend.data.load_table(out)
+    back = load_table(out)
     assert back.column_names == ["id", "margin", "prompt", "chosen", "rejected", "margin_raw"]
     assert back["margin"] == [r["margin"] for r in expected]
     assert back["margin_raw"] == pytest.approx([r["margin_raw"] for r in expected], abs=0, rel=1e-15)
@@ -197,7 +198,7 @@ def test_jsonl_to_parquet_keeps_every_value_and_absent_keys_become_missing(tiny_
     data = write_jsonl(tmp_path / "in.jsonl", TRICKY_JSON)
     out = tmp_path / "out.parquet"
     assert annotate(direction, data, out).exit_code == 0
-    back = legend.data.load_table(out).to_list()
+    back = load_table(out).to_list()
     for original, row in zip(TRICKY_JSON, back):
         for key, value in original.items():
             if isinstance(value, dict):
@@ -346,7 +347,7 @@ def test_csv_cells_come_back_as_written_and_legend_reads_its_own_csv(tiny_cli_mo
     assert [row[:6] for row in written] == original  # every cell's text as it was
     assert written[0][6:] == ["margin_raw", "margin"]
     assert data.read_bytes() == before
-    back = legend.data.load_table(out)
+    back = load_table(out)
     assert back["note"] == ["NA", None, "null", "N/A"] and back["code"] == ["12", "x", "None", "nan"]
     again = annotate(direction, out, tmp_path / "again" / "out.csv", "--overwrite-margins")  # legend reads its own
     assert again.exit_code == 0, again.output
@@ -365,7 +366,7 @@ def test_legend_reads_back_what_it_writes_in_every_format(tiny_cli_model, tmp_pa
     out = tmp_path / "first" / f"out{suffix}"
     result = annotate(direction, data, out, "--summary-json")
     assert result.exit_code == 0, result.output
-    back = legend.data.load_table(out).to_list()
+    back = load_table(out).to_list()
     assert len(back) == len(rows)
     for original, row in zip(rows, back):
         for key, value in original.items():
@@ -377,7 +378,7 @@ def test_legend_reads_back_what_it_writes_in_every_format(tiny_cli_model, tmp_pa
     second = tmp_path / "second" / f"out{suffix}"
     result = annotate(direction, out, second, "--overwrite-margins")
     assert result.exit_code == 0, result.output
-    assert [row["margin_raw"] for row in legend.data.load_table(second).to_list()] == margins
+    assert [row["margin_raw"] for row in load_table(second).to_list()] == margins
     if suffix == ".parquet":  # the same table, types and metadata (the file's own layout may differ)
         import pyarrow.parquet as pq
 

@@ -163,7 +163,8 @@ def card_parts(existing: str | None, source: str = CARD_FILE) -> tuple[dict[str,
         ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}: {getattr(err, 'problem', '') or 'error'})" if mark is not None else ""
+        line = None if mark is None else mark.line + 2  # the file's line: the front matter starts after "---"
+        where = f" (line {line}: {getattr(err, 'problem', '') or 'error'})" if line is not None else ""
         raise DataError(
             f"the YAML front matter is not valid YAML{where}: fix it, or move the card away", source=source
         ) from None
