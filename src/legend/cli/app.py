@@ -58,11 +58,14 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from legend.io import unwind_on_termination
+
         logger = logging.getLogger("legend")
         handler = WarningLines(logging.WARNING)
         logger.addHandler(handler)
         try:
-            return func(*args, **kwargs)
+            with unwind_on_termination():  # SIGTERM/SIGHUP: temporaries and locks are removed as on Ctrl-C
+                return func(*args, **kwargs)
         except USER_ERRORS as err:
             typer.echo(f"error: {error_line(err)}", err=True)
             raise typer.Exit(code=2) from None

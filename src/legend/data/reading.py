@@ -224,7 +224,7 @@ def _load_file(path: Path, name: str) -> datasets.Dataset:
             raise not_text
     if builder == "csv":
         check_csv_header(path, name, unnamed=True)  # a table read whole; annotate's streamed reading refuses it
-    # JSON: pyarrow's exact reading first, then (a column mixing types) datasets' own; see JSON_READ_OPTIONS.
+    # JSON: pyarrow's exact reading first, then (a column mixing types, NaN) datasets' own; see JSON_READ_OPTIONS.
     attempts = [CSV_READ_OPTIONS] if builder == "csv" else [JSON_READ_OPTIONS, {}] if builder == "json" else [{}]
     for attempt, options in enumerate(attempts):
         try:
@@ -242,29 +242,10 @@ def _load_file(path: Path, name: str) -> datasets.Dataset:
         except DataError:
             raise
         except Exception as exc:
-            if attempt + 1 < len(attempts) and mixes_types(exc):
+            if attempt + 1 < len(attempts):  # a column mixing types, a NaN literal: datasets' own reader
                 continue
             raise _explain_read_failure(path, name, builder, exc) from exc
     raise AssertionError("unreachable")
-
-
-def mixes_types(exc: BaseException) -> bool:
-    """Whether a read failed because pyarrow met a JSON column whose type changes between rows.
-
-    Args:
-        exc: the exception raised (its cause and context chain is searched).
-
-    Returns:
-        True for pyarrow's "Column(...) changed from ... to ..." anywhere in the chain.
-    """
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        if ") changed from " in str(current):
-            return True
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def _records_as_json_lines(path: Path, folder: Path, name: str) -> Path | None:

@@ -28,7 +28,6 @@ from .reading import (
     check_file_split,
     input_format,
     load_table,
-    mixes_types,
     parquet_rows,
     root_message,
     streamable_format,
@@ -100,8 +99,8 @@ def iter_chunks(
     seen = 0
     records = json_records(path, str(data)) if builder == "json" and check_values else None
     texts = csv_records(path) if builder == "csv" and check_values else None
-    # JSON: read exactly by pyarrow first; a column mixing types needs datasets' own reading (its "use_json" mode,
-    # whose float rounding the value check then names), which restarts the stream after the rows already given.
+    # JSON: read exactly by pyarrow first; what pyarrow cannot read (a column mixing types, a NaN literal) goes to
+    # datasets' own reading (whose float rounding the value check then names), restarting after the rows given.
     attempts = [CSV_READ_OPTIONS] if builder == "csv" else [JSON_READ_OPTIONS, {}]
     for attempt, options in enumerate(attempts):
         skip = seen
@@ -136,7 +135,7 @@ def iter_chunks(
         except DataError:
             raise
         except Exception as exc:  # load_table names the file and line; re-raise its one line
-            if attempt + 1 < len(attempts) and mixes_types(exc):
+            if attempt + 1 < len(attempts):  # a column mixing types, a NaN literal: datasets' own reader
                 continue
             not_text = find_non_utf8(path, str(data)) if builder in ("json", "csv") else None
             if not_text is not None:

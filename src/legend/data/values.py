@@ -367,7 +367,8 @@ JSON_READ_OPTIONS: dict[str, Any] = {"on_mixed_types": None}
 """How legend reads JSON (passed to `datasets`): by pyarrow alone. With its default ("use_json") `datasets` re-encodes
 every row of a file whose objects vary in their keys through pandas' ujson, which keeps 10 digits of each float
 (0.30000000000000004 -> 0.3); without it a varying object is the union of its keys and every value is exact, and a
-column mixing types (text in one row, an object in another) is refused, naming it (`mixed_type_error`)."""
+column mixing types (text in one row, an object in another) or a NaN literal, which pyarrow cannot read, is read by
+datasets' own reader instead (a float it changes is then refused by `check_values_kept`, naming it)."""
 
 CSV_READ_OPTIONS: dict[str, Any] = {"keep_default_na": False, "na_values": [""]}
 """How legend reads CSV (passed to pandas through `datasets`): only an empty cell is a missing value; "NA", "null",

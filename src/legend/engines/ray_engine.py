@@ -40,7 +40,7 @@ from ..encoding import load_encoder
 from ..io import ChunkWriter, check_output_type, check_outputs_spare_inputs, check_writable
 from ..margins import Binning, MarginResult
 from ..models import LoadedModel, ModelSpec
-from .local import chunk_margins, input_paths, output_files, sidecar_with
+from .local import chunk_margins, input_paths, original_records, output_files, sidecar_with
 
 # Per-batch counts travel from the actors to the driver as columns: the batch's total sits on its
 # first row and the other rows hold 0, so the driver's column sums equal the local engine's totals
@@ -272,9 +272,12 @@ def annotate_file_ray(
             with sidecar_with(out, sidecar):
                 pass
     else:
+        added = [column for pair in columns for column in pair]
+        originals = original_records(data, out)  # JSON/CSV rows written back as the input file holds them
         with sidecar_with(out, sidecar), ChunkWriter(out) as writer:
             for batch in final.iter_batches(batch_format="pyarrow", batch_size=settings.chunk_rows):
-                writer.write(datasets.Dataset(batch))
+                rows = [next(originals) for _ in range(batch.num_rows)] if originals is not None else None
+                writer.write(datasets.Dataset(batch), rows, added)
             if writer.rows != len(raws[0]):
                 raise DataError(f"{writer.rows} rows written for {len(raws[0])} margins", source=str(out))
     return finished.annotation()
