@@ -432,3 +432,17 @@ def test_the_card_keeps_the_users_content_and_only_legend_changes(tiny_cli_model
     text = card.read_text()
     assert "license: mit" in text and "- mine" in text and "Hand-written notes." in text
     only(tmp_path, "in.jsonl", *OUT_FILES)
+
+
+def test_audit_writes_every_row_back_exactly_too(tiny_cli_model, tmp_path):
+    """`legend audit --out` writes the rows it read plus its two columns: a missing key stays missing."""
+    _, direction = tiny_cli_model
+    data = write_jsonl(tmp_path / "in.jsonl", TRICKY_JSON)
+    annotated = tmp_path / "annotated.jsonl"
+    assert annotate(direction, data, annotated).exit_code == 0
+    from hostile import run
+
+    audited = tmp_path / "audited.jsonl"
+    result = run("audit", "--data", annotated, "--out", audited)
+    assert result.exit_code == 0, result.output
+    fields_unchanged(annotated, audited, added=("audit_flag", "audit_score"))

@@ -817,14 +817,22 @@ class ChunkWriter:
         self._stack.__exit__(kind, error, traceback)
 
 
-def write_table(ds: datasets.Dataset, path: str | os.PathLike[str]) -> None:
+def write_table(
+    ds: datasets.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    originals: Sequence[Any] | None = None,
+    added: Sequence[str] = (),
+) -> None:
     """Write ``ds`` atomically; the format follows the extension.
 
     ``.jsonl`` (one JSON object per line), ``.json`` (a JSON list of records),
     ``.parquet`` or ``.csv``. Nested columns (chat messages) round-trip in jsonl/json/parquet;
     a column type or value the format cannot hold exactly (`check_output_values`: CSV and nested
     columns, JSON and dates, ...) is refused before anything is written. Parent folders are created.
+    With `originals` (the input's own records, one per row) only the `added` columns come from ``ds``
+    (see `ChunkWriter.write`).
     """
     check_output_values(ds, path)
     with quiet_datasets(), ChunkWriter(path) as writer:
-        writer.write(ds)
+        writer.write(ds, originals, added)

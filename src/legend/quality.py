@@ -473,7 +473,8 @@ def read_differences(path: str | os.PathLike, n_rows: int, margin_column: str = 
         raise DataError(f"{path}: the embedding differences must be finite floating-point numbers")
     if differences.ndim != 2 or differences.shape[0] != n_rows:
         raise DataError(
-            f"{path}: embedding differences of shape {tuple(differences.shape)}, but the data has {n_rows} rows"
+            f"{path}: embedding differences for {differences.shape[0] if differences.ndim else 0} rows, but the data "
+            f"has {n_rows} (shape {tuple(differences.shape)})"
         )
     if stored_column != margin_column:
         raise DataError(f"{path}: embedding differences of {stored_column!r}, not of {margin_column!r}")

@@ -392,7 +392,15 @@ def audit(
     result = audit_margins(labelled.raw, settings)
     summary: dict[str, Any] = {"source": labelled.source, "margin_column": labelled.margin_column, **result.summary()}
     if out is not None:
-        write_table(add_audit_columns(labelled.dataset, result), out)
+        from itertools import islice
+
+        from legend.engines.local import original_records
+
+        audited = add_audit_columns(labelled.dataset, result)
+        records = original_records(data, out)  # JSON/CSV rows written back as the input holds them
+        added = ["audit_flag", "audit_score"] + (["margin_raw"] if labelled.annotated_now else [])
+        rows = list(islice(records, len(audited))) if records is not None else None
+        write_table(audited, out, originals=rows, added=added)
         summary["output"] = str(out)
         _carry_sidecar(data, out, summary, labelled.annotated_now)
     console.print(
