@@ -64,7 +64,7 @@ def annotated(tmp_path_factory, smollm):
         ],
     )
     assert result.exit_code == 0, result.output
-    return out, json.loads(result.output[result.output.index("{") :])
+    return out, json.loads(result.stdout[result.stdout.index("{") :])
 
 
 def test_cli_annotates_real_pairs(annotated):

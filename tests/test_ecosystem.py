@@ -98,7 +98,8 @@ def test_an_annotated_folder_loads_with_load_dataset(prefs):
     files = card.data.to_dict()["legend"]["files"]
     assert set(files) == {"train.jsonl", "test.jsonl"}
     assert files["train.jsonl"]["binning"]["edges"] == train_meta["binning"]["edges"]
-    assert files["test.jsonl"]["rows"] == 4 and files["train.jsonl"]["direction"]["layer"] == 4
+    layer = json.loads((prefs.parent / "dir" / "config.json").read_text())["layer"]
+    assert files["test.jsonl"]["rows"] == 4 and files["train.jsonl"]["direction"]["layer"] == layer
     assert card.text.count("<!-- legend:begin train.jsonl -->") == 1
 
 
@@ -289,7 +290,7 @@ def annotated_layouts(workspace):
     for layout, rows in ROWS.items():
         data = write_jsonl(workspace / f"{layout}_in.jsonl", rows)
         result = annotate(workspace, data, workspace / "layouts" / layout / "train.jsonl", "--summary-json")
-        assert json.loads(result.output[result.output.index("{") :])["layout"] == layout
+        assert json.loads(result.stdout[result.stdout.index("{") :])["layout"] == layout
         loaded = datasets.load_dataset(str(workspace / "layouts" / layout))["train"]
         out[layout] = loaded.map(pku_as_explicit) if layout == "pku" else loaded
     return out

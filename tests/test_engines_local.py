@@ -265,18 +265,42 @@ def test_an_interrupted_run_resumes_from_its_finished_chunks(
         result.summary["tokens"] == json.loads(sidecar_path(tmp_path / "whole.jsonl").read_text())["summary"]["tokens"]
     )
 
-    # The same crash, then the input is touched (new mtime): nothing of the first try may be reused.
+    # The same crash, then the input is only touched (new mtime, same bytes): the input is identified by its
+    # content, so the finished chunks are reused.
     with monkeypatch.context() as patch:
         _failing_on_call(patch, fail_at=3)
         with pytest.raises(RuntimeError):
             annotate_file(data, directions, out, tiny_lm, settings)
     os.utime(data, ns=(os.stat(data).st_atime_ns, os.stat(data).st_mtime_ns + 10**9))
+    with monkeypatch.context() as patch:
+        calls = _failing_on_call(patch)
+        result = annotate_file(data, directions, out, tiny_lm, settings)
+    assert calls == [12, 16, 20] and result.summary["resume"]["chunks_reused"] == 3
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+    # The same crash, then the input is edited in place keeping its size and modification time: nothing of the
+    # first try may be reused (issue 17: resume trusted path, size and mtime).
+    with monkeypatch.context() as patch:
+        _failing_on_call(patch, fail_at=3)
+        with pytest.raises(RuntimeError):
+            annotate_file(data, directions, out, tiny_lm, settings)
+    stat = os.stat(data)
+    text = data.read_text()
+    edited = text.replace("tell me about", "tell me abuot", 1)
+    assert edited != text and len(edited) == len(text)
+    data.write_text(edited)
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (os.stat(data).st_size, os.stat(data).st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     with monkeypatch.context() as patch, caplog.at_level("WARNING", logger="legend.engines"):
         calls = _failing_on_call(patch)
         result = annotate_file(data, directions, out, tiny_lm, settings)
     assert len(calls) == 6 and result.summary["resume"]["discarded_because"] == ["input"]
     assert "different input: starting clean" in caplog.text
-    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    edited_whole = tmp_path / "edited" / "whole.jsonl"
+    with monkeypatch.context() as patch:
+        _failing_on_call(patch)
+        annotate_file(data, directions, edited_whole, tiny_lm, settings, resume=False)
+    assert out.read_bytes() == edited_whole.read_bytes()
 
 
 def test_resume_key_changes_with_what_changes_the_numbers(tmp_path, tiny_lm, tiny_direction, second_direction):

@@ -42,6 +42,18 @@ class DataError(ValueError):
         ]
         super().__init__(": ".join(p for p in parts if p is not None))
 
+    def located(self, source: str, first_row: int = 0) -> DataError:
+        """This error in a whole input: named by `source` (when it names none) and with its row counted after
+        `first_row` rows (a chunk's offset). An error that names its source already is returned as it is.
+
+        >>> str(DataError("the chat template failed", row=2).located("x.jsonl", first_row=40))
+        'x.jsonl: row 42: the chat template failed'
+        """
+        if self.source is not None:
+            return self
+        row = None if self.row is None else self.row + first_row
+        return DataError(self.reason, source=source, line=self.line, row=row, field=self.field)
+
 
 class DirectionMismatch(ValueError):
     """A direction was made for another model (hidden size or weights fingerprint differ)."""

@@ -2,17 +2,28 @@
 
 Every file legend produces appears only when complete: it is written to a temporary name in the
 same folder and renamed over the target (`atomic_path`), or built as a temporary folder renamed
-into place (`atomic_folder`). On any failure nothing is left behind.
+into place (`atomic_folder`). On any failure nothing is left behind: not the temporary, and not a
+parent folder the write created. What appears gets the permissions the umask gives a new file or
+folder (0644/0755 under umask 022), whatever the temporary-file API created (mkdtemp makes 0700,
+safetensors 0600); a file that replaces an existing one keeps that file's permissions. An OS error
+(a full disk, a read-only folder) names the target, not the temporary.
+
+Shared state is guarded here too: `output_lock` (one writer of an output, released on SIGTERM/SIGHUP
+as on an exception) and `file_lock` (a short read-modify-write of a shared file such as a dataset card).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import signal
+import stat
 import struct
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -64,6 +75,129 @@ def json_default(value: Any) -> Any:
 TEMP_SUFFIX = ".tmp"
 
 
+# ---------------------------------------------------------------- permissions, created folders, OS errors
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc tells it (os.umask alone must set it to read it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(executable: bool = False) -> int:
+    """The mode a new file (0o666, or 0o777 when executable) or folder (`executable=True`) gets under the umask.
+
+    >>> oct(new_file_mode()) if current_umask() == 0o022 else '0o644'
+    '0o644'
+    """
+    return (0o777 if executable else 0o666) & ~current_umask()
+
+
+def give_usual_permissions(path: Path) -> None:
+    """Give `path` (a file, or a folder and everything in it) the modes the umask gives new ones.
+
+    Temporary-file APIs create private files (mkdtemp 0700, safetensors and mkstemp 0600); what legend
+    publishes must look like any other file the user creates. Executable files stay executable.
+    """
+    if path.is_symlink():
+        return
+    if path.is_dir():
+        os.chmod(path, new_file_mode(executable=True))
+        for root, folders, files in os.walk(path):
+            for name in folders:
+                if not os.path.islink(os.path.join(root, name)):
+                    os.chmod(os.path.join(root, name), new_file_mode(executable=True))
+            for name in files:
+                file = os.path.join(root, name)
+                if not os.path.islink(file):
+                    os.chmod(file, new_file_mode(executable=bool(os.stat(file).st_mode & 0o111)))
+    elif path.exists():
+        os.chmod(path, new_file_mode(executable=bool(path.stat().st_mode & 0o111)))
+
+
+def make_parents(folder: Path) -> list[Path]:
+    """Create `folder` and its missing ancestors; returns the folders created, deepest first.
+
+    Hand the list to `remove_empty_folders` when the write they were made for fails, so a failed
+    `--out new1/new2/o.jsonl` leaves no `new1/new2` behind.
+    """
+    missing: list[Path] = []
+    current = Path(folder)
+    while not os.path.lexists(current) and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    if os.path.lexists(current) and not current.is_dir():
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(current))
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove each folder (deepest first) that is empty; a folder something was put in is kept."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def naming(err: OSError, path: str | os.PathLike[str]) -> OSError:
+    """The same OS error naming `path` (the target a user asked for, not a temporary or lock file)."""
+    if err.errno is not None:
+        return OSError(err.errno, err.strerror or os.strerror(err.errno), os.fspath(path))
+    return OSError(f"{os.fspath(path)}: {os_error_message(err)}")
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for an OS error: the path and the errno's words ("out.jsonl: No space left on device").
+
+    >>> os_error_message(OSError(errno.EROFS, os.strerror(errno.EROFS), "/ro/out.jsonl"))
+    '/ro/out.jsonl: Read-only file system'
+    >>> os_error_message(FileNotFoundError("pairs.jsonl: no such file"))
+    'pairs.jsonl: no such file'
+    """
+    if err.filename is not None and err.strerror:
+        target = f" -> {os.fspath(err.filename2)}" if err.filename2 is not None else ""
+        return f"{os.fspath(err.filename)}{target}: {err.strerror}"
+    if err.strerror:
+        return err.strerror
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_writable(outputs: Sequence[str | os.PathLike[str] | None]) -> None:
+    """Before any work: an OSError naming each output that cannot be created where it is asked for.
+
+    The nearest existing folder above the output must be a folder (not a file: "Not a directory")
+    in which a file can be created: a probe file is created there and removed at once, so a
+    read-only file system, a missing permission or a full inode table is found now, with the OS's
+    own words, and not after the model ran.
+    """
+    for entry in outputs:
+        if entry is None:
+            continue
+        target = Path(entry).expanduser()
+        folder = target.parent
+        while not os.path.lexists(folder) and folder.parent != folder:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OSError(errno.ENOTDIR, f"{os.strerror(errno.ENOTDIR)} ({folder} is a file)", str(target))
+        probe = folder / f".legend-probe.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+        try:
+            descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except OSError as err:
+            raise naming(err, target) from None
+        os.close(descriptor)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
 def temporary_name(target: Path) -> Path:
     """The temporary sibling `atomic_path` writes first: `.<name>.<12 hex>.tmp` (see `leftover_temporaries`)."""
     return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
@@ -86,17 +220,29 @@ def leftover_temporaries(target: str | os.PathLike[str]) -> list[Path]:
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it over ``target`` on success.
 
-    The writer creates the file itself, so it gets the usual permissions (not mkstemp's 0600).
-    Same folder, so `os.replace` is an atomic rename.
+    Same folder, so `os.replace` is an atomic rename. Before it, the file gets the permissions of
+    the file it replaces, or those the umask gives a new file (whatever API wrote it). On failure
+    the temporary and any parent folder created for it are removed, and an OSError names ``target``.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        created = make_parents(target.parent)
+    except OSError as err:
+        raise naming(err, target) from None
     temporary = temporary_name(target)
     try:
         yield temporary
+        if os.path.lexists(temporary):
+            try:
+                os.chmod(temporary, stat.S_IMODE(target.stat().st_mode))
+            except FileNotFoundError:
+                give_usual_permissions(temporary)
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as err:
         temporary.unlink(missing_ok=True)
+        remove_empty_folders(created)
+        if isinstance(err, OSError) and err.filename in (None, str(temporary), os.fspath(temporary)):
+            raise naming(err, target) from err
         raise
 
 
@@ -146,8 +292,10 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
     process that no longer exists (killed) is taken over. The lock file is removed when the body ends.
     """
     lock = lock_path(target)
-    created = [] if lock.parent.exists() else [lock.parent]  # removed again if the run leaves it empty
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        created = make_parents(lock.parent)  # removed again if the run leaves them empty
+    except OSError as err:
+        raise naming(err, target) from None
     for _attempt in range(3):
         try:
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -166,20 +314,110 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
                 ) from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
             continue
+        except OSError as err:
+            remove_empty_folders(created)
+            raise naming(err, target) from None
         with os.fdopen(descriptor, "w") as handle:
             handle.write(f"{os.getpid()}\n")
         break
     else:
+        remove_empty_folders(created)
         raise DataError(f"could not take the lock file {lock}", source=str(target))
     try:
-        yield lock
+        with unwind_on_termination():
+            yield lock
     finally:
         with contextlib.suppress(OSError):
             if lock.read_text().strip() == str(os.getpid()):
                 lock.unlink()
-        for folder in created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        remove_empty_folders(created)
+
+
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def unwind_on_termination() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into an exception while the body runs, so its clean-up (`finally`) runs.
+
+    By default those signals end the process at once, leaving a lock file and temporaries behind;
+    here they raise SystemExit(128 + signal number), which the `with` blocks above unwind like a
+    Ctrl-C (SIGINT already raises KeyboardInterrupt). A handler the program installed itself is left
+    alone, and outside the main thread (where Python runs handlers) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+
+    def stop(number: int, frame: Any) -> None:
+        name = signal.Signals(number).name
+        with contextlib.suppress(OSError):
+            os.write(2, f"legend: stopped by {name}; cleaning up\n".encode())
+        raise SystemExit(128 + number)
+
+    for number in TERMINATING_SIGNALS:
+        try:
+            if signal.getsignal(number) is signal.SIG_DFL:
+                previous[number] = signal.signal(number, stop)
+        except (OSError, ValueError):  # not settable here
+            continue
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def file_lock(target: str | os.PathLike[str], timeout: float = 120.0) -> Iterator[None]:
+    """Hold an exclusive lock on `target` (a shared file several runs update, e.g. a dataset card) while the body
+    reads, changes and rewrites it; other processes wait (up to `timeout` seconds, then a DataError).
+
+    The lock is `flock` on `.<name>.lock` beside the target: the OS releases it when a holder dies,
+    so a killed run never blocks the next one. The lock file is removed on release (a waiter that
+    then holds a removed file notices it and locks the new one).
+    """
+    import fcntl
+    import time
+
+    lock = lock_path(target)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as err:
+            raise naming(err, target) from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise DataError(
+                            f"another run has held the lock file {lock} for {timeout:.0f} s; wait for it, or delete "
+                            "the lock file if no such run exists",
+                            source=str(target),
+                        ) from None
+                    time.sleep(0.01)
+            try:
+                same = os.stat(lock).st_ino == os.fstat(descriptor).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(descriptor)
+            raise
+        if same:
+            break
+        os.close(descriptor)  # removed by the holder before us: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(descriptor)
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -262,18 +500,25 @@ def atomic_folder(target: str | os.PathLike[str], *, replace: bool = True) -> It
     first) and the new folder dropped. On any error the temporary folder is removed.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        created = make_parents(target.parent)
+        temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as err:
+        raise naming(err, target) from None
     try:
         yield temporary
         if target.exists() and not replace:
             shutil.rmtree(temporary)
             return
+        give_usual_permissions(temporary)  # mkdtemp made it 0700, some writers make 0600 files
         if target.exists():
             shutil.rmtree(target)
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(temporary, ignore_errors=True)
+        remove_empty_folders(created)
+        if isinstance(err, OSError) and (err.filename is None or str(temporary) in os.fspath(err.filename)):
+            raise naming(err, target) from err
         raise
 
 
@@ -304,20 +549,166 @@ def nested_columns(features: datasets.Features) -> list[str]:
     return [c for c, f in features.items() if not isinstance(f, (datasets.Value, datasets.ClassLabel))]
 
 
+ALTERNATIVES = {".csv": ".jsonl, .json or .parquet", ".jsonl": ".parquet", ".json": ".parquet", ".parquet": ".jsonl"}
+
+
+def _unwritable(kind: Any, suffix: str) -> str | None:
+    """Why a column of Arrow type `kind` cannot be written to a `suffix` file exactly, or None when it can."""
+    import pyarrow as pa
+
+    types = pa.types
+    if suffix == ".parquet":
+        return None
+    if types.is_dictionary(kind):
+        return _unwritable(kind.value_type, suffix)
+    nested = types.is_list(kind) or types.is_large_list(kind) or types.is_fixed_size_list(kind)
+    if types.is_struct(kind) or types.is_map(kind) or nested:
+        if suffix == ".csv":
+            return "CSV holds plain values only, not lists or objects"
+        children = [kind.value_type] if nested else [kind.field(i).type for i in range(kind.num_fields)]
+        return next((why for why in (_unwritable(child, suffix) for child in children) if why), None)
+    if types.is_temporal(kind):
+        return "it would come back as text, not as a date or time"
+    if types.is_decimal(kind):
+        return "it would come back as a float, not as a decimal"
+    if types.is_binary(kind) or types.is_large_binary(kind) or types.is_fixed_size_binary(kind):
+        return "it holds bytes, which a text file cannot hold"
+    return None
+
+
+def _looks_typed(text: str) -> str | None:
+    """What a CSV reader would read `text` as when it is not kept as text (None: it stays text)."""
+    if text == "":
+        return "a missing value (CSV cannot tell an empty string from an empty cell)"
+    if text.strip().lower() in ("true", "false"):
+        return "a boolean"
+    try:
+        float(text)
+    except ValueError:
+        return None
+    return "a number"
+
+
+def check_output_values(
+    chunk: datasets.Dataset,
+    output: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    first_row: int = 0,
+    read_from: str | None = None,
+) -> None:
+    """Refuse, before any work, a column type or value that `output` cannot hold exactly (legend reads back what it
+    writes, in every format).
+
+    Parquet holds every type legend reads. JSON has no dates, times, decimals or bytes (they would
+    come back as text or floats). CSV holds plain values only (no lists or objects), has none of
+    those types either, cannot tell an empty string from a missing value, and its reader types a
+    column by its texts, so a text that reads as a number or boolean, or a NaN or infinite float,
+    would come back changed; cells read from a CSV file are written back as they were, so a CSV
+    input passes.
+
+    Args:
+        chunk: rows about to be written (their columns as read).
+        output: the output file.
+        source: the input, named in a row-level error (default: the output).
+        first_row: rows before this chunk, for the row number.
+        read_from: the input's format ("json", "csv", "parquet"; None for a dataset folder or the Hub).
+
+    Raises:
+        DataError: naming the column (and the row, for a value).
+
+    >>> rows = datasets.Dataset.from_list([{"prompt": "p", "note": ""}])
+    >>> check_output_values(rows, "out.csv", source="in.jsonl")
+    Traceback (most recent call last):
+    ...
+    legend.errors.DataError: in.jsonl: row 1: field 'note': the text "" would be read back from a CSV file as a \
+missing value (CSV cannot tell an empty string from an empty cell): write .jsonl, .json or .parquet instead
+    """
+    suffix = check_output_type(output)
+    schema = chunk.data.table.schema
+    for field in schema:
+        why = _unwritable(field.type, suffix)
+        if why:
+            raise DataError(
+                f"the column '{field.name}' is {field.type}, which a {suffix} file cannot hold exactly ({why}): "
+                f"write {ALTERNATIVES[suffix]} instead",
+                source=str(output),
+            )
+    if suffix != ".csv" or read_from == "csv":
+        return
+    import pyarrow as pa
+
+    texts = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    if not texts and not floats:
+        return
+    names = texts + floats
+    row = first_row
+    for batch in chunk.select_columns(names).with_format(None).iter(batch_size=_BATCH_ROWS):
+        for values in zip(*(batch[c] for c in names)):
+            row += 1
+            for name, value in zip(names, values):
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    what = _looks_typed(value)
+                    shown = json.dumps(value, ensure_ascii=False)
+                elif value != value or value in (float("inf"), float("-inf")):
+                    what, shown = "text, not a number", str(value)
+                else:
+                    continue
+                if what:
+                    raise DataError(
+                        f"the {'text' if isinstance(value, str) else 'value'} {shown[:40]} would be read back from "
+                        f"a CSV file as {what}: write {ALTERNATIVES[suffix]} instead",
+                        source=source or str(output),
+                        row=row,
+                        field=name,
+                    )
+
+
+def csv_text(value: Any) -> str:
+    """How legend writes one value in a CSV cell: the cell legend's CSV reader reads back as that value.
+
+    >>> [csv_text(v) for v in (None, True, 7, 0.1, "NA")]
+    ['', 'True', '7', '0.1', 'NA']
+    """
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "tolist"):
+        return csv_text(value.tolist())
+    return str(value)
+
+
 class ChunkWriter:
     """Append Datasets to a .jsonl/.json/.parquet/.csv file; the file appears at `path` only when closed cleanly.
 
-    JSON is written by us, not `Dataset.to_json`: pandas writes floats with 10 digits and escapes
-    "/". Unicode is written as is and floats keep full precision.
+    JSON and CSV are written by us, not by `Dataset.to_json`/pandas: pandas writes floats with 10
+    digits, escapes "/", writes a missing value and an empty string alike and makes floats of
+    integers beside missing values. Unicode is written as is and floats keep full precision.
+
+    Exactly as read: `write(chunk, originals=..., added=...)` takes each row's record as the input
+    file held it (`legend.data.json_records` of a JSON input, `csv_records` of a CSV one) and writes
+    it back with only the `added` columns set, so a JSON row missing a key does not gain `"key": null`
+    and a CSV cell keeps its text. A Parquet output written `like` an input schema keeps each input
+    column's Arrow type (a dictionary column stays one).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, like: Any = None) -> None:
         self.path = Path(path)
         self.suffix = check_output_type(path)
         self.rows = 0
+        self.like = like
         self._stack = contextlib.ExitStack()
         self._handle: IO[str] | None = None
         self._parquet: Any = None
+        self._csv: Any = None
         self._first = True
         self._temporary = self.path
 
@@ -329,37 +720,62 @@ class ChunkWriter:
                 self._handle.write("[")
         return self
 
-    def write(self, chunk: datasets.Dataset) -> None:
+    def write(
+        self,
+        chunk: datasets.Dataset,
+        originals: Sequence[Any] | None = None,
+        added: Sequence[str] = (),
+    ) -> None:
+        """Append `chunk`; with `originals` (one input record per row, JSON or CSV), only `added` columns come from
+        `chunk` and every other value is the record's own (see the class)."""
+        if originals is not None and len(originals) != len(chunk):
+            raise ValueError(f"{len(originals)} original records for {len(chunk)} rows")
         if self.suffix == ".parquet":
             self._write_parquet(chunk)
         elif self.suffix == ".csv":
-            self._write_csv(chunk)
+            self._write_csv(chunk, originals, added)
         else:
-            self._write_json(chunk)
+            self._write_json(chunk, originals, added)
         self.rows += len(chunk)
 
     def _text(self) -> IO[str]:
         assert self._handle is not None, "ChunkWriter used outside its `with` block"
         return self._handle
 
-    def _write_json(self, chunk: datasets.Dataset) -> None:
+    def _rows(self, chunk: datasets.Dataset) -> Iterator[dict[str, Any]]:
         names = chunk.column_names
-        handle = self._text()
         for batch in chunk.with_format(None).iter(batch_size=_BATCH_ROWS):
             for values in zip(*(batch[c] for c in names)):
-                line = json.dumps(dict(zip(names, values)), ensure_ascii=False, default=json_default)
-                if self.suffix == ".json":
-                    handle.write(("\n" if self._first else ",\n") + line)
-                    self._first = False
-                else:
-                    handle.write(line + "\n")
+                yield dict(zip(names, values))
+
+    def _write_json(self, chunk: datasets.Dataset, originals: Sequence[Any] | None, added: Sequence[str]) -> None:
+        handle = self._text()
+        for index, row in enumerate(self._rows(chunk)):
+            if originals is not None and isinstance(originals[index], dict):
+                record = dict(originals[index])
+                for name in added:
+                    record[name] = row[name]
+                row = record
+            line = json.dumps(row, ensure_ascii=False, default=json_default)
+            if self.suffix == ".json":
+                handle.write(("\n" if self._first else ",\n") + line)
+                self._first = False
+            else:
+                handle.write(line + "\n")
 
     def _write_parquet(self, chunk: datasets.Dataset) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = chunk.with_format("arrow")[:]
         if self._parquet is None:
-            self._parquet = self._stack.enter_context(pq.ParquetWriter(str(self._temporary), table.schema))
+            schema = table.schema
+            if self.like is not None:  # the input's own Arrow types (datasets decodes dictionary columns)
+                kept = {f.name: f for f in self.like}
+                schema = pa.schema([kept.get(f.name, f) for f in table.schema], metadata=table.schema.metadata)
+                if schema != table.schema:
+                    table = table.cast(schema)
+            self._parquet = self._stack.enter_context(pq.ParquetWriter(str(self._temporary), schema))
         elif table.schema != self._parquet.schema:
             try:
                 table = table.cast(self._parquet.schema)
@@ -370,14 +786,30 @@ class ChunkWriter:
                 ) from exc
         self._parquet.write_table(table)
 
-    def _write_csv(self, chunk: datasets.Dataset) -> None:
+    def _write_csv(self, chunk: datasets.Dataset, originals: Sequence[Any] | None, added: Sequence[str]) -> None:
+        import csv
+
         nested = nested_columns(chunk.features)
         if nested:
             raise DataError(
                 f"CSV cannot hold nested column(s) {', '.join(nested)}; write .jsonl, .json or .parquet instead",
                 source=str(self.path),
             )
-        chunk.to_pandas().to_csv(self._text(), header=self.rows == 0, index=False)
+        names = chunk.column_names
+        if self._csv is None:
+            self._csv = csv.writer(self._text(), lineterminator="\n")
+            self._csv.writerow(names)
+        kept = set(added)
+        for index, row in enumerate(self._rows(chunk)):
+            original = originals[index] if originals is not None else None
+            self._csv.writerow(
+                [
+                    (original.get(name) or "")
+                    if isinstance(original, dict) and name not in kept and name in original
+                    else csv_text(row[name])
+                    for name in names
+                ]
+            )
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
@@ -387,22 +819,25 @@ class ChunkWriter:
         self._stack.__exit__(kind, error, traceback)
 
 
-def write_table(ds: datasets.Dataset, path: str | os.PathLike[str]) -> None:
+def write_table(
+    ds: datasets.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    originals: Sequence[Any] | None = None,
+    added: Sequence[str] = (),
+) -> None:
     """Write ``ds`` atomically; the format follows the extension.
 
     ``.jsonl`` (one JSON object per line), ``.json`` (a JSON list of records),
     ``.parquet`` or ``.csv``. Nested columns (chat messages) round-trip in jsonl/json/parquet;
-    CSV cannot hold them and is refused before anything is written. Parent folders are created.
+    a column type or value the format cannot hold exactly (`check_output_values`: CSV and nested
+    columns, JSON and dates, ...) is refused before anything is written. Parent folders are created.
+    With `originals` (the input's own records, one per row) only the `added` columns come from ``ds``
+    (see `ChunkWriter.write`).
     """
-    suffix = check_output_type(path)
-    if suffix == ".csv" and nested_columns(ds.features):
-        raise DataError(
-            f"CSV cannot hold nested column(s) {', '.join(nested_columns(ds.features))}; write .jsonl, "
-            ".json or .parquet instead",
-            source=str(path),
-        )
+    check_output_values(ds, path)
     with quiet_datasets(), ChunkWriter(path) as writer:
-        writer.write(ds)
+        writer.write(ds, originals, added)
 
 
 # ---------------------------------------------------------------- safetensors, byte for byte reproducible

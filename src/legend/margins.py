@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import PairView
+from .data import DataError, PairView
 from .directions import Direction
-from .encoding import EncodeConfig, Encoder, as_encoder
+from .encoding import EncodeConfig, Encoder, TemplateError, as_encoder
 from .metrics import project
 from .models import LoadedModel
 
@@ -53,6 +53,8 @@ class Binning:
             raise ValueError(f"{where}bin edges and level values must be finite numbers")
         if any(b < a for a, b in zip(self.edges, self.edges[1:])):
             raise ValueError(f"{where}bin edges must not decrease: {self.edges}")
+        if any(b < a for a, b in zip(self.values, self.values[1:])):
+            raise ValueError(f"{where}level values must not decrease (level 0 holds raw <= 0): {self.values}")
 
     @property
     def levels(self) -> int:
@@ -148,6 +150,8 @@ class MarginResult:
     # Those differences projected on given random unit directions (n_pairs × k, float64): the null's
     # margins, computed in the same pass so the floor needs neither the differences nor a second pass.
     random_margins: np.ndarray | None = None
+    # Pairs whose chosen or rejected text lost most of its answer to truncation (`TokenizedText.answer_cut`).
+    n_answer_truncated: int = 0
 
 
 def compute_margins(
@@ -215,7 +219,12 @@ def check_directions_agree(directions: Sequence[Direction]) -> None:
     if duplicate is not None:
         raise ValueError(f"two directions are named {duplicate!r}: rebuild one with another --name")
     for other in directions[1:]:
-        for attribute in ("fingerprint", "hidden_size", "template", "max_length"):
+        for attribute in ("fingerprint", "hidden_size", "template", "max_length", "tokenizer_fingerprint"):
+            if attribute == "tokenizer_fingerprint" and None in (
+                first.tokenizer_fingerprint,
+                other.tokenizer_fingerprint,
+            ):
+                continue  # an older direction records none
             if getattr(other, attribute) != getattr(first, attribute):
                 raise ValueError(
                     f"directions {first.name!r} and {other.name!r} differ in {attribute} "
@@ -266,9 +275,18 @@ def compute_margins_multi(
     randoms = [
         None if random_directions is None else np.zeros((len(views), random_directions.shape[1])) for _ in directions
     ]
-    n_truncated = n_tokens = n_forward = 0
+    n_truncated = n_tokens = n_forward = n_cut = 0
     if len(todo):
-        encoded = encoder.encode(items, config)
+        try:
+            encoded = encoder.encode(items, config)
+        except TemplateError as err:
+            if err.item is None:
+                raise
+            side = "chosen" if err.item < len(todo) else "rejected"
+            raise DataError(f"{err} (its {side} answer)", row=todo[err.item % len(todo)] + 1) from None
+        if encoded.answer_cut:
+            cut = np.array(encoded.answer_cut, dtype=bool)
+            n_cut = int((cut[: len(todo)] | cut[len(todo) :]).sum())
         for raw, direction in zip(raws, directions):
             vectors = encoded.get(direction.layer, direction.pooling)
             raw[todo] = project(vectors[: len(todo)], vectors[len(todo) :], direction.vector)
@@ -299,6 +317,7 @@ def compute_margins_multi(
             },
             differences=diff,
             random_margins=random,
+            n_answer_truncated=n_cut,
         )
         for raw, d, diff, random in zip(raws, directions, diffs, randoms)
     ]

@@ -7,11 +7,12 @@
 - `memory`: `annotate`, the whole stage on a dataset held in memory.
 """
 
-from .card import CARD_TAGS, card_entry, card_path, card_section, merged_card, write_card
+from .card import CARD_TAGS, card_entry, card_parts, card_path, card_section, check_card, merged_card, write_card
 from .finish import (
     Annotation,
     Finished,
     annotation_summary,
+    check_answers_kept,
     finish_annotation,
     fit_binnings,
     other_directions_summary,
@@ -36,7 +37,17 @@ from .metadata import (
     sidecar_path,
     write_metadata,
 )
-from .settings import BINNING_RULE, MARGIN_COLUMNS, AnnotateSettings, DirectionArg, load_directions, margin_columns
+from .settings import (
+    BINNING_RULE,
+    MARGIN_COLUMNS,
+    AnnotateSettings,
+    DirectionArg,
+    check_level_values,
+    check_margin_columns,
+    check_text_settings,
+    load_directions,
+    margin_columns,
+)
 
 __all__ = [
     "BINNING_RULE",
@@ -55,8 +66,14 @@ __all__ = [
     "annotate",
     "annotation_summary",
     "card_entry",
+    "card_parts",
     "card_path",
     "card_section",
+    "check_answers_kept",
+    "check_card",
+    "check_level_values",
+    "check_margin_columns",
+    "check_text_settings",
     "find_sidecar",
     "finish_annotation",
     "fit_binnings",

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from ..io import atomic_path
+from ..errors import DataError
+from ..io import atomic_path, file_lock
 from ..models import model_source
 
 METADATA_FOLDER = ".legend"
@@ -150,28 +151,99 @@ def card_section(document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def merged_card(existing: str | None, document: dict[str, Any]) -> str | None:
+def _kind(value: Any) -> str:
+    return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else type(value).__name__
+
+
+def card_parts(existing: str | None, source: str = CARD_FILE) -> tuple[dict[str, Any], str] | None:
+    """An existing card's YAML front matter (as data) and its text, checked to be a card legend can update.
+
+    Args:
+        existing: the README.md text (None: there is none).
+        source: the card's path, for errors.
+
+    Returns:
+        (front matter, text), or None when the README is not a dataset card (no front matter, no legend
+        section: e.g. a project's README, which is left alone).
+
+    Raises:
+        DataError: naming the card and what is wrong: front matter that is not valid YAML, uses a Python
+            tag (never constructed), is not a mapping, or whose `tags`, `legend` or `legend.files` is not
+            what legend reads and writes there.
+    """
+    from huggingface_hub import RepoCard
+
+    if existing is not None and not existing.startswith("---") and "<!-- legend:begin " not in existing:
+        return None
+    logging.getLogger("huggingface_hub.repocard").setLevel(logging.ERROR)  # "no metadata block" is expected
+    try:
+        card = RepoCard(existing or "# Preference data annotated by legend\n")
+    except yaml.constructor.ConstructorError as err:
+        tag = f" {err.problem.split()[-1]}" if err.problem and "tag" in err.problem else ""
+        raise DataError(
+            f"the YAML front matter uses a tag{tag} that legend does not construct (only plain YAML is read): remove "
+            "it, or move the card away",
+            source=source,
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = None if mark is None else mark.line + 2  # the file's line: the front matter starts after "---"
+        where = f" (line {line}: {getattr(err, 'problem', '') or 'error'})" if line is not None else ""
+        raise DataError(
+            f"the YAML front matter is not valid YAML{where}: fix it, or move the card away", source=source
+        ) from None
+    except ValueError as err:  # huggingface_hub: the metadata block is not a mapping
+        raise DataError(f"the YAML front matter is not a mapping ({err})", source=source) from None
+    data = card.data.to_dict()
+    tags = data.get("tags")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        raise DataError(f"'tags' in the front matter is {_kind(tags)}: expected a list of strings", source=source)
+    meta = data.get("legend")
+    if meta is not None and not isinstance(meta, dict):
+        raise DataError(
+            f"'legend' in the front matter is {_kind(meta)}: expected a mapping (legend's entry, with 'files')",
+            source=source,
+        )
+    files = (meta or {}).get("files")
+    if files is not None and not isinstance(files, dict):
+        raise DataError(
+            f"'legend.files' in the front matter is {_kind(files)}: expected a mapping of file name to entry",
+            source=source,
+        )
+    return data, card.text
+
+
+def check_card(out: str | os.PathLike[str]) -> None:
+    """Before any work: the dataset card beside `out` (if any) is one legend can update (`card_parts`), so a run
+    never fails on it after the output is in place."""
+    card = card_path(out)
+    if not card.is_file():
+        return
+    try:
+        existing = card.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", source=str(card)) from None
+    card_parts(existing, str(card))
+
+
+def merged_card(existing: str | None, document: dict[str, Any], source: str = CARD_FILE) -> str | None:
     """The README.md text with legend's YAML entry and section for this file added or replaced.
 
     Anything else in the card (the user's YAML keys, text, other files' sections) is kept. A README
     without YAML front matter and without a legend section is not a dataset card (e.g. a project's
-    README): None, leave it alone.
+    README): None, leave it alone. A card legend cannot update is a DataError (`card_parts`).
     """
-    from huggingface_hub import RepoCard
-
     name = Path(document["output"]).name
     begin, end = _section_markers(name)
-    if existing is not None and not existing.startswith("---") and begin not in existing:
+    parts = card_parts(existing, source)
+    if parts is None:
         return None
-    logging.getLogger("huggingface_hub.repocard").setLevel(logging.ERROR)  # "no metadata block" is expected
-    card = RepoCard(existing or "# Preference data annotated by legend\n")
-    data = card.data.to_dict()
+    data, text = parts
     tags = list(data.get("tags") or [])
     data["tags"] = tags + [t for t in CARD_TAGS if t not in tags]
     meta = dict(data.get("legend") or {})
     meta["files"] = {**(meta.get("files") or {}), name: card_entry(document)}
     data["legend"] = meta
-    text = card.text
     section = card_section(document)
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
@@ -183,14 +255,21 @@ def merged_card(existing: str | None, document: dict[str, Any]) -> str | None:
 
 
 def write_card(out: str | os.PathLike[str], document: dict[str, Any]) -> Path | None:
-    """Add or update this file's entry in the dataset card beside it (atomically); the card's path, or None
-    when an existing README.md is not a dataset card and was left alone."""
+    """Add or update this file's entry in the dataset card beside it; the card's path, or None when an existing
+    README.md is not a dataset card and was left alone.
+
+    The card is read, changed and rewritten (atomically) under `legend.io.file_lock`, so runs writing
+    other files of the same folder at the same time each keep their section.
+    """
     card = card_path(out)
-    existing = card.read_text(encoding="utf-8") if card.is_file() else None
-    text = merged_card(existing, document)
-    if text is None:
-        log.warning("%s has no YAML front matter (not a dataset card): left as it is, no legend section added", card)
-        return None
-    with atomic_path(card) as temporary:
-        temporary.write_text(text, encoding="utf-8")
+    with file_lock(card):
+        existing = card.read_text(encoding="utf-8") if card.is_file() else None
+        text = merged_card(existing, document, str(card))
+        if text is None:
+            log.warning(
+                "%s has no YAML front matter (not a dataset card): left as it is, no legend section added", card
+            )
+            return None
+        with atomic_path(card) as temporary:
+            temporary.write_text(text, encoding="utf-8")
     return card

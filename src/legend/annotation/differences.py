@@ -124,11 +124,17 @@ def read_differences(path: str | os.PathLike[str], n_rows: int, margin_column: s
         raise
     except Exception as err:  # safetensors' own error types for a truncated or foreign file
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DataError(f"not a readable safetensors file of embedding differences ({first})", source=name) from None
-    if differences.ndim != 2 or differences.shape[0] != n_rows:
         raise DataError(
-            f"embedding differences for {differences.shape[0]} rows, but the data has {n_rows}", source=name
+            f"not a readable safetensors file ({first}): the embedding differences are damaged; delete the file (it "
+            "is only needed for the random floor) or annotate again",
+            source=name,
+        ) from None
+    if not np.issubdtype(differences.dtype, np.floating) or not np.all(np.isfinite(differences)):
+        raise DataError("the embedding differences must be finite floating-point numbers", source=name)
+    if differences.ndim != 2 or differences.shape[0] != n_rows:
+        rows = differences.shape[0] if differences.ndim else 0
+        raise DataError(
+            f"embedding differences for {rows} rows, but the data has {n_rows} (shape {tuple(differences.shape)})",
+            source=name,
         )
-    if not np.all(np.isfinite(differences)):
-        raise DataError("embedding differences that are not finite numbers", source=name)
     return differences

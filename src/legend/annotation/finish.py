@@ -3,6 +3,7 @@ bins fitted (or loaded), margin columns added, the summary and the metadata docu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 import datasets
 import numpy as np
 
+from ..data import DataError
 from ..directions import Direction
+from ..encoding import ANSWER_CUT_SHARE
 from ..margins import Binning, MarginResult, describe
 from .metadata import sidecar_document
 from .settings import AnnotateSettings, margin_columns
@@ -34,12 +37,18 @@ class Annotation:
 def with_margins(
     chunk: datasets.Dataset, raws: Sequence[np.ndarray], binnings: Sequence[Binning], directions: Sequence[Direction]
 ) -> datasets.Dataset:
-    """The rows with each direction's raw and binned margin columns (replacing any columns of those names)."""
+    """The rows with each direction's raw and binned margin columns after the input's.
+
+    A column of the input with one of those names (allowed by `AnnotateSettings.overwrite_margins`,
+    checked before) gets the new values where it stands: the column order is the input's.
+    """
     names = margin_columns(directions)
+    order = list(chunk.column_names)
+    order += [column for pair in names for column in pair if column not in order]
     chunk = chunk.remove_columns([c for pair in names for c in pair if c in chunk.column_names])
     for (raw_name, level_name), raw, binning in zip(names, raws, binnings):
         chunk = chunk.add_column(raw_name, raw.tolist()).add_column(level_name, binning.apply(raw).tolist())
-    return chunk
+    return chunk.select_columns(order) if chunk.column_names != order else chunk
 
 
 def fit_binnings(raws: Sequence[np.ndarray], settings: AnnotateSettings) -> list[Binning]:
@@ -69,6 +78,7 @@ def annotation_summary(
         "layout": layout,
         "identical_pairs": margins.n_identical,
         "truncated_texts": margins.n_truncated_texts,
+        "answer_truncated_pairs": margins.n_answer_truncated,
         "tokens": margins.n_tokens,
         "forward_tokens": margins.extra.get("forward_tokens"),
         "seconds": round(seconds, 3),
@@ -151,6 +161,41 @@ class Finished:
         return with_margins(chunk, raws, self.binnings, self.directions)
 
 
+log = logging.getLogger("legend.annotation")
+
+
+def check_answers_kept(margins: MarginResult, max_length: int, source: str) -> None:
+    """Truncation that removed most of an answer: an error when it hit every pair compared, else a warning naming
+    how many pairs it hit.
+
+    A pair "lost its answer" when truncation from the left cut more than `ANSWER_CUT_SHARE` (half) of
+    the answer tokens of its chosen or rejected text (`TokenizedText.answer_cut`): its margin then
+    compares what is left, mostly the template's end-of-turn tokens, not the answers.
+    """
+    compared = int(margins.raw.size) - margins.n_identical
+    cut = margins.n_answer_truncated
+    if not cut:
+        return
+    what = (
+        f"truncation to {max_length} tokens removed most of the answer (more than {ANSWER_CUT_SHARE:.0%} of its "
+        "tokens) of"
+    )
+    if cut >= compared:
+        raise DataError(
+            f"{what} every one of the {compared} pairs compared: their margins would compare what is left, not the "
+            "answers; raise --max-length",
+            source=source,
+        )
+    log.warning(
+        "warning: %s: %s %d of %d pairs: their margins compare what is left of the answers; raise --max-length "
+        "(the summary counts them as answer_truncated_pairs)",
+        source,
+        what,
+        cut,
+        compared,
+    )
+
+
 def finish_annotation(
     *,
     source: str,
@@ -181,6 +226,7 @@ def finish_annotation(
     Returns:
         A `Finished` holding the bins, summary and document.
     """
+    check_answers_kept(margins[0], directions[0].encode_config(settings.encoding).length_limit, source)
     raws = [m.raw for m in margins]
     binnings = fit_binnings(raws, settings)
     summary = annotation_summary(

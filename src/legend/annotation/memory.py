@@ -7,12 +7,12 @@ import time
 
 import datasets
 
-from ..data import PairView, detect_layout, load_table, pair_views
+from ..data import DataError, PairView, detect_layout, load_table, pair_views
 from ..encoding import load_encoder
 from ..margins import compute_margins_multi
 from ..models import LoadedModel, ModelSpec
 from .finish import Annotation, finish_annotation
-from .settings import AnnotateSettings, DirectionArg, load_directions
+from .settings import AnnotateSettings, DirectionArg, check_margin_columns, check_text_settings, load_directions
 
 
 def annotate(
@@ -57,10 +57,15 @@ def annotate(
     source = source or "<dataset>"
     layout = detect_layout(dataset, settings.columns, source=source)
     views: list[PairView] = pair_views(dataset, layout, settings.columns, source=source)
+    check_margin_columns(dataset.column_names, directions, settings.overwrite_margins, source=source)
+    check_text_settings(directions, model, settings)
     # Only now load the model: bad input fails in a second, not after loading weights.
     encoder = load_encoder(settings.encoder, model, fallback=directions[0].model_id)
     start = time.perf_counter()
-    results = compute_margins_multi(encoder, views, directions, settings.encoding)
+    try:
+        results = compute_margins_multi(encoder, views, directions, settings.encoding)
+    except DataError as err:
+        raise err.located(source) from None
     finished = finish_annotation(
         source=source,
         out=None,

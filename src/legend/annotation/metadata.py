@@ -8,6 +8,7 @@ card (`card.py`) is `README.md` beside the data.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ METADATA_FOLDER = ".legend"  # `datasets` skips hidden folders when it resolves 
 CARD_FILE = "README.md"  # the dataset card: `datasets` and the Hub read its YAML, never as data
 LEGACY_SIDECAR_SUFFIX = ".legend.json"  # where earlier versions put the metadata, beside the data: read, not written
 SIDECAR_SUFFIX = LEGACY_SIDECAR_SUFFIX  # its old name (legend.pipeline exports it)
+log = logging.getLogger("legend.annotation")
 
 
 @dataclass(frozen=True)
@@ -170,8 +172,18 @@ def record_evaluation(data: str | os.PathLike[str], result: dict[str, Any]) -> P
 
 
 def write_metadata(out: str | os.PathLike[str], document: dict[str, Any]) -> MetadataPaths:
-    """Write an annotated file's metadata JSON and its card entry (both atomically)."""
+    """Write an annotated file's metadata JSON and its card entry (both atomically).
+
+    The data is in place already, so a card that cannot be updated (changed since it was checked,
+    a full disk) is a warning, not a failure.
+    """
     paths = metadata_paths(out)
     write_json(document, paths.document)
-    write_card(out, document)
+    try:
+        write_card(out, document)
+    except (DataError, OSError) as err:
+        from ..io import os_error_message
+
+        reason = os_error_message(err) if isinstance(err, OSError) else str(err)
+        log.warning("warning: the dataset card was not updated (%s); %s and its metadata are written", reason, out)
     return paths

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data import DEFAULT_CHUNK_ROWS, ColumnNames
+from ..data import DEFAULT_CHUNK_ROWS, ColumnNames, DataError
 from ..directions import Direction
-from ..encoding import DEFAULT_ENCODER, ENCODERS, EncodeConfig
+from ..encoding import DEFAULT_ENCODER, ENCODERS, EncodeConfig, check_max_length
 from ..margins import DEFAULT_LEVELS, Binning, check_directions_agree
 
 MARGIN_COLUMNS = ("margin_raw", "margin")
@@ -43,6 +45,9 @@ class AnnotateSettings:
     evidence: str = "auto"
     random_directions: int = 200  # the floor's random unit directions (seeded by `seed`)
     seed: int = 0  # of the random directions and the bootstrap intervals
+    # An input column named like one legend writes (margin_raw, margin, margin_raw_<name>, ...) is an error unless
+    # this is set; then its values are replaced where the column stands (the column order is kept).
+    overwrite_margins: bool = False
 
     def __post_init__(self) -> None:
         ENCODERS.check(self.encoder, "encoder")
@@ -50,6 +55,8 @@ class AnnotateSettings:
             raise ValueError(f"evidence: expected one of {', '.join(EVIDENCE_MODES)}, got {self.evidence!r}")
         if self.random_directions < 1:
             raise ValueError("random_directions must be at least 1")
+        if self.level_values is not None:
+            check_level_values(self.level_values)
         levels, values = self.levels, self.level_values
         if self.binning is not None:  # given levels or values must say what the binning says (it wins otherwise)
             where = f" ({self.binning.source})" if self.binning.source else ""
@@ -95,8 +102,35 @@ class AnnotateSettings:
         return data
 
 
+def check_level_values(values: Sequence[float], option: str = "level_values") -> None:
+    """Level values must be finite numbers that never decrease (level 0 holds raw <= 0, the last the largest raw
+    margins, so a larger value means a larger margin; equal values merge levels).
+
+    >>> check_level_values([0, 1, 1, 2])
+    >>> check_level_values([3, 2, 1, 0], "--level-values")
+    Traceback (most recent call last):
+    ...
+    ValueError: --level-values 3,2,1,0: the values must not decrease (the first is the level of raw margins <= 0, \
+the last that of the largest ones); give them in increasing order
+    """
+    shown = ",".join(f"{v:g}" for v in values)
+    if not values:
+        raise ValueError(f"{option}: no values given")
+    bad = next((v for v in values if not math.isfinite(v)), None)
+    if bad is not None:
+        raise ValueError(f"{option} {shown}: {bad:g} is not a finite number; give finite numbers")
+    if any(b < a for a, b in itertools.pairwise(values)):
+        raise ValueError(
+            f"{option} {shown}: the values must not decrease (the first is the level of raw margins <= 0, the last "
+            "that of the largest ones); give them in increasing order"
+        )
+
+
 def load_directions(direction: DirectionArg) -> tuple[list[Direction], Any]:
-    """Directions (one, or a list) loaded from folders or Hub ids where needed, and their paths as recorded."""
+    """Directions (one, or a list) loaded from folders or Hub ids where needed, and their paths as recorded.
+
+    Several directions must agree (`check_directions_agree`) and write distinct columns (`margin_columns`).
+    """
     items: list[Any] = list(direction) if isinstance(direction, (list, tuple)) else [direction]
     if not items:
         raise ValueError("no direction given")
@@ -104,9 +138,79 @@ def load_directions(direction: DirectionArg) -> tuple[list[Direction], Any]:
     directions = [d if isinstance(d, Direction) else Direction.from_pretrained(d) for d in items]
     if len(directions) > 1:
         check_directions_agree(directions)
+    margin_columns(directions)
     return directions, paths if isinstance(direction, (list, tuple)) and len(items) > 1 else paths[0]
 
 
 def margin_columns(directions: Sequence[Direction]) -> list[tuple[str, str]]:
-    """(raw column, level column) per direction: `margin_raw`/`margin`, then `margin_raw_<name>`/`margin_<name>`."""
-    return [MARGIN_COLUMNS] + [(f"margin_raw_{d.name}", f"margin_{d.name}") for d in directions[1:]]
+    """(raw column, level column) per direction: `margin_raw`/`margin`, then `margin_raw_<name>`/`margin_<name>`.
+
+    A ValueError when two directions would write one column (a second direction named `raw` writes `margin_raw`,
+    the first direction's column).
+    """
+    columns = [MARGIN_COLUMNS] + [(f"margin_raw_{d.name}", f"margin_{d.name}") for d in directions[1:]]
+    owner: dict[str, str] = {}
+    for direction, pair in zip(directions, columns):
+        for column in pair:
+            if column in owner:
+                raise ValueError(
+                    f"direction {direction.name!r} would write the column {column!r}, which direction "
+                    f"{owner[column]!r} writes too: rebuild one of them with another --name"
+                )
+            owner[column] = direction.name
+    return columns
+
+
+def check_margin_columns(
+    found: Sequence[str], directions: Sequence[Direction], overwrite: bool = False, source: str | None = None
+) -> list[str]:
+    """Refuse input columns named like a column the annotation writes, unless `overwrite` (they are then replaced
+    in place); returns the input columns that will be replaced.
+
+    >>> from legend.directions import Direction
+    >>> import torch
+    >>> d = Direction(torch.ones(2) / 2**0.5, layer=1, pooling="last", model_id="m", fingerprint="f", hidden_size=2,
+    ...               num_layers=1)
+    >>> check_margin_columns(["prompt", "chosen", "rejected", "margin"], [d], source="in.jsonl")
+    Traceback (most recent call last):
+    ...
+    legend.errors.DataError: in.jsonl: already has a column 'margin', which legend writes (margin_raw, margin): pass \
+--overwrite-margins (overwrite_margins=True) to replace its values where it stands, or rename it
+    """
+    written = [column for pair in margin_columns(directions) for column in pair]
+    clash = [column for column in found if column in written]
+    if clash and not overwrite:
+        raise DataError(
+            f"already has a column {', '.join(repr(c) for c in clash)}, which legend writes ({', '.join(written)}): "
+            "pass --overwrite-margins (overwrite_margins=True) to replace its values where it stands, or rename it",
+            source=source,
+        )
+    return clash
+
+
+def check_text_settings(
+    directions: Sequence[Direction], model: Any, settings: AnnotateSettings, tokenizer: Any = None
+) -> None:
+    """Before the model loads: the max length leaves room for text in the directions' template, and the tokenizer
+    (with its chat template) is the one the directions were built with.
+
+    The tokenizer alone is loaded for it (a second at most); where it cannot be (a custom encoder's
+    model, a model that does not load), the checks wait for the model, whose loading reports its own problem.
+    """
+    if tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        from ..models import ModelSpec, load_tokenizer
+
+        name = model.name if isinstance(model, ModelSpec) else model
+        trust = model.trust_remote_code if isinstance(model, ModelSpec) else False
+        try:
+            tokenizer = load_tokenizer(name or directions[0].model_id, trust_remote_code=trust)
+        except Exception:  # the model load reports it in its own words
+            return
+    first = directions[0]
+    given = settings.encoding.max_length is not None
+    option = "--max-length" if given else f"direction {first.name!r}: max_length"
+    check_max_length(tokenizer, first.template, first.encode_config(settings.encoding).length_limit, option)
+    for each in directions:
+        each.check_tokenizer(tokenizer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,20 +26,51 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-USER_ERRORS = (DataError, DirectionMismatch, ModelError, FileNotFoundError, ValueError)
+USER_ERRORS = (DataError, DirectionMismatch, ModelError, ValueError, OSError)
+"""What a command reports in one line (exit 2): bad input, a mismatched direction, a model that does not load, and
+every OS error (a read-only folder, a full disk, a path under a file, a missing permission), named by its path."""
+
+
+def error_line(err: BaseException) -> str:
+    """The one line a failure is reported in: an OS error as its path and the errno's words, else the first line."""
+    if isinstance(err, OSError):
+        from legend.io import os_error_message
+
+        return os_error_message(err)
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class WarningLines(logging.Handler):
+    """Print each warning legend logs as one `warning: ...` line on stderr while a command runs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage().strip().splitlines()[0]
+        except Exception:  # a broken log call must not end the command
+            return
+        typer.echo(message if message.startswith("warning: ") else f"warning: {message}", err=True)
 
 
 def user_errors(func: F) -> F:
-    """Turn expected failures (bad input, mismatched direction, missing model) into one line and exit 2."""
+    """Turn expected failures (bad input, mismatched direction, missing model, OS errors) into one line and exit 2,
+    and show the warnings legend logs (truncated answers, an unchecked tokenizer, ...) as `warning:` lines."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from legend.io import unwind_on_termination
+
+        logger = logging.getLogger("legend")
+        handler = WarningLines(logging.WARNING)
+        logger.addHandler(handler)
         try:
-            return func(*args, **kwargs)
+            with unwind_on_termination():  # SIGTERM/SIGHUP: temporaries and locks are removed as on Ctrl-C
+                return func(*args, **kwargs)
         except USER_ERRORS as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            typer.echo(f"error: {message}", err=True)
+            typer.echo(f"error: {error_line(err)}", err=True)
             raise typer.Exit(code=2) from None
+        finally:
+            logger.removeHandler(handler)
 
     return wrapper  # type: ignore[return-value]
 
@@ -66,12 +98,14 @@ def spare_inputs(
     inputs: list[Any], *, files: tuple[Any, ...] = (), folders: tuple[Any, ...] = (), tables: tuple[Any, ...] = ()
 ) -> None:
     """Before anything is read or loaded: refuse an output file or folder that would overwrite, delete or change one
-    of the command's inputs (`legend.io.check_outputs_spare_inputs`; None entries and Hub names are skipped), and a
-    data output (`tables`, also checked as files) of a type legend cannot write."""
-    from legend.io import check_output_type, check_outputs_spare_inputs
+    of the command's inputs (`legend.io.check_outputs_spare_inputs`; None entries and Hub names are skipped), a
+    data output (`tables`, also checked as files) of a type legend cannot write, and an output that cannot be
+    created where it is asked for (`legend.io.check_writable`: under a file, a read-only or full folder)."""
+    from legend.io import check_output_type, check_outputs_spare_inputs, check_writable
 
     for table in tables:
         if table is not None:
             check_output_type(table)
     check_outputs_spare_inputs([*files, *tables], inputs)
     check_outputs_spare_inputs(list(folders), inputs, folders=True)
+    check_writable([*files, *tables, *folders])  # a read-only or full folder fails now, not after the work

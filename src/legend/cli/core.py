@@ -29,12 +29,17 @@ console = Console(stderr=False)
 
 
 def _parse_floats(text: Optional[str]) -> Optional[tuple[float, ...]]:
+    """--level-values: comma-separated finite numbers that never decrease (`check_level_values`)."""
     if text is None:
         return None
     try:
-        return tuple(float(part) for part in text.split(","))
+        values = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise ValueError(f"--level-values: expected comma-separated numbers, got {text!r}") from None
+    from legend.annotation import check_level_values
+
+    check_level_values(values, "--level-values")
+    return values
 
 
 def print_margin_summary(summary: dict[str, Any], out: Path | None = None) -> None:
@@ -44,6 +49,8 @@ def print_margin_summary(summary: dict[str, Any], out: Path | None = None) -> No
     table.add_row("rows written", str(summary["rows"]))
     table.add_row("identical chosen/rejected (margin 0)", str(summary["identical_pairs"]))
     table.add_row("texts truncated from the left", str(summary["truncated_texts"]))
+    if summary.get("answer_truncated_pairs"):
+        table.add_row("pairs whose answer truncation cut by more than half", str(summary["answer_truncated_pairs"]))
     if raw.get("n"):
         table.add_row("share of positive margins", f"{raw['share_positive']:.3f}")
         table.add_row("margin_raw mean ± std", f"{raw['mean']:.4g} ± {raw['std']:.4g}")
@@ -210,6 +217,7 @@ def direction(
 ) -> None:
     """Build a safety direction for a model and save it as a folder (the recommended recipe unless told otherwise)."""
     spare_inputs([*(pairs or []), spec.name, select_on], folders=(out,))
+    from legend.directions import Direction
     from legend.encoding import EncodeConfig
     from legend.pipeline import build_direction_from_file
     from legend.selection import RECIPES, recipe_settings
@@ -218,6 +226,9 @@ def direction(
         raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, got {recipe!r}")
     if recipe == "paper" and not pairs:
         raise ValueError("--recipe paper needs --pairs: the paper's contrast pairs are induced (`legend induce`)")
+    if push_to_hub:
+        Direction.check_push(push_to_hub)  # offline, no token, a bad repo id: now, not after the build
+    _check_template_room(spec, template, max_length)
     given = {"layer": layer, "pooling": pooling, "estimator": estimator, "select": select}
     settings = recipe_settings(
         recipe,
@@ -260,8 +271,29 @@ def direction(
     for warning in report["warnings"]:
         console.print(f"warning: {warning}")
     if push_to_hub:
-        commit = built.push_to_hub(push_to_hub)
+        try:
+            commit = built.push_to_hub(push_to_hub)
+        except Exception as err:  # the network went away during the build: the direction is saved all the same
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(
+                f"{out}: the direction is saved there, but the upload to {push_to_hub} failed ({first}); push it later "
+                f"with `python -c \"from legend.directions import Direction; Direction.load('{out}').push_to_hub("
+                f"'{push_to_hub}')\"`"
+            ) from None
         console.print(f"pushed to the Hub: {getattr(commit, 'commit_url', None) or push_to_hub}")
+
+
+def _check_template_room(spec: Any, template: str, max_length: int) -> None:
+    """Before the model loads: --max-length must leave room for text in the template (the tokenizer alone is
+    loaded for it; a model whose tokenizer does not load reports that when it loads)."""
+    from legend.encoding import check_max_length
+    from legend.models import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(spec.name or "default", trust_remote_code=spec.trust_remote_code)
+    except Exception:
+        return
+    check_max_length(tokenizer, template, max_length)
 
 
 def _print_selection(selection: dict[str, Any], candidates: int) -> None:
@@ -370,6 +402,13 @@ def annotate(
         int, typer.Option(min=1, help="Random unit directions of the floor (seeded by --seed).")
     ] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the floor's random directions and the bootstrap intervals.")] = 0,
+    overwrite_margins: Annotated[
+        bool,
+        typer.Option(
+            help="An input column named like one legend writes (margin_raw, margin, margin_raw_<name>, ...) is an "
+            "error; with this its values are replaced where the column stands (the column order is kept)."
+        ),
+    ] = False,
     quiet: Quiet = False,
     spec: Any = None,
 ) -> None:
@@ -411,6 +450,7 @@ def annotate(
         evidence=evidence,
         random_directions=random_directions,
         seed=seed,
+        overwrite_margins=overwrite_margins,
     )
     result = annotate_file(
         data,

@@ -372,6 +372,10 @@ def audit(
 
     if out is None and simulate_flips is None:
         raise ValueError("nothing to do: give --out (audited file) and/or --simulate-flips (measure the audit)")
+    if out is not None:
+        from legend.annotation import check_card
+
+        check_card(out)  # the dataset card beside --out: one legend can update, checked before any work
     settings = AuditSettings(quantile=quantile, min_score=min_score)
     labelled = _read(
         data,
@@ -388,7 +392,15 @@ def audit(
     result = audit_margins(labelled.raw, settings)
     summary: dict[str, Any] = {"source": labelled.source, "margin_column": labelled.margin_column, **result.summary()}
     if out is not None:
-        write_table(add_audit_columns(labelled.dataset, result), out)
+        from itertools import islice
+
+        from legend.engines.local import original_records
+
+        audited = add_audit_columns(labelled.dataset, result)
+        records = original_records(data, out)  # JSON/CSV rows written back as the input holds them
+        added = ["audit_flag", "audit_score"] + (["margin_raw"] if labelled.annotated_now else [])
+        rows = list(islice(records, len(audited))) if records is not None else None
+        write_table(audited, out, originals=rows, added=added)
         summary["output"] = str(out)
         _carry_sidecar(data, out, summary, labelled.annotated_now)
     console.print(

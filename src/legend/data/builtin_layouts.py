@@ -173,12 +173,53 @@ def _final_response(messages: tuple[Message, ...], field: str, where: Where) -> 
     return last["content"]
 
 
+def strip_repeated_prompt(
+    prompt: tuple[Message, ...],
+    chosen: tuple[Message, ...],
+    rejected: tuple[Message, ...],
+    names: PairColumns,
+    where: Where,
+) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+    """chosen/rejected messages without a copy of the prompt's turns they begin with.
+
+    TRL's conversational convention: `prompt` holds the shared turns, `chosen`/`rejected` only the
+    continuation. Data that repeats the whole prompt at the start of both (same roles, same
+    contents) would send every prompt turn to the model twice: the repeated turns are dropped. A
+    copy at the start of one side only is ambiguous and refused.
+
+    >>> from legend.data.schema import PairColumns, Where
+    >>> q = ({"role": "user", "content": "Hi"},)
+    >>> a = {"role": "assistant", "content": "Hello"}
+    >>> strip_repeated_prompt(q, q + (a,), q + (a,), PairColumns(), Where("x", 1))
+    (({'role': 'assistant', 'content': 'Hello'},), ({'role': 'assistant', 'content': 'Hello'},))
+    """
+    if not prompt:
+        return chosen, rejected
+    size = len(prompt)
+    repeats = [len(side) > size and side[:size] == prompt for side in (chosen, rejected)]
+    if all(repeats):
+        return chosen[size:], rejected[size:]
+    if any(repeats):
+        field, other = (names.chosen, names.rejected) if repeats[0] else (names.rejected, names.chosen)
+        raise where.error(
+            field,
+            f"begins with the {size} turn(s) of '{names.prompt}' again, but '{other}' does not: in the conversational "
+            f"layout '{names.prompt}' holds the shared turns and '{field}'/'{other}' only what follows; give both "
+            "sides the same way",
+        )
+    return chosen, rejected
+
+
 def _conversational_view(record: dict[str, Any], names: PairColumns, where: Where) -> PairView:
     # The response is the last message (the assistant's); the prompt is the prompt column's messages
     # (explicit) or the chosen messages before the response (implicit), the chosen side winning if the
     # rejected side differs. A string prompt (UltraFeedback) is used only when the chosen messages hold none.
+    # Chosen/rejected that repeat the prompt column's turns at their start have them dropped (strip_repeated_prompt).
     chosen = where.messages(record[names.chosen], names.chosen)
     rejected = where.messages(record[names.rejected], names.rejected)
+    given = record.get(names.prompt) if names.prompt in record else None
+    if isinstance(given, list):
+        chosen, rejected = strip_repeated_prompt(where.messages(given, names.prompt), chosen, rejected, names, where)
     chosen_text = _final_response(chosen, names.chosen, where)
     rejected_text = _final_response(rejected, names.rejected, where)
     prompt = chosen[:-1]  # implicit prompt; the chosen side wins if the rejected one differs

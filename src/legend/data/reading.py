@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,19 @@ import datasets
 from ..errors import DataError
 from ..io import quiet_datasets
 from .values import (
+    CSV_READ_OPTIONS,
+    JSON_READ_OPTIONS,
+    check_csv_header,
     check_csv_values_kept,
     check_values_kept,
     csv_records,
     describe,
     find_non_utf8,
+    json_list_records,
     json_records,
+    mixed_type_error,
     open_text,
+    parse_json,
 )
 
 # Input file suffixes -> `datasets` packaged builder.
@@ -156,6 +163,45 @@ def check_file_split(name: str, split: str) -> None:
         )
 
 
+def check_regular_file(path: Path, name: str) -> None:
+    """Refuse an input that is not a regular file (a named pipe, a device, a socket): it cannot be read twice.
+
+    Args:
+        path: the input (it exists).
+        name: how it is named in the error.
+
+    Raises:
+        DataError: naming what it is.
+    """
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode):
+        return
+    kind = (
+        "a named pipe (FIFO)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
+    raise DataError(
+        f"is {kind}, not a regular file: legend reads an input more than once (every row is checked before the "
+        "model loads, then annotated), which a stream cannot give; save it to a file first",
+        source=name,
+    )
+
+
+def parquet_rows(path: Path, name: str) -> int:
+    """The rows a Parquet file holds, from its footer (a damaged file is a DataError naming it)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception as exc:  # pyarrow's ArrowInvalid/OSError for a file that is not Parquet
+        raise DataError(f"could not read as parquet: {root_message(exc)}", source=name) from exc
+
+
 def _load_file(path: Path, name: str) -> datasets.Dataset:
     builder = input_format(path)
     if builder is None:
@@ -164,31 +210,45 @@ def _load_file(path: Path, name: str) -> datasets.Dataset:
             "(.jsonl/.json/.csv may be .gz-compressed), a dataset folder, or a Hugging Face Hub dataset name",
             source=name,
         )
+    check_regular_file(path, name)
     if not os.access(path, os.R_OK):
         raise DataError("file is not readable (permission denied)", source=name)
     if path.stat().st_size == 0:
         raise DataError("file is empty (no rows)", source=name)
+    if builder == "parquet" and parquet_rows(path, name) == 0:
+        raise DataError("no rows (the Parquet file has its columns but 0 rows)", source=name)
     if builder in ("json", "csv"):
         # Arrow keeps invalid UTF-8 in its strings and fails only when a value is read: look first.
         not_text = find_non_utf8(path, name)
         if not_text is not None:
             raise not_text
-    try:
-        with quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
-            data_file = _records_as_json_lines(path, Path(cache)) or path
-            # data_files is a glob pattern for `datasets`: escape [, *, ? in names.
-            return datasets.load_dataset(
-                builder,
-                data_files=glob.escape(str(data_file)),
-                split="train",
-                cache_dir=cache,
-                keep_in_memory=True,
-            )
-    except Exception as exc:
-        raise _explain_read_failure(path, name, builder, exc) from exc
+    if builder == "csv":
+        check_csv_header(path, name, unnamed=True)  # a table read whole; annotate's streamed reading refuses it
+    # JSON: pyarrow's exact reading first, then (a column mixing types, NaN) datasets' own; see JSON_READ_OPTIONS.
+    attempts = [CSV_READ_OPTIONS] if builder == "csv" else [JSON_READ_OPTIONS, {}] if builder == "json" else [{}]
+    for attempt, options in enumerate(attempts):
+        try:
+            with quiet_datasets(), tempfile.TemporaryDirectory(prefix="legend-datasets-") as cache:
+                data_file = _records_as_json_lines(path, Path(cache), name) or path
+                # data_files is a glob pattern for `datasets`: escape [, *, ? in names.
+                return datasets.load_dataset(
+                    builder,
+                    data_files=glob.escape(str(data_file)),
+                    split="train",
+                    cache_dir=cache,
+                    keep_in_memory=True,
+                    **options,
+                )
+        except DataError:
+            raise
+        except Exception as exc:
+            if attempt + 1 < len(attempts):  # a column mixing types, a NaN literal: datasets' own reader
+                continue
+            raise _explain_read_failure(path, name, builder, exc) from exc
+    raise AssertionError("unreachable")
 
 
-def _records_as_json_lines(path: Path, folder: Path) -> Path | None:
+def _records_as_json_lines(path: Path, folder: Path, name: str) -> Path | None:
     """Copy a .json list of records to JSON Lines in ``folder``; None for other files.
 
     `datasets` turns a JSON list into JSON Lines through pandas' encoder, which
@@ -202,7 +262,13 @@ def _records_as_json_lines(path: Path, folder: Path) -> Path | None:
         head = handle.read(4096).lstrip("\ufeff \t\r\n")
         if not head.startswith("["):
             return None
-        document = json.loads(head + handle.read())
+        text = head + handle.read()
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # datasets fails on it too, and the failure is then explained by line
+    if isinstance(document, list) and all(isinstance(record, dict) for record in document):
+        document = list(json_list_records(text, name))  # a repeated key or a lone surrogate: named by row
     if not document or not all(isinstance(record, dict) for record in document):
         return None  # empty, or a list of strings: datasets' own reading is right
     lines = folder / "records.jsonl"
@@ -287,7 +353,7 @@ def _explain_read_failure(path: Path, name: str, builder: str, exc: Exception) -
     if isinstance(exc, StopIteration) or "corresponds to no data" in str(exc):
         return DataError("no rows", source=name)
     if builder == "json":
-        located = _locate_json_problem(path, name)
+        located = _locate_json_problem(path, name) or mixed_type_error(root_message(exc), path, name)
         if located is not None:
             return located
     elif builder == "csv":
@@ -315,7 +381,7 @@ def _locate_json_problem(path: Path, name: str) -> DataError | None:
                 return DataError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=name, line=exc.lineno)
             # Otherwise it is JSON Lines stored under a .json name: scan it by line.
         else:
-            return _check_json_document(document, name)
+            return _check_json_document(document, name, text)
     return _scan_json_lines(text, name)
 
 
@@ -334,18 +400,25 @@ def _scan_json_lines(text: str, name: str) -> DataError | None:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line.strip().lstrip("\ufeff"), name, line=number)
         except json.JSONDecodeError as exc:
             return DataError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=name, line=number)
+        except DataError as err:  # a repeated key or a lone surrogate: the real cause of a reader's "trailing data"
+            return err
         if not isinstance(record, dict):
             return DataError(f"expected a JSON object, got {describe(record)}", source=name, line=number)
     return None
 
 
-def _check_json_document(document: Any, name: str) -> DataError | None:
+def _check_json_document(document: Any, name: str, text: str = "") -> DataError | None:
     if not isinstance(document, list):
         return DataError(f"expected a JSON list of records, got {describe(document)}", source=name)
     for row, record in enumerate(document, start=1):
         if not isinstance(record, dict):
             return DataError(f"expected a JSON object, got {describe(record)}", source=name, row=row)
+    try:
+        for _ in json_list_records(text.lstrip("\ufeff \t\r\n"), name):
+            pass
+    except DataError as err:
+        return err
     return None

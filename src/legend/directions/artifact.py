@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -20,9 +22,10 @@ import torch
 from safetensors.torch import load_file
 
 from .._version import __version__
-from ..encoding import POOLINGS, EncodeConfig, ModelIdentity
+from ..encoding import POOLINGS, TEMPLATES, EncodeConfig, ModelIdentity, template_kind
 from ..errors import DirectionMismatch
 from ..io import atomic_folder, write_safetensors
+from ..models import tokenizer_fingerprint
 from .card import direction_card, json_default, looks_like_repo_id
 
 CONFIG_FILE = "config.json"
@@ -30,6 +33,30 @@ VECTOR_FILE = "direction.safetensors"
 CARD_FILE = "README.md"
 HUB_FILES = (CONFIG_FILE, VECTOR_FILE, CARD_FILE)  # what `from_pretrained` fetches of a Hub repo
 FORMAT_VERSION = 1
+NORM_TOLERANCE = 1e-3
+"""A direction's vector must have norm 1 within this (a margin is a projection on a unit vector)."""
+log = logging.getLogger("legend.directions")
+
+
+def check_vector(vector: torch.Tensor, hidden_size: int) -> None:
+    """A ValueError unless `vector` is a finite floating-point unit vector (norm 1 ± `NORM_TOLERANCE`) of
+    `hidden_size` numbers: a zero vector makes every margin 0, a tiny or huge one scales them all.
+
+    >>> check_vector(torch.zeros(4), 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: the vector must be a unit vector (norm 1 ± 0.001), got norm 0: every margin would be 0
+    """
+    if tuple(vector.shape) != (hidden_size,):
+        raise ValueError(f"vector shape {tuple(vector.shape)} != ({hidden_size},) (the hidden size)")
+    if not vector.is_floating_point() or not bool(torch.isfinite(vector).all()):
+        raise ValueError("the vector must hold finite floating-point numbers")
+    norm = float(vector.double().norm())
+    if not math.isfinite(norm) or abs(norm - 1.0) > NORM_TOLERANCE:
+        effect = "every margin would be 0" if norm == 0 else "every margin would be scaled by it"
+        raise ValueError(
+            f"the vector must be a unit vector (norm 1 ± {NORM_TOLERANCE:g}), got norm {norm:.6g}: {effect}"
+        )
 
 
 @dataclass
@@ -50,10 +77,20 @@ class Direction:
     n_pairs: int = 0
     heldout: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # What decides the token ids (`legend.models.tokenizer_fingerprint`): tokenizer, added tokens, chat template and
+    # the template setting. None for directions saved before legend recorded it (then not checked, with a warning).
+    tokenizer_fingerprint: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        check_vector(self.vector, self.hidden_size)
 
     @classmethod
     def for_model(cls, lm: ModelIdentity, vector: torch.Tensor, **fields: Any) -> Direction:
-        """A direction built on `lm`: the model's id, fingerprint and sizes filled in, the rest from `fields`."""
+        """A direction built on `lm`: the model's id, fingerprint, sizes and tokenizer fingerprint filled in, the
+        rest from `fields`."""
+        tokenizer = getattr(lm, "tokenizer", None)
+        if tokenizer is not None and "tokenizer_fingerprint" not in fields:
+            fields["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer, fields.get("template", "chat"))
         return cls(
             vector=vector,
             model_id=lm.model_id,
@@ -80,8 +117,34 @@ class Direction:
         fields.update(overrides)
         return dataclasses.replace(base, **fields)
 
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Refuse a tokenizer or chat template other than the one this direction was built with (the same weights
+        would then read other token ids); a direction that records none is used with a warning."""
+        if self.tokenizer_fingerprint is None:
+            if not self.__dict__.get("_warned_no_tokenizer"):
+                self.__dict__["_warned_no_tokenizer"] = True
+                log.warning(
+                    "warning: direction %r records no tokenizer fingerprint (saved by an older legend): its tokenizer "
+                    "and chat template cannot be checked against the model's; rebuild it to have them checked",
+                    self.name,
+                )
+            return
+        recorded = self.tokenizer_fingerprint
+        kind = template_kind(tokenizer, self.template) if self.template in TEMPLATES else self.template
+        mine = tokenizer_fingerprint(tokenizer, kind)
+        names = {"tokens": "tokenizer (vocabulary, added or special tokens)", "chat_template": "chat template"}
+        differ = [names[k] for k in names if recorded.get(k) != mine.get(k)]
+        if recorded.get("template") != mine.get("template"):
+            differ.append(f"template ({recorded.get('template')} vs {mine.get('template')})")
+        if differ:
+            raise DirectionMismatch(
+                f"direction {self.name!r} was built with another {' and '.join(differ)} than the model in use has: "
+                "the same text would become other token ids, so its margins would not mean the same; use the "
+                f"tokenizer it was built with ({self.model_id!r}) or rebuild the direction"
+            )
+
     def check_compatible(self, lm: ModelIdentity) -> None:
-        """Refuse a model this direction was not made for."""
+        """Refuse a model this direction was not made for: hidden size, weights, and tokenizer with its template."""
         if lm.hidden_size != self.hidden_size:
             raise DirectionMismatch(
                 f"direction {self.name!r} has hidden size {self.hidden_size} but model {lm.model_id!r} has "
@@ -92,6 +155,9 @@ class Direction:
                 f"direction {self.name!r} was built with {self.model_id!r} (fingerprint {self.fingerprint}) "
                 f"but the model in use is {lm.model_id!r} (fingerprint {lm.fingerprint})"
             )
+        tokenizer = getattr(lm, "tokenizer", None)
+        if tokenizer is not None:
+            self.check_tokenizer(tokenizer)
 
     def config(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "vector"}
@@ -168,6 +234,30 @@ class Direction:
         direction.extra["hub"] = {"repo_id": name, "revision": revision or "main", "commit": Path(snapshot).name}
         return direction
 
+    @staticmethod
+    def check_push(repo_id: str, *, token: str | None = None, api: Any = None) -> None:
+        """Before any work: a ValueError in one line unless an upload to Hub repo `repo_id` can work now (a valid
+        repo id, not offline, a token the Hub accepts: one fast `whoami` request)."""
+        if not looks_like_repo_id(repo_id):
+            raise ValueError(f"--push-to-hub {repo_id!r}: expected a Hub repo id, user/name")
+        from huggingface_hub import HfApi, constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise ValueError(
+                f"--push-to-hub {repo_id}: the Hugging Face Hub is switched off here (HF_HUB_OFFLINE is set), so "
+                "nothing can be uploaded; build without --push-to-hub and push the folder later"
+            )
+        api = api or HfApi(token=token)
+        try:
+            api.whoami()
+        except Exception as err:  # no token (LocalTokenNotFoundError), a refused token, no network (httpx errors)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            if type(err).__name__ == "LocalTokenNotFoundError":
+                first = "no Hugging Face token: log in with `hf auth login` or set HF_TOKEN"
+            raise ValueError(
+                f"--push-to-hub {repo_id}: the Hub cannot take an upload now ({first}); nothing was built"
+            ) from None
+
     def push_to_hub(
         self,
         repo_id: str,
@@ -220,13 +310,12 @@ class Direction:
         if "direction" not in tensors:
             raise ValueError(f"{vector_path}: no tensor named 'direction' (found: {', '.join(tensors) or 'none'})")
         vector = tensors["direction"]
+        try:
+            check_vector(vector, config["hidden_size"])
+        except ValueError as err:
+            raise ValueError(f"{vector_path}: {err}") from None
         known = {f for f in cls.__dataclass_fields__ if f != "vector"}
-        direction = cls(vector=vector, **{k: v for k, v in config.items() if k in known})
-        if direction.vector.shape != (direction.hidden_size,):
-            raise ValueError(f"{vector_path}: vector shape {tuple(vector.shape)} != ({direction.hidden_size},)")
-        if not direction.vector.is_floating_point() or not bool(torch.isfinite(direction.vector).all()):
-            raise ValueError(f"{vector_path}: the vector must hold finite floating-point numbers")
-        return direction
+        return cls(vector=vector, **{k: v for k, v in config.items() if k in known})
 
 
 # Fields a direction's config.json must hold, with their types (others have defaults).
@@ -254,6 +343,22 @@ def _check_config(config: dict[str, Any], path: Path) -> None:
     for key in ("heldout", "extra"):
         if key in config and not isinstance(config[key], dict):
             raise ValueError(f"{path}: field '{key}': expected an object, got {type(config[key]).__name__}")
+    if "template" in config and config["template"] not in TEMPLATES:
+        raise ValueError(f"{path}: field 'template': {config['template']!r} is not one of {', '.join(TEMPLATES)}")
+    for key, least in (("max_length", 2), ("hidden_size", 1), ("num_layers", 1), ("n_pairs", 0)):
+        if key in config and config[key] < least:
+            raise ValueError(f"{path}: field '{key}': {config[key]} is below {least}")
+    layers = config["num_layers"]
+    if not -(layers + 1) <= config["layer"] <= layers:
+        raise ValueError(f"{path}: field 'layer': {config['layer']} is out of range for {layers} layers (0..{layers})")
+    name = config.get("name", "safety")
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"{path}: field 'name': {name!r}: use letters, digits, '-' and '_' (it names columns)")
+    tokenizer = config.get("tokenizer_fingerprint")
+    if tokenizer is not None and not (
+        isinstance(tokenizer, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in tokenizer.items())
+    ):
+        raise ValueError(f"{path}: field 'tokenizer_fingerprint': expected an object of strings")
 
 
 def _transformers_version() -> str:

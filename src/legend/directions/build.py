@@ -10,7 +10,16 @@ from typing import Any
 import torch
 
 from ..data import ContrastPair
-from ..encoding import POOLINGS, EncodeConfig, Encoder, encode, question_items, resolve_layer, template_kind
+from ..encoding import (
+    POOLINGS,
+    EncodeConfig,
+    Encoder,
+    check_max_length,
+    encode,
+    question_items,
+    resolve_layer,
+    template_kind,
+)
 from ..metrics import auc, pair_accuracy
 from ..models import LoadedModel
 from .artifact import Direction
@@ -158,6 +167,7 @@ def build_direction(
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 contrast pairs to build a direction, got {len(pairs)}")
     kind = template_kind(lm.tokenizer, settings.template)
+    check_max_length(lm.tokenizer, kind, settings.max_length, "max_length")
     config = dataclasses.replace(
         settings.encoding,
         layers=(settings.layer,),

@@ -22,6 +22,7 @@ from .batching import (
 )
 from .capture import BLOCK_NAMES, NORM_NAMES, capture_hidden, find_blocks, find_final_norm, model_blocks, model_lock
 from .config import (
+    ANSWER_CUT_SHARE,
     DEFAULT_MAX_LENGTH,
     PACKED_MAX_ROW_TOKENS,
     SHARING_METHODS,
@@ -52,9 +53,21 @@ from .encoder import (
 from .generation import GenerationConfig, generate, prompt_texts
 from .pooling import POOLINGS, PoolingFn, Span, pool_last, pool_mean, pool_spans, register_pooling
 from .sharing import sharing_routes, supports_prompt_cache
-from .templates import PLAIN_ROLES, question_items, render, render_prompt, template_kind, tokenize_items, truncate_left
+from .templates import (
+    PLAIN_ROLES,
+    TemplateError,
+    check_max_length,
+    question_items,
+    render,
+    render_prompt,
+    template_kind,
+    template_tokens,
+    tokenize_items,
+    truncate_left,
+)
 
 __all__ = [
+    "ANSWER_CUT_SHARE",
     "BLOCK_NAMES",
     "DEFAULT_ENCODER",
     "DEFAULT_MAX_LENGTH",
@@ -78,12 +91,14 @@ __all__ = [
     "PoolingFn",
     "SharingMethod",
     "Span",
+    "TemplateError",
     "TemplateKind",
     "TokenizedText",
     "TransformersEncoder",
     "as_encoder",
     "block_mask",
     "capture_hidden",
+    "check_max_length",
     "encode",
     "encode_tokenized",
     "find_blocks",
@@ -111,6 +126,7 @@ __all__ = [
     "supports_packed_rows",
     "supports_prompt_cache",
     "template_kind",
+    "template_tokens",
     "tokenize_items",
     "truncate_left",
 ]

@@ -88,9 +88,16 @@ class Encoded:
     n_tokens: int = 0
     truncated: list[bool] = field(default_factory=list)
     n_forward_tokens: int = 0  # tokens actually run through the model (shared prompts counted once, no padding)
+    # Per text: truncation removed most of its answer (`TokenizedText.answer_cut`); empty when the encoder does not say.
+    answer_cut: list[bool] = field(default_factory=list)
 
     def get(self, layer: int, pooling: str) -> torch.Tensor:
         return self.vectors[(layer, pooling)]
+
+
+ANSWER_CUT_SHARE = 0.5
+"""A text "lost its answer" to truncation when more than this share of its answer's tokens (the response and the
+template's end-of-turn marker) was cut from the left: what is left no longer stands for the answer."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,17 @@ class TokenizedText:
     ids: tuple[int, ...]
     answer_start: int  # index of the first answer token in `ids`
     truncated: bool
+    answer_tokens: int = 0  # tokens of the answer before truncation (0: not known)
+
+    @property
+    def answer_cut(self) -> bool:
+        """Truncation removed more than `ANSWER_CUT_SHARE` of the answer's tokens.
+
+        >>> TokenizedText((4, 5), 0, True, answer_tokens=5).answer_cut, TokenizedText((3, 4, 5), 1, True, 2).answer_cut
+        (True, False)
+        """
+        kept = len(self.ids) - self.answer_start
+        return self.answer_tokens > 0 and kept < (1 - ANSWER_CUT_SHARE) * self.answer_tokens
 
 
 def resolve_layer(layer: int, num_layers: int) -> int:

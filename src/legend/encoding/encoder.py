@@ -24,7 +24,7 @@ from .capture import capture_hidden
 from .config import EncodeConfig, Encoded, Item, TokenizedText, resolve_layer
 from .pooling import pool_spans
 from .sharing import encode_with_cache, sharing_routes
-from .templates import tokenize_items
+from .templates import TemplateError, tokenize_items
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,13 @@ class TransformersEncoder:
             if key not in first_index:
                 first_index[key] = len(unique_items)
                 unique_items.append(item)
-        tokenized = tokenize_items(self.lm.tokenizer, unique_items, config)
+        try:
+            tokenized = tokenize_items(self.lm.tokenizer, unique_items, config)
+        except TemplateError as err:
+            if err.item is None:
+                raise
+            first = next(i for i, key in enumerate(keys) if first_index[key] == err.item)
+            raise TemplateError(str(err), item=first) from None
         encoded = encode_tokenized(self.lm, tokenized, config)
         if len(unique_items) == len(items):
             return encoded
@@ -184,6 +190,7 @@ class TransformersEncoder:
             n_tokens=encoded.n_tokens,
             truncated=[encoded.truncated[i] for i in gather.tolist()],
             n_forward_tokens=encoded.n_forward_tokens,
+            answer_cut=[encoded.answer_cut[i] for i in gather.tolist()] if encoded.answer_cut else [],
         )
 
 
@@ -233,6 +240,7 @@ def encode_tokenized(lm: LoadedModel, texts: Sequence[TokenizedText], config: En
         n_tokens=sum(len(t.ids) for t in texts),
         truncated=[t.truncated for t in texts],
         n_forward_tokens=n_forward,
+        answer_cut=[t.answer_cut for t in texts],
     )
 
 

@@ -15,6 +15,17 @@ from .config import EncodeConfig, Item, Message, TokenizedText
 PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
 
+class TemplateError(ValueError):
+    """The tokenizer's chat template failed to render a conversation (its own `raise_exception`, or a bug in it).
+
+    `item` is the index of the text that failed among those rendered (None when not known).
+    """
+
+    def __init__(self, message: str, item: int | None = None) -> None:
+        super().__init__(message)
+        self.item = item
+
+
 def template_kind(tokenizer: Any, template: str = "auto") -> Literal["chat", "plain"]:
     """ "chat" when asked, or when "auto" and the tokenizer has a chat template; else "plain"."""
     if template == "auto":
@@ -34,8 +45,16 @@ def render(tokenizer: Any, prompt: Sequence[Message], response: str, kind: Liter
         prefix = "".join(f"{PLAIN_ROLES.get(m['role'], m['role'].title())}: {m['content']}\n\n" for m in prompt)
         return prefix + "Assistant: ", response
     messages = [dict(m) for m in prompt]
-    prefix = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if messages else ""
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+    try:
+        prefix = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if messages else ""
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+    except Exception as err:  # jinja2's TemplateError (raise_exception), or any bug in the template
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TemplateError(
+            f"the chat template of {name!r} failed ({first}); use --template plain (when building the direction), "
+            "or fix the conversation it refuses"
+        ) from None
     if prefix and full.startswith(prefix):
         # Drop the template's trailing newline so the last token is the end-of-turn marker.
         return prefix, full[len(prefix) :].rstrip("\n")
@@ -51,7 +70,12 @@ def render_prompt(tokenizer: Any, prompt: Sequence[Message], kind: Literal["chat
 def tokenize_items(tokenizer: Any, items: Sequence[Item], config: EncodeConfig) -> list[TokenizedText]:
     """Tokenise (prompt, response) items as prefix ids + answer ids, truncating from the left."""
     kind = template_kind(tokenizer, config.template)
-    rendered = [render(tokenizer, prompt, response, kind) for prompt, response in items]
+    rendered = []
+    for index, (prompt, response) in enumerate(items):
+        try:
+            rendered.append(render(tokenizer, prompt, response, kind))
+        except TemplateError as err:
+            raise TemplateError(str(err), item=index) from None
     unique_prefixes = list(dict.fromkeys(prefix for prefix, _ in rendered))
     # Plain text needs the tokenizer's BOS; chat templates already write their own special tokens.
     prefix_ids = dict(zip(unique_prefixes, batch_ids(tokenizer, unique_prefixes, kind == "plain")))
@@ -73,14 +97,53 @@ def truncate_left(prefix: Sequence[int], answer: Sequence[int], max_length: int)
     """prefix + answer cut from the left to `max_length` tokens; the answer start moves with the cut.
 
     >>> truncate_left([1, 2, 3], [4, 5], 4)
-    TokenizedText(ids=(2, 3, 4, 5), answer_start=2, truncated=True)
+    TokenizedText(ids=(2, 3, 4, 5), answer_start=2, truncated=True, answer_tokens=2)
     """
     if not answer:
         # An empty answer still needs a position to read: use the last prompt token.
         answer, prefix = prefix[-1:], prefix[:-1]
     ids = list(prefix) + list(answer)
     cut = max(0, len(ids) - max_length)
-    return TokenizedText(ids=tuple(ids[cut:]), answer_start=max(0, len(prefix) - cut), truncated=cut > 0)
+    return TokenizedText(
+        ids=tuple(ids[cut:]), answer_start=max(0, len(prefix) - cut), truncated=cut > 0, answer_tokens=len(answer)
+    )
+
+
+def template_tokens(tokenizer: Any, kind: Literal["chat", "plain"]) -> int:
+    """Tokens the template itself takes: an empty question and an empty answer, rendered and tokenised.
+
+    >>> from legend.testing import build_tokenizer
+    >>> template_tokens(build_tokenizer(), "plain") > 0
+    True
+    """
+    prefix, answer = render(tokenizer, [{"role": "user", "content": ""}], "", kind)
+    ids = batch_ids(tokenizer, [prefix], kind == "plain")[0] + batch_ids(tokenizer, [answer], False)[0]
+    return len(ids)
+
+
+def check_max_length(tokenizer: Any, template: str, max_length: int | None, option: str = "--max-length") -> None:
+    """Refuse a max length the template alone fills: every text would be cut to template tokens (margins all 0).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        template: "auto", "chat" or "plain".
+        max_length: the limit asked for (None: the default, always enough).
+        option: how the limit is named in the error.
+
+    Raises:
+        ValueError: naming the option, the template's size and the least workable value; TemplateError when the
+            template cannot render even an empty conversation.
+    """
+    if max_length is None:
+        return
+    kind = template_kind(tokenizer, template)
+    needed = template_tokens(tokenizer, kind)
+    if max_length <= needed:
+        raise ValueError(
+            f"{option} {max_length} is too short: the {kind} template alone takes {needed} tokens (an empty question "
+            f"and answer), so nothing of a question or answer would be left; give more than {needed} (room for the "
+            "answers: the default is 2048)"
+        )
 
 
 def question_items(questions: Sequence[str], answers: Sequence[str]) -> list[tuple[tuple[Message, ...], str]]:

@@ -36,6 +36,9 @@ from ..annotation import (
     Annotation,
     DirectionArg,
     Finished,
+    check_card,
+    check_margin_columns,
+    check_text_settings,
     finish_annotation,
     load_directions,
     margin_columns,
@@ -45,13 +48,19 @@ from ..annotation import (
 )
 from ..annotation.differences import differences_path, write_differences_streamed
 from ..data import LAYOUTS, DataError, InputScan, PairView, chunk_views, iter_chunks, scan_input
+from ..data.reading import input_format
+from ..data.streaming import content_digest
+from ..data.values import csv_records, json_records
 from ..directions import Direction
 from ..encoding import Encoder, as_encoder, load_encoder
 from ..io import (
     ChunkWriter,
     check_output_type,
     check_outputs_spare_inputs,
+    check_writable,
+    make_parents,
     output_lock,
+    remove_empty_folders,
     remove_leftovers,
     write_bytes_atomically,
     write_json,
@@ -160,7 +169,7 @@ def guarded_output(out: str | os.PathLike, inputs: list[Path]) -> Iterator[None]
 
 # ---------------------------------------------------------------- resume: finished chunks on disk
 
-COUNTS = ("rows", "n_identical", "n_truncated_texts", "n_tokens", "forward_tokens")
+COUNTS = ("rows", "n_identical", "n_truncated_texts", "n_tokens", "forward_tokens", "n_answer_truncated")
 
 
 def work_folder(out: str | os.PathLike) -> Path:
@@ -169,20 +178,18 @@ def work_folder(out: str | os.PathLike) -> Path:
     return out.parent / f".{out.name}{WORK_SUFFIX}"
 
 
-def input_identity(data: str | os.PathLike, split: str) -> dict[str, Any]:
-    """What tells a changed input: path, size and modification time (of every file, for a folder)."""
+def input_identity(data: str | os.PathLike, split: str, content: str | None = None) -> dict[str, Any]:
+    """What tells a changed input: its content, hashed (`InputScan.content`, made by the pass over every row).
+
+    A file is its bytes, a folder its files (relative paths and bytes), a Hub dataset the rows read;
+    its path, size and modification time say nothing (an edit in place can keep all three).
+    """
     path = Path(os.fspath(data)).expanduser()
-    if not path.exists():  # a Hub name: only the name and split are known
-        return {"name": os.fspath(data), "split": split}
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    stats = [p.stat() for p in files]
-    return {
-        "path": str(path.resolve()),
-        "split": split,
-        "files": len(files),
-        "bytes": sum(s.st_size for s in stats),
-        "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
-    }
+    if content is None:
+        content = content_digest(data)
+    if not path.exists():  # a Hub name: the rows read (when scanned), its name and split
+        return {"name": os.fspath(data), "split": split, "content": content}
+    return {"kind": "file" if path.is_file() else "folder", "split": split, "content": content}
 
 
 def resume_key(
@@ -193,16 +200,18 @@ def resume_key(
     *,
     split: str,
     limit: int | None,
+    scan: InputScan | None = None,
 ) -> dict[str, Any]:
     """Everything that changes pass 1's numbers or its chunking; finished chunks are reused only if all of it matches.
 
     Batch sizes and the device are left out: they change margins by float rounding only, and a run
-    that ran out of memory should be resumable with a smaller batch.
+    that ran out of memory should be resumable with a smaller batch. The input is identified by its
+    content (`scan.content`; hashed here when no scan is given).
     """
     lm = as_encoder(lm)
     return {
         "legend_version": __version__,
-        "input": input_identity(data, split),
+        "input": input_identity(data, split, scan.content if scan is not None else None),
         "limit": limit,
         "chunk_rows": settings.chunk_rows,
         "columns": {
@@ -228,6 +237,7 @@ def resume_key(
                 "template": d.template,
                 "max_length": d.max_length,
                 "fingerprint": d.fingerprint,
+                "tokenizer_fingerprint": d.tokenizer_fingerprint,
                 "vector_sha256": hashlib.sha256(d.vector.double().numpy().tobytes()).hexdigest(),
             }
             for d in directions
@@ -313,6 +323,7 @@ class ChunkStore:
                 first.n_truncated_texts,
                 first.n_tokens,
                 -1 if forward is None else forward,
+                first.n_answer_truncated,
             ],
             dtype=np.int64,
         )
@@ -365,7 +376,10 @@ def margins_in_chunks(
         results = store.load(index, len(chunk), len(directions)) if store else None
         if results is None:
             views = chunk_views(chunk, layout, settings.columns, source, rows)
-            results = chunk_margins(lm, views, directions, settings)
+            try:
+                results = chunk_margins(lm, views, directions, settings)
+            except DataError as err:
+                raise err.located(source, rows) from None
             check_finite(results, directions, source, rows)
             if store:
                 store.save(index, results)
@@ -381,6 +395,7 @@ def margins_in_chunks(
         n_identical=sum(r.n_identical for r in first),
         n_truncated_texts=sum(r.n_truncated_texts for r in first),
         n_tokens=sum(r.n_tokens for r in first),
+        n_answer_truncated=sum(r.n_answer_truncated for r in first),
         seconds=time.perf_counter() - start,
     )
     extra = {
@@ -397,6 +412,33 @@ def margins_in_chunks(
             margin.random_margins = np.concatenate([results[i].random_margins for results in per_chunk])
         margins[0].extra["length_diff"] = np.concatenate([results[0].extra["length_diff"] for results in per_chunk])
     return margins, layout
+
+
+def original_records(data: str | os.PathLike, out: str | os.PathLike) -> Iterator[Any] | None:
+    """The input's records as its file holds them, for an output of the same kind (JSON to JSON, CSV to CSV): the
+    writer then writes each row back as it was (no `"key": null` for a missing key, every CSV cell's text kept)."""
+    path = Path(os.fspath(data)).expanduser()
+    if not path.is_file():
+        return None
+    kind, output = input_format(path), Path(out).suffix.lower()
+    if kind == "json" and output in (".jsonl", ".json"):
+        return json_records(path, str(data))
+    if kind == "csv" and output == ".csv":
+        return csv_records(path)
+    return None
+
+
+def input_schema(data: str | os.PathLike, out: str | os.PathLike, added: Sequence[str]) -> Any:
+    """A Parquet input's own Arrow schema (less the columns legend writes), for a Parquet output to keep its
+    types exactly (a dictionary column stays one); None otherwise."""
+    path = Path(os.fspath(data)).expanduser()
+    if Path(out).suffix.lower() != ".parquet" or not path.is_file() or input_format(path) != "parquet":
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    return pa.schema([field for field in schema if field.name not in added])
 
 
 def bins_origin(settings: AnnotateSettings) -> str:
@@ -416,13 +458,22 @@ def sidecar_with(out: str | os.PathLike, sidecar: dict[str, Any]) -> Iterator[No
     """
     final = sidecar_path(out)
     pending = final.with_name(f".{final.name}.pending")
-    write_json(sidecar, pending)
+    created = make_parents(final.parent)  # `.legend/`, removed again if the run fails before anything is in it
     try:
+        write_json(sidecar, pending)
         yield
         os.replace(pending, final)
-        write_card(out, sidecar)
-    finally:
+    except BaseException:
         pending.unlink(missing_ok=True)
+        remove_empty_folders(created)
+        raise
+    try:  # the output and its metadata are in place: nothing may fail the run now (the card was checked first)
+        write_card(out, sidecar)
+    except (DataError, OSError) as err:
+        from ..io import os_error_message
+
+        reason = os_error_message(err) if isinstance(err, OSError) else str(err)
+        log.warning("warning: the dataset card was not updated (%s); %s and its metadata are written", reason, out)
 
 
 def annotate_file_streamed(
@@ -450,10 +501,20 @@ def annotate_file_streamed(
     suffix = check_output_type(out)  # refuse an unknown output type before any work
     inputs = input_paths(data, direction_path, settings)
     check_outputs_spare_inputs(output_files(out)[:2], inputs)
+    check_writable([out])  # under a file, read-only, full: now, not after the model ran
+    check_card(out)  # an existing README.md legend could not update fails now, never after the output is in place
     # The cheap pass over every row (no model): bad data fails here, before the model loads.
     scan = scan_input(
-        data, settings.columns, settings.chunk_rows, split=split, limit=limit, one_schema=suffix == ".parquet"
+        data,
+        settings.columns,
+        settings.chunk_rows,
+        split=split,
+        limit=limit,
+        one_schema=suffix == ".parquet",
+        output=out,
     )
+    check_margin_columns(scan.columns, directions, settings.overwrite_margins, source=str(data))
+    check_text_settings(directions, model, settings)
     settings = resolve_evidence(settings, scan.layout)
     with guarded_output(out, inputs):
         lm = load_encoder(settings.encoder, model, fallback=directions[0].model_id)
@@ -463,7 +524,8 @@ def annotate_file_streamed(
         if resume or settings.keep_differences:  # kept differences wait in the store until they are written
             if not resume:
                 shutil.rmtree(work_folder(out), ignore_errors=True)
-            store = ChunkStore(work_folder(out), resume_key(data, directions, lm, settings, split=split, limit=limit))
+            key = resume_key(data, directions, lm, settings, split=split, limit=limit, scan=scan)
+            store = ChunkStore(work_folder(out), key)
         try:
             result = _annotate_in_two_passes(
                 data, directions, direction_path, out, lm, settings, split, limit, store, scan
@@ -560,9 +622,13 @@ def _write_outputs(
             lambda k: store.differences(margins[0].extra["chunks"], k),
             {"model_fingerprint": lm.fingerprint, "output": Path(out).name},
         )
-    with sidecar_with(out, finished.document), ChunkWriter(out) as writer:
+    added = [column for pair in margin_columns(directions) for column in pair]
+    originals = original_records(data, out)
+    like = input_schema(data, out, added)
+    with sidecar_with(out, finished.document), ChunkWriter(out, like=like) as writer:
         for chunk in iter_chunks(data, settings.chunk_rows, split=split, limit=limit, check_values=False):
-            writer.write(finished.columns(chunk, slice(writer.rows, writer.rows + len(chunk))))
+            rows = [next(originals) for _ in range(len(chunk))] if originals is not None else None
+            writer.write(finished.columns(chunk, slice(writer.rows, writer.rows + len(chunk))), rows, added)
         if writer.rows != n_rows:
             raise DataError(
                 f"the input changed while it was annotated ({n_rows} rows, then {writer.rows})", source=str(data)

@@ -23,21 +23,37 @@ from pathlib import Path
 
 import numpy as np
 
-from ..annotation import AnnotateSettings, Annotation, DirectionArg, finish_annotation, load_directions, margin_columns
+from ..annotation import (
+    AnnotateSettings,
+    Annotation,
+    DirectionArg,
+    check_card,
+    check_margin_columns,
+    check_text_settings,
+    finish_annotation,
+    load_directions,
+    margin_columns,
+)
 from ..annotation.differences import differences_path, write_differences_streamed
 from ..data import LAYOUTS, DataError, chunk_views, detect_layout, load_table, scan_input
 from ..directions import Direction
 from ..encoding import load_encoder
-from ..io import ChunkWriter, check_output_type, check_outputs_spare_inputs
+from ..io import ChunkWriter, check_output_type, check_outputs_spare_inputs, check_writable
 from ..margins import Binning, MarginResult
 from ..models import LoadedModel, ModelSpec
 from ..quality import label_evidence
-from .local import chunk_margins, input_paths, output_files, resolve_evidence, sidecar_with
+from .local import chunk_margins, input_paths, original_records, output_files, resolve_evidence, sidecar_with
 
 # Per-batch counts travel from the actors to the driver as columns: the batch's total sits on its
 # first row and the other rows hold 0, so the driver's column sums equal the local engine's totals
 # (forward tokens and truncations belong to a batch, not to a row). Dropped before writing.
-COUNT_COLUMNS = ("_legend_identical", "_legend_truncated_texts", "_legend_tokens", "_legend_forward_tokens")
+COUNT_COLUMNS = (
+    "_legend_identical",
+    "_legend_truncated_texts",
+    "_legend_tokens",
+    "_legend_forward_tokens",
+    "_legend_answer_truncated",
+)
 
 
 def _require_ray():
@@ -106,7 +122,13 @@ class MarginActor:
             table = table.append_column(raw_name, pa.array(result.raw, type=pa.float64()))
         first = results[0]
         forward = first.extra.get("forward_tokens")
-        counts = (first.n_identical, first.n_truncated_texts, first.n_tokens, -1 if forward is None else forward)
+        counts = (
+            first.n_identical,
+            first.n_truncated_texts,
+            first.n_tokens,
+            -1 if forward is None else forward,
+            first.n_answer_truncated,
+        )
         for name, count in zip(COUNT_COLUMNS, counts):
             table = table.append_column(name, pa.array([count] + [0] * (table.num_rows - 1), type=pa.int64()))
         # What the same pass keeps besides the margins travels as extra columns, dropped before writing.
@@ -137,8 +159,11 @@ def _extra_columns(table) -> list[str]:
     return [c for c in table.column_names if c.startswith((RANDOM_PREFIX, DIFFERENCE_PREFIX)) or c == LENGTH_COLUMN]
 
 
-def add_levels(table, binnings: list[Binning], columns: list[tuple[str, str]]):
-    """Each direction's level column right after its raw one (as the local engine orders them); counts dropped."""
+def add_levels(table, binnings: list[Binning], columns: list[tuple[str, str]], order: list[str] | None = None):
+    """Each direction's level column right after its raw one (as the local engine orders them); counts dropped.
+
+    `order`: the input's columns; a margin column the input had (`overwrite_margins`) stays where it stood.
+    """
     import pyarrow as pa
 
     raws = [table.column(raw_name) for raw_name, _ in columns]
@@ -146,6 +171,9 @@ def add_levels(table, binnings: list[Binning], columns: list[tuple[str, str]]):
     for (raw_name, level_name), raw, binning in zip(columns, raws, binnings):
         table = table.append_column(raw_name, raw)
         table = table.append_column(level_name, pa.array(binning.apply(raw.to_numpy()), type=pa.float64()))
+    if order:
+        wanted = list(order) + [name for name in table.column_names if name not in order]
+        table = table.select(wanted)
     return table
 
 
@@ -175,11 +203,24 @@ def annotate_file_ray(
     if not to_folder:
         check_output_type(out)  # refuse an unknown output type before any work
         check_outputs_spare_inputs(output_files(out)[:2], input_paths(data, direction_path, settings))
+        check_writable([out])
+        check_card(out)
     layout = None
     if not _is_uri(str(data)) and Path(os.fspath(data)).expanduser().exists():
         # Local input: the cheap pass over every row (as the local engine), before Ray starts.
-        layout = scan_input(data, settings.columns, settings.chunk_rows, split=split, limit=limit).layout
+        scan = scan_input(
+            data,
+            settings.columns,
+            settings.chunk_rows,
+            split=split,
+            limit=limit,
+            output=None if to_folder else out,
+            one_schema=not to_folder and Path(out_name).suffix.lower() == ".parquet",
+        )
+        layout = scan.layout
+        check_margin_columns(scan.columns, directions, settings.overwrite_margins, source=str(data))
         settings = resolve_evidence(settings, layout)
+    check_text_settings(directions, model, settings)
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     context = ray.data.DataContext.get_current()
@@ -195,6 +236,7 @@ def annotate_file_ray(
 
     if layout is None:  # remote input: decided on a sample
         layout = detect_layout(datasets.Dataset(first), settings.columns, source=str(data))
+        check_margin_columns(first.column_names, directions, settings.overwrite_margins, source=str(data))
         settings = resolve_evidence(settings, layout)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -225,6 +267,7 @@ def annotate_file_ray(
             n_identical=counts["_legend_identical"],
             n_truncated_texts=counts["_legend_truncated_texts"],
             n_tokens=counts["_legend_tokens"],
+            n_answer_truncated=counts["_legend_answer_truncated"],
             seconds=seconds,
             extra={
                 "engine": "ray",
@@ -269,7 +312,7 @@ def annotate_file_ray(
         )
     final = scored.map_batches(
         add_levels,
-        fn_kwargs={"binnings": finished.binnings, "columns": columns},
+        fn_kwargs={"binnings": finished.binnings, "columns": columns, "order": list(first.column_names)},
         batch_format="pyarrow",
         batch_size=settings.chunk_rows,
     )
@@ -280,9 +323,12 @@ def annotate_file_ray(
             with sidecar_with(out, sidecar):
                 pass
     else:
+        added = [column for pair in columns for column in pair]
+        originals = original_records(data, out)  # JSON/CSV rows written back as the input file holds them
         with sidecar_with(out, sidecar), ChunkWriter(out) as writer:
             for batch in final.iter_batches(batch_format="pyarrow", batch_size=settings.chunk_rows):
-                writer.write(datasets.Dataset(batch))
+                rows = [next(originals) for _ in range(batch.num_rows)] if originals is not None else None
+                writer.write(datasets.Dataset(batch), rows, added)
             if writer.rows != len(raws[0]):
                 raise DataError(f"{writer.rows} rows written for {len(raws[0])} margins", source=str(out))
     return finished.annotation()

@@ -27,7 +27,7 @@ from .embedded import (
     model_source,
     resolve_model_path,
 )
-from .fingerprint import fingerprint
+from .fingerprint import fingerprint, tokenizer_fingerprint
 from .loaded import LoadedModel, input_device, load_model, wrap_model
 from .loader import HEADS, ensure_pad_token, load_pretrained, load_tokenizer
 from .placement import (
@@ -74,5 +74,6 @@ __all__ = [
     "parse_max_memory",
     "placement_options",
     "resolve_model_path",
+    "tokenizer_fingerprint",
     "wrap_model",
 ]

@@ -95,3 +95,55 @@ def _offloaded_copy(name: str, aliases: list[str], offloaded: dict[str, tuple[An
             except KeyError:
                 continue
     raise ModelError(f"weight {name} is on the meta device and accelerate holds no offloaded copy of it")
+
+
+def tokenizer_fingerprint(tokenizer: Any, template: str = "chat") -> dict[str, str]:
+    """What decides the token ids of a text, hashed: the tokenizer (vocabulary, merges, normaliser, pre-tokeniser,
+    post-processor with its BOS/EOS rule, added tokens, the special tokens a template writes) and, for the chat
+    template, the template itself.
+
+    The pad token is left out: legend masks padding, and the pad policy (`ensure_pad_token`) may set it.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        template: "chat" or "plain" (what the texts are rendered with; "auto": chat when it has one).
+
+    Returns:
+        {"template": "chat"|"plain", "tokens": "sha256:…", "chat_template": "sha256:…"} (no chat_template entry for
+        the plain template, which does not use it).
+
+    >>> from legend.testing import build_tokenizer
+    >>> tok = build_tokenizer()
+    >>> before = tokenizer_fingerprint(tok)
+    >>> tok.chat_template = tok.chat_template.replace("assistant", "bot")
+    >>> [k for k in before if before[k] != tokenizer_fingerprint(tok)[k]]
+    ['chat_template']
+    >>> tokenizer_fingerprint(tok, "plain")["tokens"] == before["tokens"]
+    True
+    """
+    import json
+
+    chat = getattr(tokenizer, "chat_template", None)
+    kind = "chat" if template == "chat" or (template == "auto" and chat) else "plain"
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        document = json.loads(backend.to_str())
+        for volatile in ("truncation", "padding"):  # set and reset by each call with padding/truncation
+            document.pop(volatile, None)
+        digest.update(json.dumps(document, sort_keys=True).encode())
+    else:
+        digest.update(type(tokenizer).__name__.encode())
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        digest.update(json.dumps(sorted((int(k), str(v)) for k, v in added.items())).encode())
+    special = {
+        name: str(getattr(tokenizer, name, None))
+        for name in ("bos_token", "eos_token", "unk_token", "add_bos_token", "add_eos_token")
+    }
+    digest.update(json.dumps(special, sort_keys=True).encode())
+    parts = {"template": kind, "tokens": "sha256:" + digest.hexdigest()[:16]}
+    if kind == "chat":
+        text = json.dumps(chat, sort_keys=True)
+        parts["chat_template"] = "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    return parts
