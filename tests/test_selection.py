@@ -155,7 +155,7 @@ def test_overrides_fix_their_dimension(tiny_lm):
     direction = select_direction(tiny_lm, _pairs(10), layer=2, estimator="pca", encoding=EncodeConfig(batch_size=64))
     rows = direction.extra["sweep"]
     assert {(r["layer"], r["estimator"]) for r in rows} == {(2, "pca")}
-    assert {r["pooling"] for r in rows} == {"last", "mean"}
+    assert {r["pooling"] for r in rows} == {"mean"}  # unset: the recommended recipe's pooling
     assert direction.layer == 2 and direction.estimator == "pca"
     assert direction.extra["selection"]["fixed"] == {"layer": 2, "estimator": "pca"}
     assert direction.extra["selection"]["chosen"]["pooling"] == direction.pooling
@@ -195,9 +195,11 @@ def test_cli_select_auto_and_override(tiny_lm, tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert {(r["layer"], r["pooling"]) for r in config["extra"]["sweep"]} == {(2, "mean"), (4, "mean")}
-    assert len(config["extra"]["sweep"]) == 2 * 3
+    assert len(config["extra"]["sweep"]) == 2  # the recipe's estimator: mean difference
     assert config["pooling"] == "mean" and "selected layer" in result.output
-    assert "mean held-out effect size over the band" in Direction.load(out).extra["selection"]["rule"]
+    selection = Direction.load(out).extra["selection"]
+    assert "out-of-bag effect size" in selection["rule"] and selection["n_resamples"] == 200
+    assert "stability" in result.output
     bad = CliRunner().invoke(
         app,
         ["direction", "--pairs", str(pairs_file), "--out", str(out), "-m", str(model_dir), "--select", "best", "-q"],

@@ -83,6 +83,7 @@ def direction_card(direction: Any) -> str:
         f"estimator `{d.estimator}`, template `{d.template}`, max length {d.max_length}",
         f"- contrast data: {d.n_pairs} pairs" + (f" from `{d.extra['pairs_file']}`" if "pairs_file" in d.extra else ""),
         f"- held-out separation: {separation}",
+        *_selection_lines(d),
         f"- evaluation on preference data: {evaluation}",
         "",
         f"> {SEPARATION_CAVEAT}",
@@ -128,3 +129,21 @@ def json_default(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _selection_lines(d: Any) -> list[str]:
+    """How the layer was chosen, how stable the choice is, and what to be warned about (card lines)."""
+    selection = d.extra.get("selection") or {}
+    lines = []
+    stability = selection.get("stability")
+    if stability:
+        low, high = stability["range"]
+        lines.append(
+            f"- layer chosen by the stable band rule ({selection.get('n_resamples')} bootstrap resamples of the "
+            f"contrast pairs): {stability['share_in_band']:.0%} of them choose a layer within "
+            f"{len(selection.get('band', [])) // 2} of {d.layer} ({stability['share_exact']:.0%} exactly; range "
+            f"{low}-{high}); candidates within one standard error: {selection.get('candidates')}, prior depth "
+            f"{selection.get('prior')}"
+        )
+    lines += [f"- warning: {w}" for w in d.extra.get("warnings") or []]
+    return lines

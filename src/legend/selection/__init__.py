@@ -33,6 +33,13 @@ from .files import build_direction_from_file
 from .preferences import preference_agreement, preference_embeddings, select_on_preferences
 from .recipes import DEFAULT_RECIPE, PAPER_RECIPE, RECIPES, build_direction, recipe_direction, recipe_settings
 from .select import SATURATED_ACCURACY, SATURATED_AUC, saturation_warning, select_direction
+from .stable import (
+    STABLE_RULE,
+    StableChoice,
+    repeated_answers_warning,
+    stability_figures,
+    stable_band_choice,
+)
 from .sweeps import (
     PREFERENCE_RULE,
     SELECTION_RULE,
@@ -57,8 +64,10 @@ __all__ = [
     "SATURATED_ACCURACY",
     "SATURATED_AUC",
     "SELECTION_RULE",
+    "STABLE_RULE",
     "CachedDirection",
     "Candidate",
+    "StableChoice",
     "SweepResult",
     "SweepRow",
     "all_candidates",
@@ -74,9 +83,12 @@ __all__ = [
     "recipe_cache_key",
     "recipe_direction",
     "recipe_settings",
+    "repeated_answers_warning",
     "saturation_warning",
     "select_direction",
     "select_on_preferences",
+    "stability_figures",
+    "stable_band_choice",
     "sweep",
     "sweep_embeddings",
 ]

@@ -17,6 +17,7 @@ from ..models import LoadedModel, ModelSpec, as_loaded
 from ..resources import XSTEST_PAIRS, sample_path
 from .recipes import DEFAULT_RECIPE, PAPER_RECIPE, recipe_settings
 from .select import saturation_warning, select_direction
+from .stable import repeated_answers_warning
 
 
 def build_direction_from_file(
@@ -110,7 +111,7 @@ def build_direction_from_file(
         pairs_read=n_read,
         pairs_left_out_refused=left_refused,
         pairs_left_out_not_refusal=left_not_refusal,
-        warnings=[warning] if warning else [],
+        warnings=_warnings(direction, pairs, warning),
         recipe=settings.recipe,
     )
     report = {
@@ -145,3 +146,13 @@ def _flags(pairs_file: str | os.PathLike[str], n: int) -> tuple[list[bool], list
         [bool(v) for v in table[column]] if column in table.column_names else [False] * n
         for column in ("harmful_refused", "harmless_not_refusal")
     )
+
+
+def _warnings(direction: Direction, pairs: Sequence[Any], saturation: str | None) -> list[str]:
+    """What to warn about a built direction: the selection's own warnings (an unstable or edge layer choice,
+    repeated answers), repeated answers for a direction built without selection, and a saturated separation."""
+    warnings = list(direction.extra.get("warnings") or [])
+    if "selection" not in direction.extra:
+        repeated = repeated_answers_warning([p.harmless for p in pairs], [p.harmful for p in pairs])
+        warnings += [repeated] if repeated else []
+    return warnings + ([saturation] if saturation else [])

@@ -14,8 +14,8 @@ from ..directions import (
 )
 from ..encoding import POOLINGS, Encoder, template_kind
 from ..models import LoadedModel
-from .band import BAND_RULE, BAND_WIDTH, band_choice
 from .preferences import preference_embeddings, select_on_preferences
+from .stable import STABLE_RULE, repeated_answers_warning, stable_band_choice
 from .sweeps import sweep
 
 
@@ -28,18 +28,42 @@ def select_direction(
     groups: Sequence[Any] | None = None,
     **fields: Any,
 ) -> Direction:
-    """Sweep (or fix, where `settings` gives them) layer, pooling and estimator; return the chosen direction.
+    """Choose the layer (and, with `select_on`, pooling and estimator) of a direction; return it refitted on all pairs.
 
-    The contrast choice is BAND_RULE on the held-out rows (cross-source validation when `groups`,
-    the source of each pair, has two or more values; else a seeded random split).
+    The contrast choice is the stable band rule (`legend.selection.stable`, STABLE_RULE): the layer
+    whose band of layers separates held-out pairs best across 200 bootstrap resamples, within one
+    standard error, nearest the middle of the allowed range; resamples stratified by source when
+    `groups` (the source of each pair) has two or more values. Unset pooling and estimator take the
+    recommended recipe's (mean over the answer tokens, mean difference); given ones are fixed, and
+    with another estimator the layer is still chosen on the mean-difference evidence, then the
+    estimator is fitted there. A given layer is used as it is. `select_on` (labelled preference
+    pairs, chosen = safer) chooses among every swept layer, pooling and estimator by agreement with
+    those labels on a dev split instead.
 
-    The direction is refitted on all pairs. `select_on` (labelled preference pairs, chosen = safer)
-    switches the choice from contrast-pair separation to agreement with those labels on a dev split.
-    The direction's `heldout` is the winner's contrast validation result; `extra["sweep"]` is the
-    whole table, `extra["selection"]` the rule, split and choice, `extra["settings"]` the settings.
+    The direction's `heldout` is the chosen row's 80/20 validation (`extra["sweep"]` has every row);
+    `extra["selection"]` holds the rule, the choice, its stability and the evidence behind it, and
+    `extra["warnings"]` an unstable or edge choice and contrast pairs whose answers mostly repeat.
+
+    Args:
+        lm: the model (an Encoder or a LoadedModel).
+        pairs: contrast pairs (question, harmful, harmless).
+        settings: fixed layer/pooling/estimator, seeds, encoding (default: select auto).
+        select_on: labelled preference pairs to choose by instead.
+        groups: the source of each pair (a file name), for stratified resampling.
+        **fields: DirectionSettings fields replacing the settings'.
+
+    Returns:
+        The Direction.
     """
     settings = dataclasses.replace(settings or DirectionSettings(select="auto"), **fields)
-    layer, pooling, estimator = settings.layer, settings.pooling, settings.estimator
+    layer = settings.layer
+    by_preferences = select_on is not None
+    if by_preferences:
+        poolings = POOLINGS.choices() if settings.pooling is None else (settings.pooling,)
+        estimators = tuple(ESTIMATORS) if settings.estimator is None else (settings.estimator,)
+    else:
+        poolings = (settings.pooling or "mean",)
+        estimators = (settings.estimator or "mean_difference",)
     kind = template_kind(lm.tokenizer, settings.template)
     encoding = settings.encoding
     result, embeddings = sweep(
@@ -47,8 +71,8 @@ def select_direction(
         pairs,
         layers=None if layer is None else (layer,),
         layer_stride=settings.layer_stride,
-        poolings=POOLINGS.choices() if pooling is None else (pooling,),
-        estimators=tuple(ESTIMATORS) if estimator is None else (estimator,),
+        poolings=poolings,
+        estimators=estimators,
         template=kind,
         max_length=settings.max_length,
         encoding=encoding,
@@ -56,14 +80,13 @@ def select_direction(
         seed=settings.seed,
         groups=groups,
     )
-    result.best = band_choice(result.rows, result.n_validation, num_layers=lm.num_layers)
-    selection: dict[str, Any] = {
-        "by": "contrast",
-        "rule": BAND_RULE,
-        "validation": result.extra.get("validation"),
-        "band_width": BAND_WIDTH,
-        "fixed": {k: v for k, v in (("layer", layer), ("pooling", pooling), ("estimator", estimator)) if v is not None},
+    fixed = {
+        k: v
+        for k, v in (("layer", layer), ("pooling", settings.pooling), ("estimator", settings.estimator))
+        if v is not None
     }
+    selection: dict[str, Any] = {"by": "contrast", "fixed": fixed, "validation": result.extra.get("validation")}
+    warnings: list[str] = []
     if select_on is not None:
         swept_layers = sorted({row.layer for row in result.rows})
         swept_poolings = list(dict.fromkeys(row.pooling for row in result.rows))
@@ -82,6 +105,26 @@ def select_direction(
                 result, embeddings, chosen, rejected, dev_fraction=settings.dev_fraction, seed=settings.seed
             ),
         )
+    elif layer is None:
+        swept = sorted({row.layer for row in result.rows})
+        choice = stable_band_choice(
+            embeddings.harmless,
+            embeddings.harmful,
+            num_layers=lm.num_layers,
+            pooling=poolings[0],
+            layers=swept,
+            groups=groups,
+            seed=settings.seed,
+        )
+        selection.update(rule=STABLE_RULE, **choice.to_dict())
+        warnings += choice.stability["warnings"]
+        result.best = result.row(choice.centre, poolings[0], estimators[0])
+    else:
+        selection.update(rule="the given layer")
+        result.best = result.rows[0]
+    repeated = repeated_answers_warning([p.harmless for p in pairs], [p.harmful for p in pairs])
+    if repeated:
+        warnings.append(repeated)
     best = result.best
     key = (best.layer, best.pooling)
     vector = ESTIMATORS[best.estimator](embeddings.harmless[key], embeddings.harmful[key])
@@ -109,6 +152,7 @@ def select_direction(
             "sweep": result.table(),
             "selection": selection,
             "settings": settings.to_dict(),
+            "warnings": warnings,
         },
     )
 
