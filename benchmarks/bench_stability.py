@@ -203,6 +203,8 @@ class StableChoice:
     band_score: list[float]  # mean over resamples, one per centre
     band_score_sd: list[float]
     stability: dict = field(default_factory=dict)
+    # The evidence alone, before tolerance and prior: where each resample's highest band lies.
+    evidence: dict = field(default_factory=dict)
     n_pairs: int = 0
     n_resamples: int = N_RESAMPLES
     seed: int = SEED
@@ -258,7 +260,15 @@ def stable_band_choice(
         tolerance = np.full(len(centres), tolerance_se * float(sd[best_j]))
     prior = prior_centre(centres)
     centre = choose_centre(mean, centres, tolerance, prior)
-    choices = [choose_centre(row, centres, tolerance, prior) for row in per_resample if np.isfinite(row).any()]
+    finite = [row for row in per_resample if np.isfinite(row).any()]
+    choices = [choose_centre(row, centres, tolerance, prior) for row in finite]
+    best_each = np.array([centres[int(np.nanargmax(row))] for row in finite])
+    candidates = [c for c, s, t in zip(centres, mean, tolerance) if s >= mean[best_j] - t]
+    evidence = {
+        "share_best_in_band": float(np.mean(np.abs(best_each - centre) <= width)),
+        "best_range": [int(best_each.min()), int(best_each.max())],
+        "prior_decided": len(candidates) > 1,
+    }
     return StableChoice(
         centre=centre,
         band=[x for x in range(centre - width, centre + width + 1)],
@@ -266,11 +276,12 @@ def stable_band_choice(
         prior=prior,
         best_centre=centres[best_j],
         tolerance=[float(x) for x in tolerance],
-        candidates=[c for c, s, t in zip(centres, mean, tolerance) if s >= mean[best_j] - t],
+        candidates=candidates,
         centres=centres,
         band_score=[float(x) for x in mean],
         band_score_sd=[float(x) for x in sd],
         stability=stability_figures(choices, centre, centres, width),
+        evidence=evidence,
         n_pairs=n,
         n_resamples=n_resamples,
         seed=seed,
@@ -361,6 +372,85 @@ def xstest48_pairs(limit: int = 48, root: Path = XSTEST, models: Sequence[str] |
     return out
 
 
+def set_specs(sizes: dict[str, int]) -> dict[str, tuple[list[tuple[str, np.ndarray]], str]]:
+    """{name: ([(cached source, row indices)], how)} of every contrast set in issue 18's table.
+
+    Halves of the bundled 131 pairs: `xs131_first` = rows 0..65 and `xs131_second` = rows 66..130 in file
+    order (the file is sorted by XSTest type, so the halves differ in type: contrast_homonyms,
+    contrast_figurative_language, contrast_safe_targets and part of contrast_safe_contexts vs the rest);
+    `xs131_randA`/`xs131_randB` = the sorted first 66 / last 65 of numpy.random.default_rng(0).permutation(131).
+    Mixes concatenate whole sources (the source is the group of each pair).
+    """
+    n = sizes["xstest"]
+    half = (n + 1) // 2
+    perm = np.random.default_rng(0).permutation(n)
+    every = {name: np.arange(size) for name, size in sizes.items()}
+    specs: dict = {
+        "xs131": ([("xstest", every["xstest"])], f"bundled XSTest pairs ({n})"),
+        "xs48": ([("xs48", every.get("xs48"))], "48 XSTest pairs, files sorted by name"),
+        "xs48dir": ([("xs48dir", every.get("xs48dir"))], "48 XSTest pairs, DIRECTORY_ORDER"),
+        "xs131_first": ([("xstest", np.arange(half))], f"bundled rows 0..{half - 1}"),
+        "xs131_second": ([("xstest", np.arange(half, n))], f"bundled rows {half}..{n - 1}"),
+        "xs131_randA": ([("xstest", np.sort(perm[:half]))], "bundled, random half A (seed 0)"),
+        "xs131_randB": ([("xstest", np.sort(perm[half:]))], "bundled, random half B (seed 0)"),
+        "bank": ([("bank", every.get("bank"))], "induced AdvBench pairs with the refusal bank"),
+        "xs131+bank": ([("xstest", every["xstest"]), ("bank", every.get("bank"))], "bundled + bank"),
+        "xs48+bank": ([("xs48", every.get("xs48")), ("bank", every.get("bank"))], "xs48 + bank"),
+        "xs48dir+bank": ([("xs48dir", every.get("xs48dir")), ("bank", every.get("bank"))], "xs48dir + bank"),
+        "paper": ([("paper", every.get("paper"))], "induced pairs, the paper's one refusal (reference)"),
+    }
+    return {name: spec for name, spec in specs.items() if all(src in sizes for src, _ in spec[0])}
+
+
+def _gather(spec, sources: dict, pick, join):
+    parts = [pick(sources[src], index) for src, index in spec]
+    groups = None if len(spec) == 1 else [src for src, index in spec for _ in index]
+    return join(parts), groups
+
+
+def contrast_sets(cache: dict) -> dict[str, tuple[Embeddings, Embeddings, list | None, str]]:
+    """{name: (harmless, harmful, groups or None, how)} of every contrast set (`set_specs`) from the cache."""
+    sizes = {name: len(v[0][(1, "mean")]) for name, v in cache.items() if name not in ("hh", "pku")}
+    out = {}
+    for name, (spec, how) in set_specs(sizes).items():
+        harmless, groups = _gather(spec, {k: v[0] for k, v in cache.items()}, _rows, lambda p: _cat(*p))
+        harmful, _ = _gather(spec, {k: v[1] for k, v in cache.items()}, _rows, lambda p: _cat(*p))
+        out[name] = (harmless, harmful, groups, how)
+    return out
+
+
+def contrast_texts(induced: Path | None) -> dict[str, tuple[list[str], list[str]]]:
+    """{name: (harmless answers, harmful answers)} of every contrast set, in the cached rows' order."""
+    from legend.data import read_contrast_pairs
+    from legend.induce import assign_refusals, load_refusal_bank
+    from legend.resources import XSTEST_PAIRS, sample_path
+
+    xs = read_contrast_pairs(sample_path(XSTEST_PAIRS))
+    base = {"xstest": ([p.harmless for p in xs], [p.harmful for p in xs])}
+    for name, models in (("xs48", None), ("xs48dir", DIRECTORY_ORDER)):
+        pairs = xstest48_pairs(models=models)
+        base[name] = ([p["harmless"] for p in pairs], [p["harmful"] for p in pairs])
+    if induced is not None:
+        pairs = read_contrast_pairs(induced)
+        harmful = [p.harmful for p in pairs]
+        base["paper"] = ([p.harmless for p in pairs], harmful)
+        base["bank"] = (assign_refusals([p.question for p in pairs], load_refusal_bank(), seed=0), harmful)
+    out = {}
+    for name, (spec, _) in set_specs({k: len(v[0]) for k, v in base.items()}).items():
+        harmless, _ = _gather(spec, {k: v[0] for k, v in base.items()}, _pick, _flat)
+        harmful, _ = _gather(spec, {k: v[1] for k, v in base.items()}, _pick, _flat)
+        out[name] = (harmless, harmful)
+    return out
+
+
+def _pick(texts: list[str], index) -> list[str]:
+    return [texts[j] for j in index]
+
+
+def _flat(parts: list[list[str]]) -> list[str]:
+    return [x for part in parts for x in part]
+
+
 def _cat(*sides: Embeddings) -> Embeddings:
     return {k: torch.cat([s[k] for s in sides]) for k in sides[0]}
 
@@ -370,42 +460,30 @@ def _rows(side: Embeddings, index) -> Embeddings:
     return {k: v[index] for k, v in side.items()}
 
 
-def contrast_sets(cache: dict) -> dict[str, tuple[Embeddings, Embeddings, list | None, str]]:
-    """{name: (harmless, harmful, groups or None, how)} of every contrast set in issue 18's table.
+REPEAT_SHARE = 0.5  # warn when fewer distinct answers than half the pairs on either side
 
-    Halves of the bundled 131 pairs: `xs131_first` = rows 0..65 and `xs131_second` = rows 66..130 in file
-    order (the file is sorted by XSTest type, so these differ in type: contrast_homonyms,
-    figurative_language, safe_targets and part of safe_contexts vs the rest); `xs131_randA`/`xs131_randB` =
-    the first 66 / last 65 of numpy.random.default_rng(0).permutation(131). Mixes keep the source as group.
+
+def repeated_answers_warning(harmless: Sequence[str], harmful: Sequence[str]) -> str | None:
+    """A warning when one side of the contrast pairs is mostly repeats (distinct answers < REPEAT_SHARE x
+    pairs, after stripping whitespace): the mean difference then measures the distance from a few strings
+    (a refusal template) rather than harm. The paper's one refusal, the 25-phrasing refusal bank and
+    XSTest's GPT-4 refusals ("Sorry, but I can't assist with that." 44 times in 48) are such sets.
+
+    >>> repeated_answers_warning(["no."] * 4 + ["never."], ["a", "b", "c", "d", "e"]) is not None
+    True
+    >>> repeated_answers_warning(["no.", "never.", "nope", "no way"], ["a", "b", "c", "d"]) is None
+    True
     """
-    sets: dict = {}
-    xa, xb, _ = cache["xstest"]
-    n = len(xa[(1, "mean")])
-    half = (n + 1) // 2
-    perm = np.random.default_rng(0).permutation(n)
-    sets["xs131"] = (xa, xb, None, "bundled XSTest pairs (131)")
-    if "xs48" in cache:
-        sets["xs48"] = (cache["xs48"][0], cache["xs48"][1], None, "48 XSTest pairs, files sorted by name")
-    if "xs48dir" in cache:
-        sets["xs48dir"] = (cache["xs48dir"][0], cache["xs48dir"][1], None, "48 XSTest pairs, DIRECTORY_ORDER")
-    sets["xs131_first"] = (_rows(xa, range(half)), _rows(xb, range(half)), None, f"bundled rows 0..{half - 1}")
-    sets["xs131_second"] = (_rows(xa, range(half, n)), _rows(xb, range(half, n)), None, f"bundled rows {half}..{n - 1}")
-    sets["xs131_randA"] = (_rows(xa, np.sort(perm[:half])), _rows(xb, np.sort(perm[:half])), None, "random half A")
-    sets["xs131_randB"] = (_rows(xa, np.sort(perm[half:])), _rows(xb, np.sort(perm[half:])), None, "random half B")
-    if "bank" in cache:
-        ba, bb, _ = cache["bank"]
-        nb = len(ba[(1, "mean")])
-        sets["bank"] = (ba, bb, None, "induced AdvBench pairs, refusal bank (64)")
-        sets["xs131+bank"] = (_cat(xa, ba), _cat(xb, bb), ["xstest"] * n + ["bank"] * nb, "bundled + bank")
-        for name in ("xs48", "xs48dir"):
-            if name in cache:
-                a48, b48, _ = cache[name]
-                n48 = len(a48[(1, "mean")])
-                sets[f"{name}+bank"] = (_cat(a48, ba), _cat(b48, bb), [name] * n48 + ["bank"] * nb, f"{name} + bank")
-    if "paper" in cache:
-        how = "induced pairs, the paper's one refusal (reference)"
-        sets["paper"] = (cache["paper"][0], cache["paper"][1], None, how)
-    return sets
+    n = len(harmless)
+    for side, texts in (("harmless", harmless), ("harmful", harmful)):
+        distinct = len({t.strip() for t in texts})
+        if distinct < REPEAT_SHARE * n:
+            return (
+                f"only {distinct} distinct {side} answers in {n} contrast pairs: the direction measures the "
+                "distance from those few answers (a template) more than harm, and such pairs transferred worse "
+                "(issue 18); bring varied answers, e.g. add the bundled XSTest pairs"
+            )
+    return None
 
 
 # ================================================================ rules measured
@@ -437,19 +515,54 @@ def old_auto_all_choice(harmless, harmful, num_layers, groups=None, seed=0) -> t
     return row.layer, row.pooling, row.estimator
 
 
+def _old_band_fast(diffs: dict[int, np.ndarray], num_layers: int, folds) -> int:
+    """legend.selection.band_choice for one pooling and mean_difference only, in numpy: per layer the mean
+    over folds of the validation effect size of the train mean difference; band mean over c-2..c+2; the
+    highest band among eligible centres, ties by the layer's own effect size, then the deeper layer."""
+    layers = list(range(1, num_layers + 1))
+    es = {}
+    for layer in layers:
+        d = diffs[layer]
+        values = []
+        for train, validation in folds:
+            v = d[train].mean(0)
+            v = v / np.linalg.norm(v)
+            proj = d[validation] @ v
+            values.append(proj.mean() / proj.std(ddof=1) if len(proj) > 1 else np.nan)
+        es[layer] = float(np.mean(values))
+    band = {c: float(np.mean([es[x] for x in range(c - 2, c + 3) if x in es])) for c in layers}
+    centres = eligible_centres(layers, num_layers)
+    return max(centres, key=lambda c: (band[c], es[c], c))
+
+
+def _folds(n: int, seed: int, groups=None):
+    from legend.directions import split_indices
+
+    if groups is not None and len(set(groups)) >= 2:
+        labels = np.asarray(groups)
+        return [(np.flatnonzero(labels != g), np.flatnonzero(labels == g)) for g in dict.fromkeys(labels.tolist())]
+    return [split_indices(n, 0.2, seed)]
+
+
 def old_band_stability(harmless, harmful, num_layers, chosen, groups=None, n_seeds=100) -> dict:
-    """The old rule's stability: its choice under `n_seeds` other split seeds (cross-source validation is
-    deterministic, so for mixes it is measured over bootstrap resamples of the pairs instead)."""
+    """The old rule's stability: its choice under `n_seeds` other split seeds 1..n_seeds (cross-source
+    validation is deterministic, so for mixes over `n_seeds` stratified bootstrap resamples of the pairs).
+    Computed by `_old_band_fast`, checked equal to legend.selection's choice on the unchanged pairs."""
+    n = len(next(iter(harmless.values())))
+    diffs = {
+        layer: (harmless[(layer, "mean")].double() - harmful[(layer, "mean")].double()).numpy()
+        for layer in range(1, num_layers + 1)
+    }
+    if _old_band_fast(diffs, num_layers, _folds(n, 0, groups)) != chosen:
+        raise SystemExit("the fast old band rule disagrees with legend.selection.band_choice")
     choices = []
     if groups is None:
         for seed in range(1, n_seeds + 1):
-            choices.append(old_band_choice(harmless, harmful, num_layers, None, seed))
+            choices.append(_old_band_fast(diffs, num_layers, _folds(n, seed)))
     else:
-        n = len(next(iter(harmless.values())))
         for draw in resample_indices(n, n_seeds, 1, groups):
-            choices.append(
-                old_band_choice(_rows(harmless, draw), _rows(harmful, draw), num_layers, list(np.asarray(groups)[draw]))
-            )
+            resampled = {layer: d[draw] for layer, d in diffs.items()}
+            choices.append(_old_band_fast(resampled, num_layers, _folds(n, 0, list(np.asarray(groups)[draw]))))
     centres = eligible_centres(range(1, num_layers + 1), num_layers)
     return stability_figures(choices, chosen, centres)
 
@@ -586,6 +699,7 @@ def stage_measure(args: argparse.Namespace) -> None:
     _check_complete(cache)
     num_layers = max(k[0] for k in cache["xstest"][0])
     sets = contrast_sets(cache)
+    texts = contrast_texts(args.induced if args.induced and args.induced.is_file() else None)
     wanted = args.sets.split(",") if args.sets else list(sets)
     rules = args.rules.split(",")
     out: dict = {"num_layers": num_layers, "sets": {}, "constants": _constants()}
@@ -595,6 +709,10 @@ def stage_measure(args: argparse.Namespace) -> None:
         n = len(harmless[(1, "mean")])
         print(f"== {name}: {how}, {n} pairs", flush=True)
         entry: dict = {"how": how, "n": n, "rules": {}}
+        if name in texts:
+            entry["repeated_answers_warning"] = repeated_answers_warning(*texts[name])
+            if entry["repeated_answers_warning"]:
+                print(f"warning: {entry['repeated_answers_warning']}")
         for rule, (desc, parts, sel) in apply_rules(name, harmless, harmful, groups, num_layers, rules).items():
             cache_key = (name, desc)  # the same direction chosen by two rules is evaluated once
             if cache_key not in evaluated and ("hh" in cache or "pku" in cache):
@@ -824,6 +942,7 @@ def main(argv: list[str] | None = None) -> None:
     measure = sub.add_parser("measure")
     measure.add_argument("--cache", type=Path, default=Path("runs/h18/cache"))
     measure.add_argument("--out", type=Path, default=None)
+    measure.add_argument("--induced", type=Path, default=Path("runs/h18/induced_pairs.jsonl"))
     measure.add_argument("--sets", default=None, help="comma-separated contrast sets (default: all)")
     measure.add_argument("--rules", default=",".join(RULES))
     measure.add_argument("--boot", type=int, default=1000)
