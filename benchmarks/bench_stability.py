@@ -767,6 +767,12 @@ def stage_table(args: argparse.Namespace) -> None:
     random directions); ✗ marks a value under its target or not above its floor."""
     data = json.loads(args.json.read_text())
     rules = args.rules.split(",") if args.rules else None
+    if args.compact:
+        text = _compact(data, rules)
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+        return
     head = (
         "| set (pairs) | rule | chosen | hh share positive | hh length-balanced | PKU Spearman | PKU one-safe |"
         " stability: in band / exact, range |"
@@ -790,6 +796,23 @@ def stage_table(args: argparse.Namespace) -> None:
     print(text)
     if args.out:
         args.out.write_text(text)
+
+
+def _compact(data: dict, rules: list[str] | None) -> str:
+    """One row per set, one column per rule: chosen layer and the four values (hh share / balanced /
+    PKU Spearman / one-safe), * where all four meet their targets above the floor."""
+    names = rules or list(next(iter(data["sets"].values()))["rules"])
+    lines = ["| set | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+    for name, entry in data["sets"].items():
+        cells = []
+        for rule in names:
+            rec = entry["rules"][rule]
+            values = [rec[k]["value"] for k in TARGETS]
+            ok = all(rec[k]["value"] >= t and rec[k]["value"] > rec[k]["floor_p95"] for k, t in TARGETS.items())
+            chosen = rec["chosen"].replace("layer ", "").replace("mean_difference", "md")
+            cells.append(f"{chosen}: " + " / ".join(f"{v:.3f}" for v in values) + (" *" if ok else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _check_complete(cache: dict) -> None:
@@ -954,6 +977,7 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("json", type=Path)
     table.add_argument("--rules", default=None)
     table.add_argument("--out", type=Path, default=None)
+    table.add_argument("--compact", action="store_true", help="one row per set, one column per rule")
     args = parser.parse_args(argv)
     stages = {"cache": stage_cache, "measure": stage_measure, "checks": stage_checks, "table": stage_table}
     stages[args.stage](args)
