@@ -84,13 +84,17 @@ def _pair_sets(args: argparse.Namespace) -> list[tuple[str, list, list, dict]]:
 
 
 def stage_cache(args: argparse.Namespace) -> None:
+    encode_sets(args, _pair_sets(args))  # read (and checked) before the model loads
+
+
+def encode_sets(args: argparse.Namespace, sets: list[tuple[str, list, list, dict]]) -> None:
+    """Encode (name, side a items, side b items, extras) sets into resumable chunk files under args.cache."""
     from legend.encoding import EncodeConfig, encode, template_kind
     from legend.models import load_model
 
     cache = args.cache
     cache.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    sets = _pair_sets(args)  # read (and checked) before the model loads
     lm = load_model(args.model, dtype=args.dtype)
     config = EncodeConfig(
         layers=tuple(range(lm.num_layers + 1)),
@@ -237,12 +241,15 @@ def _choose(rule: str, sets: dict, num_layers: int):
 
 def _margins(parts, chosen, rejected) -> tuple[np.ndarray, np.ndarray]:
     """Margins and the stacked differences (for the floor) of a (band) direction; each layer's
-    differences are scaled by the layer's mean difference norm so the layers weigh alike."""
+    differences are scaled by the layer's mean difference norm so the layers weigh alike, or by the
+    part's own fixed scale when it has a fourth element (layer, pooling, v, scale)."""
     raw = np.zeros(len(next(iter(chosen.values()))))
     diffs = []
-    for layer, pooling, v in parts:
+    for layer, pooling, v, *scale in parts:
         d = chosen[(layer, pooling)].double() - rejected[(layer, pooling)].double()
-        if len(parts) > 1:
+        if scale:
+            d = d / float(scale[0])
+        elif len(parts) > 1:
             d = d / d.norm(dim=1).mean()
         raw += (d @ v.double()).numpy()
         diffs.append(d.numpy())
@@ -267,11 +274,6 @@ def _summ(value, ci, null) -> dict:
 
 
 def stage_measure(args: argparse.Namespace) -> None:
-    from scipy import stats
-
-    from legend.metrics import bootstrap_mean_ci
-    from legend.quality import evaluate_margins
-
     sets = {}
     for name in ("xstest", "paper", "bank", "pku", "hh"):
         try:
@@ -288,73 +290,86 @@ def stage_measure(args: argparse.Namespace) -> None:
         except KeyError as err:
             print(f"{rule}: needs {err}")
             continue
-        record: dict = {"how": how}
-        if "hh" in sets:
-            c, r, x = sets["hh"]
-            raw, diffs = _margins(parts, c, r)
-            raw[x["identical"].astype(bool)] = 0.0
-            ev = evaluate_margins(
-                raw,
-                ["a" * int(n) for n in x["chosen_chars"]],
-                ["a" * int(n) for n in x["rejected_chars"]],
-                n_bootstrap=args.boot,
-                seed=args.seed,
-            )
-            ld = x["chosen_chars"].astype(float) - x["rejected_chars"].astype(float)
-
-            def balanced(m, ld=ld):
-                return 0.5 * ((m[ld < 0] > 0).mean() + (m[ld > 0] > 0).mean())
-
-            for key, stat in (("share_positive", lambda m: (m > 0).mean()), ("agreement_length_balanced", balanced)):
-                m = ev["metrics"][key]
-                record[f"hh_{key}"] = _summ(
-                    m["value"], (m["ci_low"], m["ci_high"]), _floor_values(diffs, args.random, args.seed, stat)
-                )
-            record["hh_n"] = len(raw)
-        if "pku" in sets:
-            c, r, x = sets["pku"]
-            raw, diffs = _margins(parts, c, r)
-            sev = x["rejected_severity"].astype(float) - x["chosen_severity"].astype(float)
-            ev = evaluate_margins(raw, ["a"] * len(raw), ["a"] * len(raw), sev, n_bootstrap=args.boot, seed=args.seed)
-            m = ev["metrics"]["severity_spearman"]
-
-            def rho(v, sev=sev):
-                return stats.spearmanr(v, sev).statistic
-
-            record["pku_severity_spearman"] = _summ(
-                m["value"], (m["ci_low"], m["ci_high"]), _floor_values(diffs, args.random, args.seed, rho)
-            )
-            one = x["chosen_safe"] != x["rejected_safe"]
-            safe_is_chosen = x["chosen_safe"][one]
-
-            def right(v, one=one, safe_is_chosen=safe_is_chosen):
-                return float(((v[one] > 0) == safe_is_chosen).mean())
-
-            outcomes = ((raw[one] > 0) == safe_is_chosen).astype(float)
-            record["pku_one_safe_accuracy"] = _summ(
-                outcomes.mean(),
-                bootstrap_mean_ci(outcomes, n_bootstrap=args.boot, seed=args.seed),
-                _floor_values(diffs, args.random, args.seed, right),
-            )
-            record["pku_one_safe_n"] = int(one.sum())
-            record["pku_share_positive"] = float((raw > 0).mean())
+        record: dict = {"how": how, **evaluate_parts(parts, sets, args.boot, args.random, args.seed)}
         out["rules"][rule] = record
-        line = [how]
-        for key in (
-            "hh_share_positive",
-            "hh_agreement_length_balanced",
-            "pku_severity_spearman",
-            "pku_one_safe_accuracy",
-        ):
-            if key in record:
-                m = record[key]
-                ci = f"[{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"
-                line.append(f"{key} {m['value']:.3f} {ci} floor {m['floor_p95']:.3f} pct {m['percentile']:.0f}")
-        print(" | ".join(line), flush=True)
+        print_record(how, record)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.out}")
+
+
+METRICS = ("hh_share_positive", "hh_agreement_length_balanced", "pku_severity_spearman", "pku_one_safe_accuracy")
+
+
+def print_record(how: str, record: dict) -> None:
+    line = [how]
+    for key in METRICS:
+        if key in record:
+            m = record[key]
+            ci = f"[{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"
+            line.append(f"{key} {m['value']:.3f} {ci} floor {m['floor_p95']:.3f} pct {m['percentile']:.0f}")
+    print(" | ".join(line), flush=True)
+
+
+def evaluate_parts(parts, sets: dict, n_boot: int, n_random: int, seed: int) -> dict:
+    """hh and PKU metrics (value, bootstrap CI, random floor) of a (band) direction given as [(layer, pooling, v)]."""
+    from scipy import stats
+
+    from legend.metrics import bootstrap_mean_ci
+    from legend.quality import evaluate_margins
+
+    record: dict = {}
+    if "hh" in sets:
+        c, r, x = sets["hh"]
+        raw, diffs = _margins(parts, c, r)
+        raw[x["identical"].astype(bool)] = 0.0
+        ev = evaluate_margins(
+            raw,
+            ["a" * int(n) for n in x["chosen_chars"]],
+            ["a" * int(n) for n in x["rejected_chars"]],
+            n_bootstrap=n_boot,
+            seed=seed,
+        )
+        ld = x["chosen_chars"].astype(float) - x["rejected_chars"].astype(float)
+
+        def balanced(m, ld=ld):
+            return 0.5 * ((m[ld < 0] > 0).mean() + (m[ld > 0] > 0).mean())
+
+        for key, stat in (("share_positive", lambda m: (m > 0).mean()), ("agreement_length_balanced", balanced)):
+            m = ev["metrics"][key]
+            record[f"hh_{key}"] = _summ(
+                m["value"], (m["ci_low"], m["ci_high"]), _floor_values(diffs, n_random, seed, stat)
+            )
+        record["hh_n"] = len(raw)
+    if "pku" in sets:
+        c, r, x = sets["pku"]
+        raw, diffs = _margins(parts, c, r)
+        sev = x["rejected_severity"].astype(float) - x["chosen_severity"].astype(float)
+        ev = evaluate_margins(raw, ["a"] * len(raw), ["a"] * len(raw), sev, n_bootstrap=n_boot, seed=seed)
+        m = ev["metrics"]["severity_spearman"]
+
+        def rho(v, sev=sev):
+            return stats.spearmanr(v, sev).statistic
+
+        record["pku_severity_spearman"] = _summ(
+            m["value"], (m["ci_low"], m["ci_high"]), _floor_values(diffs, n_random, seed, rho)
+        )
+        one = x["chosen_safe"] != x["rejected_safe"]
+        safe_is_chosen = x["chosen_safe"][one]
+
+        def right(v, one=one, safe_is_chosen=safe_is_chosen):
+            return float(((v[one] > 0) == safe_is_chosen).mean())
+
+        outcomes = ((raw[one] > 0) == safe_is_chosen).astype(float)
+        record["pku_one_safe_accuracy"] = _summ(
+            outcomes.mean(),
+            bootstrap_mean_ci(outcomes, n_bootstrap=n_boot, seed=seed),
+            _floor_values(diffs, n_random, seed, right),
+        )
+        record["pku_one_safe_n"] = int(one.sum())
+        record["pku_share_positive"] = float((raw > 0).mean())
+    return record
 
 
 if __name__ == "__main__":
