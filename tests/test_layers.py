@@ -60,7 +60,7 @@ SUBMODULES: dict[str, tuple[str, ...]] = {
     "legend.encoding": ("pooling", "config", "templates", "batching", "capture", "sharing", "encoder", "generation"),
     "legend.directions": ("estimators", "card", "artifact", "build"),
     "legend.annotation": ("card", "settings", "metadata", "differences", "finish", "memory"),
-    "legend.selection": ("sweeps", "band", "preferences", "select", "recipes", "files", "cache"),
+    "legend.selection": ("stable", "sweeps", "band", "preferences", "select", "recipes", "files", "cache"),
     "legend.engines": ("local", "ray_engine"),
     "legend.report": ("figures", "page", "build"),
 }

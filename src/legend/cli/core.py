@@ -179,7 +179,7 @@ def direction(
         Optional[str],
         typer.Option(
             help="none | auto: sweep what is not fixed (layers, and poolings/estimators not given) on the pairs and "
-            "choose by the band rule (docs/selection.md). Default: the recipe's (legend: auto, paper: none)."
+            "choose by the stable band rule (docs/selection.md). Default: the recipe's (legend: auto, paper: none)."
         ),
     ] = None,
     select_on: Annotated[

@@ -1,4 +1,5 @@
-"""The band rule: a layer whose neighbours also separate well beats an isolated spike."""
+"""The previous band rule (one 80/20 split, band of layers): no longer used to choose, kept for the benchmarks'
+before/after comparisons (`legend.selection.stable` is the rule; docs/selection.md says why)."""
 
 from __future__ import annotations
 
