@@ -110,7 +110,16 @@ if TYPE_CHECKING:  # for type checkers and the layer test: what the lazy names a
     from .testing import tiny_model
 
 
+# Subpackages reachable as attributes after `import legend` (legend.data.read_contrast_pairs, ...).
+_SUBMODULES = {
+    "annotation", "data", "directions", "encoding", "engines", "io", "margins", "metrics", "models", "quality",
+    "registries", "selection",
+}  # fmt: skip
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"legend.{name}")
     module = _API.get(name)
     if module is None:
         raise AttributeError(f"module 'legend' has no attribute {name!r}")

@@ -83,6 +83,17 @@ def annotate_file(
 
     Returns:
         An `Annotation` (its `dataset` is None: the rows went to `out`).
+
+    >>> import json, tempfile, legend
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> rows = [{"prompt": f"Q{i}", "chosen": "No.", "rejected": f"Sure {i}."} for i in range(5)]
+    >>> _ = (folder / "in.jsonl").write_text("".join(json.dumps(r) + chr(10) for r in rows))
+    >>> lm = legend.tiny_model()
+    >>> direction = legend.build_direction(lm, [legend.ContrastPair("Q?", "Sure.", "No.")] * 4, recipe="paper")
+    >>> result = annotate_file(folder / "in.jsonl", direction, folder / "prefs" / "out.jsonl", lm)
+    >>> result.summary["rows"], sorted(p.name for p in (folder / "prefs").iterdir())
+    (5, ['.legend', 'README.md', 'out.jsonl'])
     """
     if isinstance(direction, (list, tuple)) and len(direction) == 1:
         direction = direction[0]

@@ -81,6 +81,9 @@ def tiny_model(layers: int = 4, hidden: int = 32, seed: int = 0, chat: bool = Tr
 
     Returns:
         A LoadedModel named "tiny-random-llama".
+
+    >>> tiny_model(layers=2, hidden=16).hidden_size
+    16
     """
     tokenizer = build_tokenizer(chat)
     return wrap_model(build_tiny_llama(len(tokenizer), layers, hidden, seed), tokenizer, model_id="tiny-random-llama")

@@ -37,6 +37,12 @@ def register_estimator(
 
     Returns:
         `function`.
+
+    >>> median = lambda a, b: unit((a - b).double().median(0).values)
+    >>> _ = register_estimator("median_difference", median, description="median of the paired differences")
+    >>> ESTIMATORS["median_difference"](torch.ones(3, 2), torch.zeros(3, 2)).tolist()
+    [0.7071067690849304, 0.7071067690849304]
+    >>> _ = ESTIMATORS.unregister("median_difference")
     """
     return ESTIMATORS.register(name, function, description=description, replace=replace)
 

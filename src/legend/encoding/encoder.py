@@ -97,6 +97,19 @@ def register_encoder(
 
     Returns:
         `factory`.
+
+    >>> class Counting(TransformersEncoder):  # the built-in encoder, counting its calls
+    ...     calls = 0
+    ...     def encode(self, items, config):
+    ...         Counting.calls += 1
+    ...         return super().encode(items, config)
+    >>> _ = register_encoder("counting", lambda model, fallback: Counting(as_loaded(model, fallback)),
+    ...                      description="the transformers encoder, counting its calls")
+    >>> from legend.testing import tiny_model
+    >>> encoder = load_encoder("counting", tiny_model())
+    >>> encoder.encode([((), "Hello.")], EncodeConfig()).get(-1, "last").shape, Counting.calls
+    (torch.Size([1, 32]), 1)
+    >>> _ = ENCODERS.unregister("counting")
     """
     return ENCODERS.register(name, factory, description=description, replace=replace)
 

@@ -48,6 +48,15 @@ def register_engine(name: str, engine: EngineFn, *, description: str | None = No
 
     Returns:
         `engine`.
+
+    >>> from pathlib import Path
+    >>> def logged(data, direction, out, model, settings, **options):  # the local engine, saying so
+    ...     print("annotating", Path(data).name)
+    ...     return ENGINES["local"](data, direction, out, model, settings, **options)
+    >>> _ = register_engine("logged", logged, description="the local engine, logging each input")
+    >>> "logged" in ENGINES.choices()
+    True
+    >>> _ = ENGINES.unregister("logged")
     """
     return ENGINES.register(name, engine, description=description, replace=replace)
 

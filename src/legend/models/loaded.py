@@ -123,6 +123,16 @@ def load_model(
 
     Raises:
         ModelError: one line naming the spec.
+
+    >>> import tempfile
+    >>> from legend.testing import tiny_model
+    >>> folder = tempfile.mkdtemp()
+    >>> tiny = tiny_model()
+    >>> tiny.model.save_pretrained(folder); tiny.tokenizer.save_pretrained(folder)  # doctest: +ELLIPSIS
+    (...)
+    >>> lm = load_model(folder)
+    >>> lm.fingerprint == tiny.fingerprint, lm.dtype_name
+    (True, 'float32')
     """
     model, tokenizer, model_id = load_pretrained(
         spec,
@@ -154,6 +164,12 @@ def wrap_model(model: Any, tokenizer: Any, model_id: str | None = None) -> Loade
 
     Returns:
         The LoadedModel, fingerprinted.
+
+    >>> from legend.testing import build_tiny_llama, build_tokenizer
+    >>> tokenizer = build_tokenizer()
+    >>> lm = wrap_model(build_tiny_llama(len(tokenizer)), tokenizer, model_id="mine")
+    >>> lm.model_id, lm.num_layers, lm.fingerprint.startswith("sha256:")
+    ('mine', 4, True)
     """
     ensure_pad_token(tokenizer)
     model.eval()

@@ -48,6 +48,30 @@ def build_direction_from_file(
     agreement with its labels on a dev split instead. The pairs (and `select_on`) are read and
     checked before the model is loaded. A held-out separation that saturates is warned about
     (`report["warnings"]`, stored in `extra.warnings`): it is no evidence that the margins mean anything.
+
+    Args:
+        pairs_file: one contrast-pair file or several (None: the recipe's own pairs).
+        model: the model (loaded, a ModelSpec, or a name).
+        settings: the direction's settings (None: the recipe's).
+        recipe: "legend" (recommended) or "paper".
+        question: the question column.
+        harmful: the harmful-answer column.
+        harmless: the harmless-answer column.
+        drop_refused: leave out rows `legend induce` flagged.
+        limit: at most this many pairs of each file.
+        select_on: labelled preference pairs to choose the configuration by.
+
+    Returns:
+        (the Direction, a report: pairs read and used, sources, held-out separation, warnings).
+
+    >>> import json, tempfile, legend
+    >>> from pathlib import Path
+    >>> path = Path(tempfile.mkdtemp()) / "pairs.jsonl"
+    >>> rows = [{"question": f"Q{i}?", "harmful": f"Sure {i}.", "harmless": f"No, {i}."} for i in range(6)]
+    >>> _ = path.write_text("".join(json.dumps(r) + chr(10) for r in rows))
+    >>> direction, report = build_direction_from_file(path, legend.tiny_model(), recipe="paper")
+    >>> direction.layer, report["pairs_used"], direction.extra["recipe"]
+    (4, 6, 'paper')
     """
     settings = settings or recipe_settings(recipe)
     if pairs_file is None:

@@ -99,5 +99,19 @@ def recipe_direction(
     pairs: Sequence[ContrastPair] | None = None,
     **fields: Any,
 ) -> Direction:
-    """`build_direction(lm, pairs, recipe=recipe, **fields)` (its older name)."""
+    """`build_direction(lm, pairs, recipe=recipe, **fields)` (its older name).
+
+    Args:
+        lm: the model.
+        recipe: "legend" or "paper".
+        pairs: contrast pairs (default: the recipe's own).
+        **fields: DirectionSettings fields overriding the recipe's.
+
+    Returns:
+        The Direction.
+
+    >>> import legend
+    >>> recipe_direction(legend.tiny_model(), "paper", [legend.ContrastPair("Q?", "Sure.", "No.")] * 4).pooling
+    'last'
+    """
     return build_direction(lm, pairs, recipe=recipe, **fields)

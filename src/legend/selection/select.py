@@ -54,6 +54,14 @@ def select_direction(
 
     Returns:
         The Direction.
+
+    >>> import legend
+    >>> pairs = [legend.ContrastPair(f"Q{i}?", f"Sure, {i}.", f"No, {i}.") for i in range(12)]
+    >>> direction = select_direction(legend.tiny_model(), pairs)
+    >>> direction.pooling, direction.layer == direction.extra["selection"]["centre"]
+    ('mean', True)
+    >>> 0 <= direction.extra["selection"]["stability"]["share_in_band"] <= 1
+    True
     """
     settings = dataclasses.replace(settings or DirectionSettings(select="auto"), **fields)
     layer = settings.layer
