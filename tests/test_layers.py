@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, ...]] = [
 # Inside a package split by mechanism, lowest first: a submodule imports only submodules listed before it
 # (its `__init__` re-exports them all). Every submodule must be listed here.
 SUBMODULES: dict[str, tuple[str, ...]] = {
+    "legend.io": ("paths", "atomic", "locks", "guards", "json_file", "safetensors_file", "formats", "tables"),
     "legend.data": (
         "values",
         "reading",
