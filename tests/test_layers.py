@@ -64,6 +64,7 @@ SUBMODULES: dict[str, tuple[str, ...]] = {
     "legend.selection": ("sweeps", "band", "preferences", "select", "recipes", "files", "cache"),
     "legend.engines": ("local", "ray_engine"),
     "legend.report": ("figures", "page", "build"),
+    "legend.quality": ("agreement", "floor", "labelled"),
 }
 
 
