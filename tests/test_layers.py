@@ -62,7 +62,7 @@ SUBMODULES: dict[str, tuple[str, ...]] = {
     "legend.directions": ("estimators", "card", "artifact", "build"),
     "legend.annotation": ("card", "settings", "metadata", "differences", "finish", "memory"),
     "legend.selection": ("sweeps", "band", "preferences", "select", "recipes", "files", "cache"),
-    "legend.engines": ("local", "ray_engine"),
+    "legend.engines": ("store", "outputs", "local", "ray_engine"),
     "legend.report": ("figures", "page", "build"),
     "legend.quality": ("agreement", "floor", "labelled"),
 }
