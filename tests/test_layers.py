@@ -48,6 +48,8 @@ SUBMODULES: dict[str, tuple[str, ...]] = {
     "legend.io": ("paths", "atomic", "locks", "guards", "json_file", "safetensors_file", "formats", "tables"),
     "legend.data": (
         "values",
+        "json_values",
+        "csv_values",
         "reading",
         "schema",
         "builtin_layouts",

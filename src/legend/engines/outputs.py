@@ -16,7 +16,8 @@ from typing import Any
 from ..annotation import AnnotateSettings, metadata_paths, sidecar_path, write_card
 from ..annotation.differences import differences_path
 from ..data import DataError
-from ..data.values import csv_records, json_records
+from ..data.csv_values import csv_records
+from ..data.json_values import json_records
 from ..data.reading import input_format
 from ..io import (
     check_outputs_spare_inputs,
