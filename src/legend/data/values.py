@@ -102,5 +102,10 @@ def find_non_utf8(path: Path, name: str) -> DataError | None:
 
 
 def shown(value: Any) -> str:
+    """A value as JSON text for an error message, cut to about 40 characters.
+
+    >>> shown("x" * 50)
+    '"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...'
+    """
     text = json.dumps(value, ensure_ascii=False, default=str)
     return (text[:40] + "...") if len(text) > 43 else text
