@@ -180,7 +180,7 @@ def test_a_full_disk_during_the_write_is_one_line_and_leaves_only_what_resumes(t
     again), which leaves only the output and its metadata."""
     import builtins
 
-    from legend import io
+    from legend.io import tables  # ChunkWriter opens the output there
 
     _, direction = tiny_cli_model
     data = write_jsonl(tmp_path / "in.jsonl", _pairs(9))
@@ -192,7 +192,7 @@ def test_a_full_disk_during_the_write_is_one_line_and_leaves_only_what_resumes(t
         return _FullDisk(handle, 600) if "w" in mode and Path(path).name.startswith(".out.jsonl.") else handle
 
     with monkeypatch.context() as patch:
-        patch.setattr(io, "open", small_disk, raising=False)
+        patch.setattr(tables, "open", small_disk, raising=False)
         result = annotate(direction, data, out, "--chunk-rows", 3)
     assert_one_line_error(result, f"error: {out}: No space left on device")
     only(tmp_path, "in.jsonl", ".out.jsonl.legend-work")
@@ -206,13 +206,13 @@ def test_a_full_disk_during_the_write_is_one_line_and_leaves_only_what_resumes(t
 def test_a_full_disk_writing_metrics_is_one_line(annotated, tmp_path, monkeypatch):
     import builtins
 
-    from legend import io
+    from legend.io import json_file  # write_json opens the file there
 
     def full(path, mode="r", *args, **kwargs):
         handle = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 -- returned, closed by the writer
         return _FullDisk(handle, 0) if "w" in mode else handle
 
-    monkeypatch.setattr(io, "open", full, raising=False)
+    monkeypatch.setattr(json_file, "open", full, raising=False)
     target = tmp_path / "metrics.json"
     result = run("evaluate", "--data", annotated, "--json", target, "--random-directions", 0, "--no-record")
     assert_one_line_error(result, f"error: {target}: No space left on device")

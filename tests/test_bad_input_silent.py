@@ -328,7 +328,7 @@ def test_a_new_direction_records_its_tokenizer_fingerprint(tiny_cli_model):
 
 def test_the_input_is_identified_by_its_content_not_its_path_size_or_time(tmp_path):
     from legend.data import scan_input
-    from legend.engines.local import input_identity
+    from legend.engines.store import input_identity
 
     rows = _long_and_short(0, 4)
     data = write_jsonl(tmp_path / "in.jsonl", rows)

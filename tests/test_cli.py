@@ -192,12 +192,12 @@ def test_direction_from_another_model_is_refused(workspace, tmp_path):
 
 
 def test_failed_write_leaves_no_partial_output(workspace, tmp_path, monkeypatch):
-    import legend.engines.local as local
+    import legend.engines.outputs as outputs  # sidecar_with writes the metadata JSON there
 
     def explode(obj, path):
         raise ValueError("disk full")
 
-    monkeypatch.setattr(local, "write_json", explode)
+    monkeypatch.setattr(outputs, "write_json", explode)
     out = tmp_path / "out.jsonl"
     result = annotate(workspace, write_jsonl(tmp_path / "hh.jsonl", HH), out)
     assert result.exit_code == 2

@@ -45,8 +45,11 @@ LAYERS: list[tuple[str, ...]] = [
 # Inside a package split by mechanism, lowest first: a submodule imports only submodules listed before it
 # (its `__init__` re-exports them all). Every submodule must be listed here.
 SUBMODULES: dict[str, tuple[str, ...]] = {
+    "legend.io": ("paths", "atomic", "locks", "guards", "json_file", "safetensors_file", "formats", "tables"),
     "legend.data": (
         "values",
+        "json_values",
+        "csv_values",
         "reading",
         "schema",
         "builtin_layouts",
@@ -61,8 +64,9 @@ SUBMODULES: dict[str, tuple[str, ...]] = {
     "legend.directions": ("estimators", "card", "artifact", "build"),
     "legend.annotation": ("card", "settings", "metadata", "differences", "finish", "memory"),
     "legend.selection": ("stable", "sweeps", "band", "preferences", "select", "recipes", "files", "cache"),
-    "legend.engines": ("local", "ray_engine"),
+    "legend.engines": ("store", "outputs", "local", "ray_engine"),
     "legend.report": ("figures", "page", "build"),
+    "legend.quality": ("agreement", "floor", "labelled"),
 }
 
 

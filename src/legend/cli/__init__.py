@@ -12,9 +12,12 @@ from legend.cli.app import app, load_plugins
 
 load_plugins()
 
-from legend.cli import align, core, quality, rewards  # noqa: E402 -- after the plugins have registered
+# After the plugins have registered; in this order, which is the order `legend --help` lists the commands in.
+# isort: off
+from legend.cli import align, core, annotate, demo, quality, rewards  # noqa: E402
+# isort: on
 
-__all__ = ["align", "app", "core", "main", "quality", "rewards"]
+__all__ = ["align", "annotate", "app", "core", "demo", "main", "quality", "rewards"]
 
 
 def main() -> None:

@@ -394,7 +394,7 @@ def audit(
     if out is not None:
         from itertools import islice
 
-        from legend.engines.local import original_records
+        from legend.engines.outputs import original_records
 
         audited = add_audit_columns(labelled.dataset, result)
         records = original_records(data, out)  # JSON/CSV rows written back as the input holds them

@@ -7,7 +7,9 @@ user's data is reported as a `DataError` whose text is one line naming the file,
 
 One module per mechanism:
 
-* `values`          the raw records of a JSON/CSV file and the checks that reading kept every value;
+* `values`          a file's raw text (gzip, UTF-8) and how a bad value is named;
+* `json_values`     the raw records of a JSON file and the check that reading kept every value and type;
+* `csv_values`      the cell texts of a CSV file and the check that type inference changed none;
 * `reading`         `load_table` (file, folder, Hub), input formats, read failures explained;
 * `schema`          `PairView`, `ColumnNames`, `PairLayout` and what a layout's predicate sees;
 * `builtin_layouts` the five layouts legend knows (conversational, explicit, hh, implicit, pku);
@@ -28,6 +30,8 @@ from __future__ import annotations
 from ..errors import DataError
 from .builtin_layouts import count_transcripts, split_hh_transcript
 from .contrast import ContrastPair, read_contrast_pairs, read_questions
+from .csv_values import check_csv_values_kept, csv_records
+from .json_values import check_values_kept, json_records
 from .layouts import (
     LAYOUTS,
     detect_layout,
@@ -53,7 +57,7 @@ from .schema import (
     user_prompt,
 )
 from .streaming import DEFAULT_CHUNK_ROWS, InputScan, chunk_views, iter_chunks, scan_input
-from .values import check_csv_values_kept, check_values_kept, csv_records, find_non_utf8, json_records
+from .values import find_non_utf8
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS",

@@ -20,21 +20,16 @@ import datasets
 
 from ..errors import DataError
 from ..io import quiet_datasets
-from .values import (
-    CSV_READ_OPTIONS,
+from .csv_values import CSV_READ_OPTIONS, check_csv_header, check_csv_values_kept, csv_records
+from .json_values import (
     JSON_READ_OPTIONS,
-    check_csv_header,
-    check_csv_values_kept,
     check_values_kept,
-    csv_records,
-    describe,
-    find_non_utf8,
     json_list_records,
     json_records,
     mixed_type_error,
-    open_text,
     parse_json,
 )
+from .values import describe, find_non_utf8, open_text
 
 # Input file suffixes -> `datasets` packaged builder.
 INPUT_FORMATS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}

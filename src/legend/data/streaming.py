@@ -23,6 +23,8 @@ import datasets
 from ..errors import DataError
 from ..io import check_output_values, quiet_datasets
 from .builtin_layouts import IMPLICIT, count_transcripts
+from .csv_values import CSV_READ_OPTIONS, check_csv_header, check_csv_values_kept, csv_records
+from .json_values import JSON_READ_OPTIONS, check_values_kept, json_records
 from .layouts import detect_layout, pair_views
 from .reading import (
     check_file_split,
@@ -33,16 +35,7 @@ from .reading import (
     streamable_format,
 )
 from .schema import ColumnNames, Layout, PairView
-from .values import (
-    CSV_READ_OPTIONS,
-    JSON_READ_OPTIONS,
-    check_csv_header,
-    check_csv_values_kept,
-    check_values_kept,
-    csv_records,
-    find_non_utf8,
-    json_records,
-)
+from .values import find_non_utf8
 
 DEFAULT_CHUNK_ROWS = 4096
 

@@ -15,22 +15,18 @@ Pass 1 keeps each finished chunk's raw margins in a work folder next to the outp
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._version import __version__
 from ..annotation import (
     AnnotateSettings,
     Annotation,
@@ -42,35 +38,19 @@ from ..annotation import (
     finish_annotation,
     load_directions,
     margin_columns,
-    metadata_paths,
-    sidecar_path,
-    write_card,
 )
 from ..annotation.differences import differences_path, write_differences_streamed
 from ..data import LAYOUTS, DataError, InputScan, PairView, chunk_views, iter_chunks, scan_input
-from ..data.reading import input_format
-from ..data.streaming import content_digest
-from ..data.values import csv_records, json_records
 from ..directions import Direction
-from ..encoding import Encoder, as_encoder, load_encoder
-from ..io import (
-    ChunkWriter,
-    check_output_type,
-    check_outputs_spare_inputs,
-    check_writable,
-    make_parents,
-    output_lock,
-    remove_empty_folders,
-    remove_leftovers,
-    write_bytes_atomically,
-    write_json,
-)
+from ..encoding import Encoder, load_encoder
+from ..io import ChunkWriter, check_output_type, check_outputs_spare_inputs, check_writable
 from ..margins import MarginResult, compute_margins_multi
 from ..metrics import random_unit_directions
 from ..models import LoadedModel, ModelSpec
 from ..quality import label_evidence
+from .outputs import guarded_output, input_paths, input_schema, original_records, output_files, sidecar_with
+from .store import ChunkStore, resume_key, work_folder
 
-WORK_SUFFIX = ".legend-work"
 log = logging.getLogger("legend.engines")
 
 
@@ -123,225 +103,6 @@ def check_finite(results: Sequence[MarginResult], directions: Sequence[Direction
                 source=source,
                 row=first_row + int(bad[0]) + 1,
             )
-
-
-# ---------------------------------------------------------------- the output and what stays beside it
-
-
-def metadata_files(out: str | os.PathLike) -> list[Path]:
-    """The files written beside `out` with it (its metadata); an interrupted run's leftovers of each are removed."""
-    final = sidecar_path(out)
-    return [final, final.with_name(f".{final.name}.pending"), metadata_paths(out).card, differences_path(out)]
-
-
-def output_files(out: str | os.PathLike) -> list[Path]:
-    """`out` and its metadata files."""
-    return [Path(out), *metadata_files(out)]
-
-
-def input_paths(data: str | os.PathLike, direction_path: Any, settings: AnnotateSettings) -> list[Path]:
-    """Every local file or folder an annotation reads: an output must not be (or be inside) one of them."""
-    folders = direction_path if isinstance(direction_path, list) else [direction_path]
-    paths = [Path(os.fspath(data)).expanduser(), *(Path(f) for f in folders if f is not None)]
-    source = getattr(settings.binning, "source", None)
-    if source:
-        paths.append(Path(source))
-    return paths
-
-
-@contextlib.contextmanager
-def guarded_output(out: str | os.PathLike, inputs: list[Path]) -> Iterator[None]:
-    """Refuse an `out` that would destroy an input, then hold its lock and clear what an interrupted run left.
-
-    Inside, this run is the only writer of `out` and its metadata files; afterwards only they remain.
-    """
-    check_outputs_spare_inputs(output_files(out)[:2], inputs)
-    with output_lock(out):
-        removed = remove_leftovers(output_files(out))
-        for pending in metadata_files(out)[1:2]:
-            if pending.exists():
-                pending.unlink()
-                removed.append(pending)
-        if removed:
-            log.warning("removed %d file(s) an interrupted run left: %s", len(removed), ", ".join(map(str, removed)))
-        yield
-
-
-# ---------------------------------------------------------------- resume: finished chunks on disk
-
-COUNTS = ("rows", "n_identical", "n_truncated_texts", "n_tokens", "forward_tokens", "n_answer_truncated")
-
-
-def work_folder(out: str | os.PathLike) -> Path:
-    """Where pass 1 keeps finished chunks while `out` is being made: `.<out name>.legend-work/` beside it."""
-    out = Path(out)
-    return out.parent / f".{out.name}{WORK_SUFFIX}"
-
-
-def input_identity(data: str | os.PathLike, split: str, content: str | None = None) -> dict[str, Any]:
-    """What tells a changed input: its content, hashed (`InputScan.content`, made by the pass over every row).
-
-    A file is its bytes, a folder its files (relative paths and bytes), a Hub dataset the rows read;
-    its path, size and modification time say nothing (an edit in place can keep all three).
-    """
-    path = Path(os.fspath(data)).expanduser()
-    if content is None:
-        content = content_digest(data)
-    if not path.exists():  # a Hub name: the rows read (when scanned), its name and split
-        return {"name": os.fspath(data), "split": split, "content": content}
-    return {"kind": "file" if path.is_file() else "folder", "split": split, "content": content}
-
-
-def resume_key(
-    data: str | os.PathLike,
-    directions: list[Direction],
-    lm: Encoder | LoadedModel,
-    settings: AnnotateSettings,
-    *,
-    split: str,
-    limit: int | None,
-    scan: InputScan | None = None,
-) -> dict[str, Any]:
-    """Everything that changes pass 1's numbers or its chunking; finished chunks are reused only if all of it matches.
-
-    Batch sizes and the device are left out: they change margins by float rounding only, and a run
-    that ran out of memory should be resumable with a smaller batch. The input is identified by its
-    content (`scan.content`; hashed here when no scan is given).
-    """
-    lm = as_encoder(lm)
-    return {
-        "legend_version": __version__,
-        "input": input_identity(data, split, scan.content if scan is not None else None),
-        "limit": limit,
-        "chunk_rows": settings.chunk_rows,
-        "columns": {
-            "prompt": settings.columns.prompt,
-            "chosen": settings.columns.chosen,
-            "rejected": settings.columns.rejected,
-        },
-        "model": {"model_id": lm.model_id, "fingerprint": lm.fingerprint, "dtype": lm.dtype_name, "encoder": lm.name},
-        "max_length": settings.encoding.max_length,
-        "prefix_sharing": settings.encoding.prefix_sharing,
-        # What each stored chunk holds besides its margins (a chunk without them cannot be reused).
-        "kept": {
-            "differences": settings.keep_differences,
-            "evidence": settings.evidence,
-            "random_directions": settings.random_directions if settings.evidence == "labelled" else None,
-            "seed": settings.seed if settings.evidence == "labelled" else None,
-        },
-        "directions": [
-            {
-                "name": d.name,
-                "layer": d.layer,
-                "pooling": d.pooling,
-                "template": d.template,
-                "max_length": d.max_length,
-                "fingerprint": d.fingerprint,
-                "tokenizer_fingerprint": d.tokenizer_fingerprint,
-                "vector_sha256": hashlib.sha256(d.vector.double().numpy().tobytes()).hexdigest(),
-            }
-            for d in directions
-        ],
-    }
-
-
-class ChunkStore:
-    """Pass 1's finished chunks in a work folder: one `.npz` per chunk (raw margins and counts), written atomically.
-
-    `manifest.json` holds the `resume_key`; a folder made under another key is emptied first. The
-    folder appears only when the first chunk is saved.
-    """
-
-    def __init__(self, folder: str | os.PathLike, key: dict[str, Any]) -> None:
-        self.folder = Path(folder)
-        self.key = json.loads(json.dumps(key, default=str))  # as it reads back from the manifest
-        self.discarded: list[str] = []  # what differed, when an earlier run's chunks were thrown away
-        manifest = self.folder / "manifest.json"
-        if manifest.exists():
-            try:
-                stored = json.loads(manifest.read_text()).get("key", {})
-            except (OSError, ValueError):
-                stored = {"unreadable": True}
-            if stored != self.key:
-                self.discarded = sorted(k for k in set(stored) | set(self.key) if stored.get(k) != self.key.get(k))
-                log.warning("%s was made with a different %s: starting clean", self.folder, ", ".join(self.discarded))
-                shutil.rmtree(self.folder)
-        elif self.folder.exists():
-            shutil.rmtree(self.folder)  # no manifest: nothing in it can be trusted
-        self.reused = 0
-
-    def _chunk(self, index: int) -> Path:
-        return self.folder / f"chunk-{index:06d}.npz"
-
-    def load(self, index: int, rows: int, n_directions: int) -> list[MarginResult] | None:
-        """The stored results of chunk `index` (raw margins, counts, and the random margins and length
-        differences when kept; embedding differences stay on disk, see `differences`), or None when it was
-        not finished (or does not fit)."""
-        path = self._chunk(index)
-        if not path.exists():
-            return None
-        try:
-            with np.load(path) as stored:
-                counts = dict(zip(COUNTS, stored["counts"].tolist()))
-                raws = [stored[f"raw_{i}"] for i in range(n_directions)]
-                randoms = [stored.get(f"rand_{i}") for i in range(n_directions)]
-                length_diff = stored.get("length_diff")
-        except (OSError, ValueError, KeyError):
-            return None
-        if counts.pop("rows") != rows or any(len(raw) != rows for raw in raws):
-            return None
-        forward = counts.pop("forward_tokens")
-        self.reused += 1
-        results = [
-            MarginResult(
-                raw=raw,
-                seconds=0.0,
-                extra={"forward_tokens": None if forward < 0 else forward},
-                random_margins=random,
-                **counts,
-            )
-            for raw, random in zip(raws, randoms)
-        ]
-        if length_diff is not None:
-            results[0].extra["length_diff"] = length_diff
-        return results
-
-    def save(self, index: int, results: list[MarginResult]) -> None:
-        """Store chunk `index`'s results (atomically); its embedding differences too, when kept."""
-        if not self.folder.exists():
-            self.folder.mkdir(parents=True)
-            write_bytes_atomically(
-                self.folder / "manifest.json",
-                lambda handle: handle.write(json.dumps({"key": self.key}, indent=1).encode()),
-            )
-        first = results[0]
-        forward = first.extra.get("forward_tokens")
-        counts = np.array(
-            [
-                len(first.raw),
-                first.n_identical,
-                first.n_truncated_texts,
-                first.n_tokens,
-                -1 if forward is None else forward,
-                first.n_answer_truncated,
-            ],
-            dtype=np.int64,
-        )
-        arrays = {f"raw_{i}": r.raw for i, r in enumerate(results)}
-        arrays.update({f"rand_{i}": r.random_margins for i, r in enumerate(results) if r.random_margins is not None})
-        arrays.update({f"diff_{i}": r.differences for i, r in enumerate(results) if r.differences is not None})
-        if "length_diff" in first.extra:
-            arrays["length_diff"] = first.extra["length_diff"]
-        write_bytes_atomically(self._chunk(index), lambda handle: np.savez(handle, counts=counts, **arrays))  # type: ignore[arg-type]
-
-    def differences(self, chunks: int, direction: int) -> Iterator[np.ndarray]:
-        """Direction `direction`'s embedding differences, chunk by chunk in row order (read from disk)."""
-        for index in range(chunks):
-            with np.load(self._chunk(index)) as stored:
-                yield stored[f"diff_{direction}"]
-
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the two passes
@@ -414,66 +175,12 @@ def margins_in_chunks(
     return margins, layout
 
 
-def original_records(data: str | os.PathLike, out: str | os.PathLike) -> Iterator[Any] | None:
-    """The input's records as its file holds them, for an output of the same kind (JSON to JSON, CSV to CSV): the
-    writer then writes each row back as it was (no `"key": null` for a missing key, every CSV cell's text kept)."""
-    path = Path(os.fspath(data)).expanduser()
-    if not path.is_file():
-        return None
-    kind, output = input_format(path), Path(out).suffix.lower()
-    if kind == "json" and output in (".jsonl", ".json"):
-        return json_records(path, str(data))
-    if kind == "csv" and output == ".csv":
-        return csv_records(path)
-    return None
-
-
-def input_schema(data: str | os.PathLike, out: str | os.PathLike, added: Sequence[str]) -> Any:
-    """A Parquet input's own Arrow schema (less the columns legend writes), for a Parquet output to keep its
-    types exactly (a dictionary column stays one); None otherwise."""
-    path = Path(os.fspath(data)).expanduser()
-    if Path(out).suffix.lower() != ".parquet" or not path.is_file() or input_format(path) != "parquet":
-        return None
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
-    return pa.schema([field for field in schema if field.name not in added])
-
-
 def bins_origin(settings: AnnotateSettings) -> str:
     """Where the first direction's bin edges came from, as the summary says it."""
     if settings.binning is None:
         return f"fitted on this input ({settings.n_levels} levels)"
     source = getattr(settings.binning, "source", None)
     return f"loaded from {source or 'the given binning'} ({settings.binning.levels} levels)"
-
-
-@contextlib.contextmanager
-def sidecar_with(out: str | os.PathLike, sidecar: dict[str, Any]) -> Iterator[None]:
-    """Write the metadata as pending, run the body (which writes `out`), then publish it: both or neither.
-
-    Where the metadata goes is `legend.annotation.metadata_paths`: the JSON (made pending, then
-    renamed) and the dataset card entry, written once the data is in place.
-    """
-    final = sidecar_path(out)
-    pending = final.with_name(f".{final.name}.pending")
-    created = make_parents(final.parent)  # `.legend/`, removed again if the run fails before anything is in it
-    try:
-        write_json(sidecar, pending)
-        yield
-        os.replace(pending, final)
-    except BaseException:
-        pending.unlink(missing_ok=True)
-        remove_empty_folders(created)
-        raise
-    try:  # the output and its metadata are in place: nothing may fail the run now (the card was checked first)
-        write_card(out, sidecar)
-    except (DataError, OSError) as err:
-        from ..io import os_error_message
-
-        reason = os_error_message(err) if isinstance(err, OSError) else str(err)
-        log.warning("warning: the dataset card was not updated (%s); %s and its metadata are written", reason, out)
 
 
 def annotate_file_streamed(

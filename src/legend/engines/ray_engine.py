@@ -42,7 +42,8 @@ from ..io import ChunkWriter, check_output_type, check_outputs_spare_inputs, che
 from ..margins import Binning, MarginResult
 from ..models import LoadedModel, ModelSpec
 from ..quality import label_evidence
-from .local import chunk_margins, input_paths, original_records, output_files, resolve_evidence, sidecar_with
+from .local import chunk_margins, resolve_evidence
+from .outputs import input_paths, original_records, output_files, sidecar_with
 
 # Per-batch counts travel from the actors to the driver as columns: the batch's total sits on its
 # first row and the other rows hold 0, so the driver's column sums equal the local engine's totals
