@@ -532,7 +532,14 @@ def test_a_signal_releases_the_output_lock(tiny_cli_model, tmp_path, signum):
     env = {**os.environ, "PYTHONPATH": SRC, "LEGEND_TEST_READY": str(ready)}
     args = ["annotate", "--direction", str(direction), "--data", str(data), "--out", str(out), "-q"]
     child = subprocess.Popen(
-        [sys.executable, "-c", SLOW_RUN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", SLOW_RUN, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A job started in the background (nohup, `cmd &`) inherits SIGINT ignored, and Python then keeps it
+        # ignored: give the child the default disposition a terminal's Ctrl-C meets.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 300

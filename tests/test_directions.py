@@ -172,6 +172,20 @@ def test_a_saved_direction_carries_a_model_card(tiny_lm, tmp_path):
     assert "10 pairs" in card.text and "Direction.from_pretrained" in card.text
 
 
+def test_the_card_names_bundled_contrast_pairs_by_their_place_in_the_package_and_others_as_given(tiny_lm, tmp_path):
+    import dataclasses
+
+    from legend.resources import XSTEST_PAIRS, sample_path
+
+    direction = build_direction(tiny_lm, PAIRS, layer=2, pooling="mean")
+    bundled = dataclasses.replace(direction, extra={**direction.extra, "pairs_file": str(sample_path(XSTEST_PAIRS))})
+    text = bundled.model_card()
+    assert "10 pairs from `legend/samples/xstest_contrast_pairs.jsonl (bundled)`" in text
+    assert str(sample_path(XSTEST_PAIRS).parent) not in text  # no path of this machine on the Hub
+    mine = dataclasses.replace(direction, extra={**direction.extra, "pairs_file": ["a.jsonl", "b.jsonl"]})
+    assert "10 pairs from `a.jsonl`, `b.jsonl`" in mine.model_card()
+
+
 def hub_env(monkeypatch, cache):
     """Offline, with `cache` as the HF cache: the environment variables, and huggingface_hub's constants
     (which it reads from them once, at import)."""

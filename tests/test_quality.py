@@ -351,3 +351,19 @@ def test_cli_evaluate_with_a_direction_shows_the_floor(tmp_path, tiny_lm):
     assert floor["n_directions"] == 200 and floor["metrics"]["share_positive"]["floor"] is not None
     result = CliRunner().invoke(app, args + ["--random-directions", "0", "--bootstrap", "0", "--quiet"])
     assert result.exit_code == 0 and "random floor: not computed" in result.output
+
+
+def test_evidence_on_too_few_pairs_carries_a_caution_and_enough_pairs_none():
+    """n·p·(1−p) < 10: the bootstrap interval of a share is too narrow (8 agreeing pairs give [1, 1])."""
+    from legend.quality import label_evidence
+
+    rng = np.random.default_rng(0)
+    few = label_evidence(np.full(8, 2.0), rng.normal(0, 50, 8), rng.normal(0, 1, (8, 50)), n_bootstrap=200)
+    share = few["metrics"]["share_positive"]
+    assert (share["value"], share["ci_low"], share["ci_high"]) == (1.0, 1.0, 1.0)  # the degenerate interval
+    assert few["caution"].startswith("8 pairs, 100% agreeing: too few for these intervals")
+    # 40 pairs at 75%: n·p·(1−p) = 7.5 < 10 -> cautioned; 400 pairs at 60%: 96 -> not
+    mid = np.r_[np.full(30, 1.0), np.full(10, -1.0)]
+    assert label_evidence(mid, np.zeros(40), None, n_bootstrap=100)["caution"].startswith("40 pairs, 75% agreeing")
+    many = np.r_[np.full(240, 1.0), np.full(160, -1.0)]
+    assert label_evidence(many, np.zeros(400), None, n_bootstrap=100)["caution"] is None

@@ -529,3 +529,19 @@ def test_cached_head_learns_and_margins_widen_the_gap():
         train_cached_head(chosen, rejected[:5], gain)
     with pytest.raises(ValueError, match="at least 1"):
         CachedHeadSettings(epochs=0)
+
+
+def test_a_reward_model_without_legends_record_is_read_at_trls_default_length(tiny_rm):
+    """Issue 16: the two scorers disagreed (1024 in best-of-n, 512 in evaluate-rm). The one scorer keeps
+    TRL's RewardConfig default, the length such a model is most likely trained with."""
+    import dataclasses
+
+    from trl import RewardConfig
+
+    from legend.align.scoring import RewardModelScorer
+    from legend.rewards import load_reward_model
+
+    trl_default = next(f.default for f in dataclasses.fields(RewardConfig) if f.name == "max_length")
+    scorer = load_reward_model(tiny_rm)
+    assert scorer.max_length == trl_default == 1024
+    assert RewardModelScorer is type(scorer)  # best-of-n's scorer is the same class, so the same length

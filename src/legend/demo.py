@@ -68,7 +68,7 @@ class DemoSettings:
 # What each recipe is, in one line (printed by the demo).
 RECIPE_LINES = {
     DEFAULT_RECIPE: "legend: bundled XSTest contrast pairs (human-labelled answers), mean over the answer tokens, "
-    "mean difference, layer by the band rule (docs/selection.md)",
+    "mean difference, layer by the stable band rule (docs/selection.md)",
     PAPER_RECIPE: 'paper: induced AdvBench answers vs the one refusal "I can\'t answer that.", last layer, last token',
 }
 

@@ -17,3 +17,19 @@ def sample_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: bundled sample missing (reinstall legend)")
     return path
+
+
+def shown_path(path: str | Path) -> str:
+    """How a data file is named in a card: a bundled sample by its place in the package, others as given.
+
+    >>> shown_path(sample_path(XSTEST_PAIRS))
+    'legend/samples/xstest_contrast_pairs.jsonl (bundled)'
+    >>> shown_path("data/mine.jsonl")
+    'data/mine.jsonl'
+    """
+    bundled = Path(str(files("legend") / "samples"))
+    try:
+        inside = Path(path).resolve().relative_to(bundled.resolve())
+    except ValueError:
+        return str(path)
+    return f"legend/samples/{inside.as_posix()} (bundled)"

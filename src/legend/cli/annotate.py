@@ -246,6 +246,8 @@ def print_evidence(evidence: dict[str, Any]) -> None:
         ci = "" if m["ci_low"] is None else f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
         floor = "" if m["floor"] is None else f"; floor {m['floor']:.3f}: {'ABOVE' if m['above'] else 'not above'}"
         console.print(f"  {label}: {m['value']:.3f}{ci}{floor}")
+    if evidence.get("caution"):
+        console.print(f"  caution: {evidence['caution']}")
 
 
 def _check_against_bins(binning: Any, levels: Optional[int], values: Optional[tuple[float, ...]]) -> None:

@@ -256,7 +256,7 @@ def _print_selection(selection: dict[str, Any], candidates: int) -> None:
     chosen = selection["chosen"]
     line = (
         f"selected layer {chosen['layer']}, pooling {chosen['pooling']}, {chosen['estimator']} among {candidates} "
-        f"candidates (by {selection['by']}; fixed: {selection['fixed'] or 'nothing'})"
+        f"candidates (by {selection['by']}; fixed: {_fixed(selection['fixed'])})"
     )
     if selection["by"] == "preferences":
         line += (
@@ -278,6 +278,11 @@ def _print_selection(selection: dict[str, Any], candidates: int) -> None:
                 else "one band is clearly best"
             )
         )
+
+
+def _fixed(fixed: dict[str, Any] | None) -> str:
+    """What the selection did not choose, as words: "pooling mean, estimator mean_difference"."""
+    return ", ".join(f"{key} {value}" for key, value in (fixed or {}).items()) or "nothing"
 
 
 def _fmt(value: Optional[float]) -> str:

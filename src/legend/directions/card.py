@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..models import model_source
+from ..resources import shown_path
 
 SEPARATION_CAVEAT = (
     "Held-out separation is measured on contrast pairs (the same kind of answers the direction was fitted "
@@ -81,7 +82,7 @@ def direction_card(direction: Any) -> str:
         else "- recipe: custom settings",
         f"- layer {d.layer} of {d.num_layers} (hidden size {d.hidden_size}), pooling `{d.pooling}`, "
         f"estimator `{d.estimator}`, template `{d.template}`, max length {d.max_length}",
-        f"- contrast data: {d.n_pairs} pairs" + (f" from `{d.extra['pairs_file']}`" if "pairs_file" in d.extra else ""),
+        f"- contrast data: {d.n_pairs} pairs{_pairs_files(d.extra.get('pairs_file'))}",
         f"- held-out separation: {separation}",
         *_selection_lines(d),
         f"- evaluation on preference data: {evaluation}",
@@ -147,3 +148,10 @@ def _selection_lines(d: Any) -> list[str]:
         )
     lines += [f"- warning: {w}" for w in d.extra.get("warnings") or []]
     return lines
+
+
+def _pairs_files(value: str | list[str] | None) -> str:
+    """The contrast-pair file(s) as a card names them, after " from " (bundled ones by their place in the package)."""
+    if not value:
+        return ""
+    return " from " + ", ".join(f"`{shown_path(v)}`" for v in ([value] if isinstance(value, str) else value))

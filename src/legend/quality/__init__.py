@@ -25,7 +25,7 @@ what any direction in that space would give (length, answer style and label skew
 One module per mechanism:
 
 * `agreement`  `METRICS`, `margin_metrics`, `evaluate_margins`, `evaluate_margin_lengths`, `text_length`;
-* `floor`      `random_floor`, `floor_from_random_margins`, `label_evidence`, `floor_line`;
+* `floor`      `random_floor`, `floor_from_random_margins`, `label_evidence`, `few_pairs_caution`, `floor_line`;
 * `labelled`   `LabelledMargins`, `read_labelled_margins`, `severity_difference`, `evaluate_labelled`.
 """
 
@@ -46,6 +46,7 @@ from .floor import (
     EVIDENCE_METRICS,
     FLOOR_METRICS,
     FLOOR_QUANTILE,
+    few_pairs_caution,
     floor_from_random_margins,
     floor_line,
     label_evidence,
@@ -71,6 +72,7 @@ __all__ = [
     "evaluate_labelled",
     "evaluate_margin_lengths",
     "evaluate_margins",
+    "few_pairs_caution",
     "finite_or_none",
     "floor_from_random_margins",
     "floor_line",

@@ -125,6 +125,29 @@ def floor_from_random_margins(
 
 
 EVIDENCE_METRICS = ("share_positive", "agreement_length_balanced", "auc")
+# A bootstrap interval of a share is only as good as the normal approximation it resembles, which wants
+# n·p·(1−p) ≥ 10 (the usual rule for a proportion): with fewer pairs, or nearly all of them agreeing,
+# the interval comes out too narrow (8 pairs that all agree give [1.000, 1.000]).
+MIN_BINOMIAL_SPREAD = 10.0
+
+
+def few_pairs_caution(n: int, share: float | None) -> str | None:
+    """A caution when n pairs with this share of agreeing ones are too few for the interval, else None.
+
+    >>> few_pairs_caution(8, 1.0)[:76]
+    '8 pairs, 100% agreeing: too few for these intervals (n·p·(1−p) = 0.0 < 10),'
+    >>> few_pairs_caution(1101, 0.635) is None
+    True
+    """
+    if share is None or not math.isfinite(share):
+        return None
+    spread = n * share * (1.0 - share)
+    if spread >= MIN_BINOMIAL_SPREAD:
+        return None
+    return (
+        f"{n} pairs, {share:.0%} agreeing: too few for these intervals (n·p·(1−p) = {spread:.1f} < "
+        f"{MIN_BINOMIAL_SPREAD:g}), which come out too narrow; use several hundred pairs"
+    )
 
 
 def label_evidence(
@@ -152,7 +175,8 @@ def label_evidence(
 
     Returns:
         {"labels", "n", "metrics": {name: {"value", "ci_low", "ci_high", "floor", "percentile", "above"}},
-        "random_directions"}.
+        "random_directions", "floor_quantile", "confidence", "caution"}; "caution" is a sentence when the pairs
+        are too few for the intervals (`few_pairs_caution`), else None.
 
     >>> rng = np.random.default_rng(0)
     >>> raw = rng.normal(0.5, 1.0, 400)
@@ -182,6 +206,7 @@ def label_evidence(
         "random_directions": None if floor is None else floor["n_directions"],
         "floor_quantile": FLOOR_QUANTILE,
         "confidence": evaluation["settings"]["confidence"],
+        "caution": few_pairs_caution(evaluation["n"], metrics["share_positive"]["value"]),
     }
 
 
