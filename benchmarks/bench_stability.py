@@ -12,14 +12,13 @@ Stages:
            share positive / length-balanced agreement, PKU Spearman(margin, severity gap) and PKU one-safe
            accuracy, each with a bootstrap 95% CI and a 200-direction random floor (bench_selection's
            evaluate_parts); plus a per-layer transfer profile (diagnostic only, never used to choose).
-  checks   the rule's functions on synthetic embeddings where the answer is known (the port's tests).
 
-The rule (`stable_band_choice`, pure functions over {(layer, pooling): tensor [n, hidden]} of the
-harmless and harmful sides; see its docstring and docs/selection_stability_draft.md):
+The rule (`legend.selection.stable.stable_band_choice`, pure functions over {(layer, pooling): tensor [n, hidden]}
+of the harmless and harmful sides; docs/selection_stability.md; its checks on synthetic embeddings where the answer
+is known are tests/test_selection_stable.py):
 
     nice -n 10 python benchmarks/bench_stability.py cache --cache runs/h18/cache --induced runs/h18/induced_pairs.jsonl
     python benchmarks/bench_stability.py measure --cache runs/h18/cache --out runs/h18/measure.json
-    python benchmarks/bench_stability.py checks
 
 Labels of hh and PKU are read by `measure` only to report the metrics; no rule sees them.
 """
@@ -591,112 +590,6 @@ def _constants() -> dict:
     }
 
 
-# ================================================================ checks on synthetic embeddings
-
-
-def synthetic(n: int, num_layers: int, hidden: int, signal, seed: int = 0, noise: float = 1.0):
-    """Harmless/harmful {(layer, 'mean'): [n, hidden]} whose paired differences are signal[layer] * u + noise,
-    u a fixed unit axis; `signal` maps a layer to a scalar or to a length-n array (per-pair shifts)."""
-    rng = np.random.default_rng(seed)
-    u = np.zeros(hidden)
-    u[0] = 1.0
-    harmless, harmful = {}, {}
-    for layer in range(num_layers + 1):
-        base = rng.normal(size=(n, hidden))
-        shift = np.asarray(signal(layer), dtype=float).reshape(-1, 1) * u
-        diff = shift + noise * rng.normal(size=(n, hidden)) / math.sqrt(2)
-        harmless[(layer, "mean")] = torch.tensor(base + diff / 2, dtype=torch.float32)
-        harmful[(layer, "mean")] = torch.tensor(base - diff / 2, dtype=torch.float32)
-    return harmless, harmful
-
-
-def stage_checks(args: argparse.Namespace) -> None:
-    from legend.directions import split_indices
-
-    failures = []
-
-    def check(name, ok, detail):
-        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
-        if not ok:
-            failures.append(name)
-
-    L = 20  # centres 10..18, prior 14
-    # 1. the informative band is known: layers 15..18 carry the concept, elsewhere a weak signal
-    a, b = synthetic(60, L, 16, lambda layer: 1.5 if 15 <= layer <= 18 else 0.3, seed=1)
-    choice = stable_band_choice(a, b, num_layers=L)
-    check(
-        "known band",
-        choice.centre in (16, 17) and choice.stability["share_in_band"] >= 0.9,
-        f"centre {choice.centre}, best {choice.best_centre}, candidates {choice.candidates}, stability "
-        f"{choice.stability['share_in_band']:.2f}, range {choice.stability['range']}",
-    )
-    # 2. a spike: at layer 12, only the 12 pairs of the seed-0 80/20 validation split differ strongly;
-    # the old rule (one split) lands on it, resampling must not
-    n = 60
-    _, validation = split_indices(n, 0.2, 0)
-    spike = np.full(n, 0.6)  # the neighbours' signal for the train pairs ...
-    spike[validation] = 6.0  # ... and a strong one for the 12 validation pairs of that one split
-
-    def signal(layer):
-        return spike if layer == 12 else (1.0 if 15 <= layer <= 18 else 0.6)
-
-    a, b = synthetic(n, L, 16, signal, seed=2)
-    old = old_band_choice(a, b, L)
-    choice = stable_band_choice(a, b, num_layers=L)
-    check(
-        "resampled-away spike",
-        abs(choice.centre - 12) > BAND_WIDTH and abs(old - 12) <= BAND_WIDTH,
-        f"old band rule {old}, stable rule {choice.centre} (best {choice.best_centre}, candidates {choice.candidates})",
-    )
-    # 3. a flat profile: the prior wins, and the choice is stable
-    a, b = synthetic(60, L, 16, lambda layer: 1.0, seed=3)
-    choice = stable_band_choice(a, b, num_layers=L)
-    check(
-        "flat profile -> prior",
-        choice.centre == 14 and choice.prior == 14.0 and choice.stability["share_in_band"] >= 0.5,
-        f"centre {choice.centre}, prior {choice.prior}, candidates {choice.candidates}, "
-        f"in band {choice.stability['share_in_band']:.2f}",
-    )
-    # 4. evidence rising towards the excluded early layers: the lowest centre, with a warning
-    a, b = synthetic(60, L, 16, lambda layer: 3.0 if layer <= 10 else 0.5, seed=4)
-    choice = stable_band_choice(a, b, num_layers=L)
-    check(
-        "edge warning",
-        choice.centre == 10 and any("lowest" in w for w in choice.stability["warnings"]),
-        f"centre {choice.centre}, warnings {choice.stability['warnings']}",
-    )
-    # 5. stability figures against a hand computation
-    f = stability_figures([22, 22, 21, 15, 22, 24, 22, 20, 22, 22], 22, list(range(15, 29)))
-    hand = {"share_exact": 6 / 10, "share_in_band": 9 / 10, "range": [15, 24], "at_edge": False}
-    check("stability by hand", all(f[k] == v for k, v in hand.items()) and not f["warnings"], f)
-    f = stability_figures([15, 16, 17, 23, 27, 25], 15, list(range(15, 29)))
-    check(
-        "edge, stable by hand (half in band is not unstable)",
-        f["share_in_band"] == 3 / 6 and f["share_exact"] == 1 / 6 and f["at_edge"] and len(f["warnings"]) == 1,
-        f,
-    )
-    f = stability_figures([15, 19, 23, 27, 25, 18], 15, list(range(15, 29)))
-    check("unstable + edge by hand (2 warnings)", f["share_in_band"] == 1 / 6 and len(f["warnings"]) == 2, f)
-    # 6. the out-of-bag effect size against a direct computation for one resample
-    a, b = synthetic(30, 4, 8, lambda layer: 1.0, seed=5)
-    draws = resample_indices(30, 3, seed=7)
-    es = oob_effect_sizes(a, b, [2], "mean", draws)[1, 0]
-    inbag = draws[1]
-    oob = np.setdiff1d(np.arange(30), inbag)
-    d = a[(2, "mean")].double() - b[(2, "mean")].double()
-    v = d[inbag].mean(0)
-    v = v / v.norm()
-    proj = d[oob] @ v
-    direct = float(proj.mean() / proj.std())
-    check("oob effect size", abs(es - direct) < 1e-9, f"{es:.6f} vs {direct:.6f}")
-    # 7. stratified resampling keeps each source's count
-    draws = resample_indices(10, 5, 0, ["x"] * 6 + ["y"] * 4)
-    check("stratified", bool((draws[:, :6] < 6).all() and (draws[:, 6:] >= 6).all()), "sources kept")
-    if failures:
-        raise SystemExit(f"{len(failures)} check(s) failed: {failures}")
-    print("all checks passed")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -722,14 +615,13 @@ def main(argv: list[str] | None = None) -> None:
     measure.add_argument("--random", type=int, default=200)
     measure.add_argument("--seed", type=int, default=0)
     measure.add_argument("--profile", action="store_true", help="also the per-layer transfer profile (diagnostic)")
-    sub.add_parser("checks")
     table = sub.add_parser("table")
     table.add_argument("json", type=Path)
     table.add_argument("--rules", default=None)
     table.add_argument("--out", type=Path, default=None)
     table.add_argument("--compact", action="store_true", help="one row per set, one column per rule")
     args = parser.parse_args(argv)
-    stages = {"cache": stage_cache, "measure": stage_measure, "checks": stage_checks, "table": stage_table}
+    stages = {"cache": stage_cache, "measure": stage_measure, "table": stage_table}
     stages[args.stage](args)
 
 

@@ -265,19 +265,11 @@ def _print_selection(selection: dict[str, Any], candidates: int) -> None:
             f"on {selection['n_test']} pairs"
         )
     console.print(line)
-    stability = selection.get("stability")
-    if stability:
-        low, high = stability["range"]
-        console.print(
-            f"stability: {stability['share_in_band']:.0%} of {selection['n_resamples']} resamples of the contrast "
-            f"pairs choose a layer within {len(selection['band']) // 2} of {chosen['layer']} "
-            f"({stability['share_exact']:.0%} exactly; range {low}-{high}); "
-            + (
-                "the evidence is flat across the candidate layers, so the prior depth decided"
-                if selection.get("evidence", {}).get("prior_decided")
-                else "one band is clearly best"
-            )
-        )
+    from legend.directions.card import stability_sentence  # torch: imported when a direction was built
+
+    sentence = stability_sentence(selection, chosen["layer"])
+    if sentence:
+        console.print(f"stability: {sentence}")
 
 
 def _fixed(fixed: dict[str, Any] | None) -> str:

@@ -132,19 +132,49 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def stability_sentence(selection: dict[str, Any], layer: int) -> str | None:
+    """How stable the stable band rule's choice is, in words (the card and `legend direction` both say it).
+
+    Args:
+        selection: a direction's `extra["selection"]` (from `legend.selection.stable_band_choice`).
+        layer: the chosen layer.
+
+    Returns:
+        The sentence, or None when the selection recorded no stability.
+
+    >>> selection = {"n_resamples": 200, "band": [20, 21, 22, 23, 24], "evidence": {"prior_decided": True},
+    ...     "stability": {"share_in_band": 1.0, "share_exact": 0.9, "range": [21, 22]}}
+    >>> stability_sentence(selection, 22)[:75]
+    '100% of 200 resamples of the contrast pairs choose a layer within 2 of 22 ('
+    >>> stability_sentence(selection, 22).endswith("range 21-22); the evidence is flat across the candidate layers, \
+so the prior depth decided")
+    True
+    """
+    stability = selection.get("stability")
+    if not stability:
+        return None
+    low, high = stability["range"]
+    verdict = (
+        "the evidence is flat across the candidate layers, so the prior depth decided"
+        if (selection.get("evidence") or {}).get("prior_decided")
+        else "one band is clearly best"
+    )
+    return (
+        f"{stability['share_in_band']:.0%} of {selection.get('n_resamples')} resamples of the contrast pairs choose a "
+        f"layer within {len(selection.get('band', [])) // 2} of {layer} ({stability['share_exact']:.0%} exactly; "
+        f"range {low}-{high}); {verdict}"
+    )
+
+
 def _selection_lines(d: Any) -> list[str]:
     """How the layer was chosen, how stable the choice is, and what to be warned about (card lines)."""
     selection = d.extra.get("selection") or {}
     lines = []
-    stability = selection.get("stability")
-    if stability:
-        low, high = stability["range"]
+    sentence = stability_sentence(selection, d.layer)
+    if sentence:
         lines.append(
-            f"- layer chosen by the stable band rule ({selection.get('n_resamples')} bootstrap resamples of the "
-            f"contrast pairs): {stability['share_in_band']:.0%} of them choose a layer within "
-            f"{len(selection.get('band', [])) // 2} of {d.layer} ({stability['share_exact']:.0%} exactly; range "
-            f"{low}-{high}); candidates within one standard error: {selection.get('candidates')}, prior depth "
-            f"{selection.get('prior')}"
+            f"- layer chosen by the stable band rule: {sentence}; candidates within one standard error: "
+            f"{selection.get('candidates')}, prior depth {selection.get('prior')}"
         )
     lines += [f"- warning: {w}" for w in d.extra.get("warnings") or []]
     return lines
